@@ -1,0 +1,32 @@
+# futureseg: predict the semantic mask of frame 22 from the first 11 frames of a video.
+# `snakemake --cores all` runs the demo on the synthetic dataset; `snakemake --profile slurm`
+# runs each rule as a SLURM job. See README.md.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/predictor.smk"
+include: "workflow/rules/segmenter.smk"
+include: "workflow/rules/eval.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RESULTS}/data/mean_std.json",
+        f"{RESULTS}/eval/scores.json",
+        f"{RESULTS}/{config['eval']['submission_name']}.pt",
+        f"{RESULTS}/report/examples.png",

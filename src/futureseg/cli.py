@@ -1,0 +1,53 @@
+"""The `futureseg` command: one verb per pipeline stage, each the thin front of one module.
+
+Every Snakemake rule calls one verb with all its inputs, outputs and settings spelled out,
+so any stage can also be run by hand. A verb module defines `VERB`, `HELP`,
+`add_arguments(parser)` and `main(args)`; heavy imports (torch) stay inside its functions
+so that `futureseg --help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import FuturesegError
+
+# verb modules, in pipeline order
+VERB_MODULES = (
+    "synth",
+    "mean_std",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="futureseg", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name in VERB_MODULES:
+        module = importlib.import_module(f"futureseg.{name}")
+        sub = verbs.add_parser(module.VERB, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.main)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FuturesegError as exc:
+        print(f"futureseg {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """argparse type for comma-separated lists, e.g. --splits train,unlabeled."""
+    return tuple(s for s in text.split(",") if s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""What both training stages share: checkpoints, stop signals, metrics, progress, devices, DDP.
+
+Contract (DESIGN.md §6): checkpoints are written atomically every N steps and at the end;
+a rerun resumes from the last checkpoint of the same config; SIGTERM/SIGUSR1 (SLURM time
+limit, preemption) writes a checkpoint and exits non-zero; every checkpoint is read with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .errors import FuturesegError
+from .io import atomic_path
+
+log = logging.getLogger("futureseg")
+
+
+class TrainingInterrupted(FuturesegError):
+    """A stop signal arrived; a checkpoint was written. Exit non-zero so SLURM requeues."""
+
+
+class NonFiniteLoss(FuturesegError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------- config fingerprint
+
+
+def fingerprint(settings: dict) -> str:
+    """A short stable hash of everything that shapes a model: a checkpoint only resumes
+    a run whose fingerprint equals its own."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save to a temp file beside `path`, then rename: a kill mid-write (or a full
+    disk) leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, expected_fingerprint: str | None = None) -> dict:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FuturesegError(f"{path}: checkpoint does not exist") from None
+    except Exception as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise FuturesegError(
+                f"{path}: not a weights-only checkpoint (it holds pickled objects); refusing to load it"
+            ) from None
+        raise FuturesegError(f"{path}: unreadable or truncated checkpoint ({text.splitlines()[0]})") from None
+    if not isinstance(state, dict) or "model" not in state or "fingerprint" not in state:
+        raise FuturesegError(f"{path}: not a futureseg checkpoint (no 'model'/'fingerprint' entries)")
+    if expected_fingerprint is not None and state["fingerprint"] != expected_fingerprint:
+        raise FuturesegError(
+            f"{path}: checkpoint was made with a different config "
+            f"(fingerprint {state['fingerprint']}, this run {expected_fingerprint}); refusing to resume"
+        )
+    return state
+
+
+def checkpoint_path(folder: str | Path, fp: str) -> Path:
+    """Checkpoints live in a folder per config, so changing a setting starts afresh and
+    changing it back resumes where that config stopped."""
+    return Path(folder) / fp / "last.pt"
+
+
+# ---------------------------------------------------------------- stop signals
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGUSR1 into a flag the training loop checks after each step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None
+
+    def interrupt(self, checkpoint: Path, step: int):
+        name = signal.Signals(self.signum).name
+        raise TrainingInterrupted(f"{checkpoint}: {name} received at step {step}; checkpoint written, rerun to resume")
+
+
+def check_finite(loss: torch.Tensor, step: int, checkpoint: Path) -> None:
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLoss(
+            f"loss is {loss.item()} at step {step}; stopped, the last good checkpoint {checkpoint} is kept "
+            "(lower the learning rate)"
+        )
+
+
+# ---------------------------------------------------------------- metrics and progress
+
+
+class MetricsLog:
+    """Per-epoch metrics as CSV (always) and TensorBoard scalars (when installed).
+
+    On resume, rows after the resumed step are dropped so the CSV never holds a step twice.
+    """
+
+    def __init__(self, csv_path: str | Path, resume_step: int = 0, tensorboard_dir: str | Path | None = None):
+        self.path = Path(csv_path)
+        self.rows: list[dict] = []
+        if resume_step and self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.writer = None
+        if tensorboard_dir is not None:
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(tensorboard_dir))
+
+    def log(self, step: int, **metrics):
+        row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+
+def progress(iterable, total: int, desc: str, initial: int = 0):
+    """A tqdm bar on a terminal; in a log file, a plain line every ~10%."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, initial=initial)
+        return
+    every = max(1, total // 10)
+    for i, item in enumerate(iterable, start=initial + 1):
+        yield item
+        if i % every == 0 or i == total:
+            log.info("%s: %d/%d", desc, i, total)
+
+
+# ---------------------------------------------------------------- devices and DDP
+
+
+def select_device() -> torch.device:
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full precision on CPU (bf16 matmuls are slow on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def setup_distributed() -> tuple[int, int]:
+    """(rank, world_size). Under torchrun (WORLD_SIZE > 1) joins the process group:
+    NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank() if dist.is_initialized() else 0), world
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

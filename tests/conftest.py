@@ -1,0 +1,24 @@
+import shutil
+
+import pytest
+
+from futureseg.synth import generate_dataset
+
+TINY_COUNTS = {"train": 3, "val": 2, "unlabeled": 2, "hidden": 2}
+TINY_SIZE = (32, 48)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A synthetic Dataset_Student at 32×48; read-only, shared by the whole session."""
+    root = tmp_path_factory.mktemp("tiny") / "dataset"
+    generate_dataset(root, TINY_COUNTS, *TINY_SIZE, seed=1)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(tiny_dataset, tmp_path):
+    """A private copy of the tiny dataset that a test may break."""
+    root = tmp_path / "dataset"
+    shutil.copytree(tiny_dataset, root)
+    return root

@@ -1,0 +1,27 @@
+# Paths and helpers shared by the rule files.
+
+from pathlib import Path
+
+RESULTS = config["results"]
+SYNTHETIC = "resources/synthetic"
+# The dataset every stage reads: a real Dataset_Student when data.root is set, else the
+# synthetic one (made by rule synth_dataset).
+DATA = config["data"]["root"] or SYNTHETIC
+if config["data"]["root"] and not Path(DATA).is_dir():
+    raise ValueError(f"config data.root: {DATA} does not exist or is not a folder")
+
+SPLITS = ["train", "val", "unlabeled", "hidden"]
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+
+
+def res(rule_name):
+    """The resources section's entry for a rule, on top of resources.default."""
+    return {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
+
+
+def csv(values):
+    """A list as one comma-separated command-line value."""
+    return ",".join(str(v) for v in values)

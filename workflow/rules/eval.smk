@@ -1,0 +1,41 @@
+# Stage 5: IoU of the pipeline, the oracle and the copy-last baseline; the hidden-set
+# submission; the report's figures.
+
+
+rule score:
+    input:
+        data=DATA,
+        pred=f"{RESULTS}/segmenter/masks_val.npy",
+        oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
+    output:
+        scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores.rst", category="Scores"),
+        per_class=f"{RESULTS}/eval/per_class.csv",
+        plot_per_class=report(
+            f"{RESULTS}/eval/per_class_iou.png", caption="../report/per_class.rst", category="Scores"
+        ),
+        plot_confusion=report(
+            f"{RESULTS}/eval/confusion.png", caption="../report/confusion.rst", category="Scores"
+        ),
+    resources:
+        runtime=res("score")["runtime"],
+        mem_mb=res("score")["mem_mb"],
+    log:
+        f"{RESULTS}/logs/score.log",
+    shell:
+        "futureseg score --root {input.data} --pred {input.pred} --oracle {input.oracle}"
+        " --out {output.scores} --per-class {output.per_class}"
+        " --plot-per-class {output.plot_per_class} --plot-confusion {output.plot_confusion} 2> {log}"
+
+
+rule submission:
+    input:
+        f"{RESULTS}/segmenter/masks_hidden.npy",
+    output:
+        f"{RESULTS}/{config['eval']['submission_name']}.pt",
+    resources:
+        runtime=res("submission")["runtime"],
+        mem_mb=res("submission")["mem_mb"],
+    log:
+        f"{RESULTS}/logs/submission.log",
+    shell:
+        "futureseg submission --masks {input} --out {output} 2> {log}"

@@ -1,0 +1,73 @@
+# Stage 2: self-supervised frame prediction (SimVP or ConvLSTM), then predicted frames.
+
+P = config["predictor"]
+
+
+rule train_predictor:
+    input:
+        caches=expand(f"{RESULTS}/cache/{{split}}.npy", split=P["train_splits"]),
+        val_cache=f"{RESULTS}/cache/val.npy",
+        mean_std=f"{RESULTS}/data/mean_std.json",
+    output:
+        model=f"{RESULTS}/predictor/model.pt",
+        metrics=report(
+            f"{RESULTS}/predictor/metrics.csv",
+            caption="../report/predictor_metrics.rst",
+            category="Frame prediction",
+        ),
+    params:
+        model=P["model"],
+        simvp=P["simvp"],
+        convlstm=P["convlstm"],
+        num_hidden=csv(P["convlstm"]["num_hidden"]),
+        epochs=P["epochs"],
+        batch_size=P["batch_size"],
+        lr=P["lr"],
+        weight_decay=P["weight_decay"],
+        seed=P["seed"],
+        checkpoint_every=P["checkpoint_every"],
+        checkpoints=f"{RESULTS}/predictor/checkpoints",
+    threads: res("train_predictor")["threads"]
+    resources:
+        runtime=res("train_predictor")["runtime"],
+        mem_mb=res("train_predictor")["mem_mb"],
+        gpu=res("train_predictor")["gpu"],
+    log:
+        f"{RESULTS}/logs/train_predictor.log",
+    shell:
+        "futureseg train-predictor --cache {input.caches} --val-cache {input.val_cache}"
+        " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
+        " --checkpoints {params.checkpoints} --model {params.model}"
+        " --translator {params.simvp[translator]} --hid-s {params.simvp[hid_S]}"
+        " --hid-t {params.simvp[hid_T]} --n-s {params.simvp[N_S]} --n-t {params.simvp[N_T]}"
+        " --patch-size {params.convlstm[patch_size]} --num-hidden {params.num_hidden}"
+        " --filter-size {params.convlstm[filter_size]} --epochs {params.epochs}"
+        " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
+        " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
+        " --threads {threads} 2> {log}"
+
+
+def kept_frames(wildcards):
+    # the segmentation stage trains on all 11 predicted frames of train videos
+    return "11-21" if wildcards.split == "train" else csv(P["keep_frames"])
+
+
+rule predict_frames:
+    input:
+        model=f"{RESULTS}/predictor/model.pt",
+        cache=f"{RESULTS}/cache/{{split}}.npy",
+    output:
+        frames=f"{RESULTS}/predictor/frames_{{split}}.npy",
+        ids=f"{RESULTS}/predictor/frames_{{split}}.json",
+    params:
+        frames=kept_frames,
+    threads: res("predict_frames")["threads"]
+    resources:
+        runtime=res("predict_frames")["runtime"],
+        mem_mb=res("predict_frames")["mem_mb"],
+        gpu=res("predict_frames")["gpu"],
+    log:
+        f"{RESULTS}/logs/predict_frames_{{split}}.log",
+    shell:
+        "futureseg predict-frames --model {input.model} --cache {input.cache}"
+        " --out {output.frames} --frames {params.frames} --threads {threads} 2> {log}"

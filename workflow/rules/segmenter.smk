@@ -1,0 +1,94 @@
+# Stages 3-4: the segmentation training set (real + generated frames, blur, frameskip),
+# Mask R-CNN training, and masks of the predicted frame 21.
+
+A = config["augment"]
+S = config["segmenter"]
+
+
+rule make_seg_frames:
+    input:
+        data=DATA,
+        frames=f"{RESULTS}/predictor/frames_train.npy",
+    output:
+        directory(f"{RESULTS}/segframes"),
+    params:
+        generated="--generated" if A["generated"] else "--no-generated",
+        frameskip=A["frameskip"],
+        blur_prob=A["blur_prob"],
+        blur_sigma=csv(A["blur_sigma"]),
+        seed=A["seed"],
+    resources:
+        runtime=res("make_seg_frames")["runtime"],
+        mem_mb=res("make_seg_frames")["mem_mb"],
+    log:
+        f"{RESULTS}/logs/make_seg_frames.log",
+    shell:
+        "futureseg make-seg-frames --root {input.data} --frames {input.frames} --out {output}"
+        " {params.generated} --frameskip {params.frameskip} --blur-prob {params.blur_prob}"
+        " --blur-sigma {params.blur_sigma} --seed {params.seed} 2> {log}"
+
+
+rule train_segmenter:
+    input:
+        data=DATA,
+        seg_frames=f"{RESULTS}/segframes",
+    output:
+        model=f"{RESULTS}/segmenter/model.pt",
+        metrics=report(
+            f"{RESULTS}/segmenter/metrics.csv",
+            caption="../report/segmenter_metrics.rst",
+            category="Segmentation",
+        ),
+    params:
+        backend=S["backend"],
+        backbone=S["backbone"],
+        epochs=S["epochs"],
+        batch_size=S["batch_size"],
+        lr=S["lr"],
+        seed=S["seed"],
+        checkpoint_every=S["checkpoint_every"],
+        min_fragment=S["min_fragment"],
+        score_threshold=S["score_threshold"],
+        checkpoints=f"{RESULTS}/segmenter/checkpoints",
+    threads: res("train_segmenter")["threads"]
+    resources:
+        runtime=res("train_segmenter")["runtime"],
+        mem_mb=res("train_segmenter")["mem_mb"],
+        gpu=res("train_segmenter")["gpu"],
+    log:
+        f"{RESULTS}/logs/train_segmenter.log",
+    shell:
+        "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
+        " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
+        " --backend {params.backend} --backbone {params.backbone} --epochs {params.epochs}"
+        " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"
+        " --checkpoint-every {params.checkpoint_every} --min-fragment {params.min_fragment}"
+        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+
+
+rule segment:
+    input:
+        data=DATA,
+        model=f"{RESULTS}/segmenter/model.pt",
+        val_frames=f"{RESULTS}/predictor/frames_val.npy",
+        hidden_frames=f"{RESULTS}/predictor/frames_hidden.npy",
+    output:
+        val=f"{RESULTS}/segmenter/masks_val.npy",
+        hidden=f"{RESULTS}/segmenter/masks_hidden.npy",
+        val_oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
+        val_frame10=f"{RESULTS}/segmenter/masks_val_frame10.npy",
+    params:
+        score_threshold=S["score_threshold"],
+    threads: res("segment")["threads"]
+    resources:
+        runtime=res("segment")["runtime"],
+        mem_mb=res("segment")["mem_mb"],
+        gpu=res("segment")["gpu"],
+    log:
+        f"{RESULTS}/logs/segment.log",
+    shell:
+        "futureseg segment --root {input.data} --model {input.model}"
+        " --val-frames {input.val_frames} --hidden-frames {input.hidden_frames}"
+        " --out-val {output.val} --out-hidden {output.hidden}"
+        " --out-val-oracle {output.val_oracle} --out-val-frame10 {output.val_frame10}"
+        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
