@@ -19,6 +19,15 @@ from .errors import FuturesegError
 VERB_MODULES = (
     "synth",
     "mean_std",
+    "frame_cache",
+    "train_predictor",
+    "predict_frames",
+    "seg_frames",
+    "score",
+    "submission",
+    "check_submission",
+    "ablation",
+    "plots",
 )
 
 

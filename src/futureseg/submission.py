@@ -1,0 +1,174 @@
+"""Stage 5: the competition submission and its checker.
+
+`futureseg submission` turns the hidden split's predicted masks into one torch tensor
+(N_hidden, H, W) of class ids, videos in ascending id order, saved with torch.save; the
+ids are listed beside it in `<name>.json` ({"ids": [...], ...}, the same sidecar form as
+every per-video array of the pipeline).
+
+dtype: torch.uint8 by default. Class ids 0…48 fit in a byte, the file is 8x smaller than
+int64 (the real hidden set, 5000 videos of 160x240, is 192 MB instead of 1.5 GB), and
+torchmetrics' JaccardIndex accepts uint8 predictions (it widens them itself). `--dtype
+int64` writes torch.long for a grader that insists on it; the checker accepts any
+integer dtype.
+
+`futureseg check-submission FILE --hidden DIR` checks a file against a hidden folder and
+lists every problem it finds, one a line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .errors import ConfigError, FuturesegError
+from .io import atomic_path, load_array, write_json
+
+DTYPES = ("uint8", "int64")
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def hidden_root(folder: str | Path) -> Path:
+    """The dataset root of a hidden split given either the root or the hidden/ folder."""
+    folder = Path(folder)
+    if (folder / "hidden").is_dir():
+        return folder
+    if folder.name == "hidden" and folder.is_dir():
+        return folder.parent
+    raise FuturesegError(f"{folder}: neither a hidden/ split folder nor a dataset root holding one")
+
+
+def hidden_videos(folder) -> tuple[list[int], tuple[int, int]]:
+    """Ids (ascending) and frame size (H, W) of the hidden split."""
+    root = hidden_root(folder)
+    return [v.id for v in data.list_videos(root, "hidden")], tuple(data.frame_size(root, "hidden"))
+
+
+def problems_of(tensor, ids, expected_ids: list[int], size: tuple[int, int]) -> list[str]:
+    """Every way `tensor` (with sidecar `ids`) fails to be a submission for the hidden
+    videos `expected_ids` of frame size `size`; empty when it is fine."""
+    import torch
+
+    found = []
+    if not isinstance(tensor, torch.Tensor):
+        return [f"holds a {type(tensor).__name__}, expected a torch tensor"]
+    expected_shape = (len(expected_ids), *size)
+    if tensor.ndim != 3:
+        found.append(f"tensor is {tensor.ndim}-D with shape {tuple(tensor.shape)}, expected 3-D (N, H, W) = {expected_shape}")
+    else:
+        if tensor.shape[0] != len(expected_ids):
+            found.append(f"tensor holds {tensor.shape[0]} videos, the hidden split has {len(expected_ids)}")
+        if tuple(tensor.shape[1:]) != tuple(size):
+            found.append(f"tensor frames are {tensor.shape[1]}x{tensor.shape[2]}, the hidden frames are {size[0]}x{size[1]}")
+    integer = not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
+    if not integer:
+        found.append(f"tensor dtype is {tensor.dtype}, expected an integer type (class ids; uint8 or int64)")
+    elif tensor.numel():
+        low, high = int(tensor.min()), int(tensor.max())
+        if low < 0 or high >= data.NUM_CLASSES:
+            found.append(f"class ids range {low}…{high}, expected 0…{data.NUM_CLASSES - 1}")
+    if ids is None:
+        found.append("ids sidecar is missing or unreadable")
+        return found
+    if tensor.ndim >= 1 and len(ids) != tensor.shape[0]:
+        found.append(f"sidecar lists {len(ids)} ids for {tensor.shape[0]} tensor rows")
+    if ids != expected_ids:
+        if sorted(ids) == expected_ids:
+            found.append("sidecar ids are the hidden ids but not in ascending order")
+        else:
+            missing = sorted(set(expected_ids) - set(ids))
+            extra = sorted(set(ids) - set(expected_ids))
+            duplicated = len(ids) - len(set(ids))
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} hidden videos missing (first {missing[:3]})")
+            if extra:
+                parts.append(f"{len(extra)} ids not in the hidden split (first {extra[:3]})")
+            if duplicated:
+                parts.append(f"{duplicated} duplicated ids")
+            if not parts:
+                parts.append("not in ascending order")
+            found.append("sidecar ids differ from the hidden split's: " + ", ".join(parts))
+    return found
+
+
+def _read_ids(path: Path) -> list[int] | None:
+    try:
+        return [int(i) for i in json.loads(path.read_text())["ids"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_submission(path, hidden) -> list[str]:
+    """Problems of a submission file against a hidden folder, each a full sentence."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return [f"{path}: file does not exist"]
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [f"{path}: cannot be loaded with torch.load(weights_only=True) ({first})"]
+    expected_ids, size = hidden_videos(hidden)
+    ids = _read_ids(sidecar_path(path))
+    found = problems_of(tensor, ids, expected_ids, size)
+    return [f"{path}: {p}" if "sidecar" not in p else f"{sidecar_path(path)}: {p}" for p in found]
+
+
+def make_submission(masks_path, out, dtype: str = "uint8", hidden=None) -> dict:
+    """Write the submission tensor from a masks file (N, H, W) with ids sidecar."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype: {dtype!r}, expected one of {', '.join(DTYPES)}")
+    masks_path = Path(masks_path)
+    if not masks_path.is_file() or not sidecar_path(masks_path).is_file():
+        raise FuturesegError(f"{masks_path}: masks file or its ids sidecar {sidecar_path(masks_path).name} is missing")
+    try:
+        masks, meta = load_array(masks_path)
+        ids = np.asarray([int(i) for i in meta["ids"]], dtype=np.int64)
+    except Exception as exc:
+        raise FuturesegError(f"{masks_path}: unreadable masks or sidecar ({exc})") from None
+    if masks.ndim != 3 or not np.issubdtype(masks.dtype, np.integer):
+        raise FuturesegError(f"{masks_path}: masks are {masks.dtype} {masks.shape}, expected integer (N, H, W)")
+    if len(set(ids.tolist())) != len(ids):
+        raise FuturesegError(f"{masks_path}: its sidecar lists duplicated ids")
+    if masks.size and (masks.min() < 0 or masks.max() >= data.NUM_CLASSES):
+        raise FuturesegError(f"{masks_path}: class ids {masks.min()}…{masks.max()}, expected 0…{data.NUM_CLASSES - 1}")
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order].tolist()
+    tensor = torch.from_numpy(np.ascontiguousarray(masks[order]).astype(np.dtype(dtype)))
+    if hidden is not None:
+        expected_ids, size = hidden_videos(hidden)
+        found = problems_of(tensor, ids, expected_ids, size)
+        if found:
+            raise FuturesegError(f"{masks_path}: does not fit the hidden split {hidden}: " + "; ".join(found))
+    meta = {"ids": ids, "shape": list(tensor.shape), "dtype": dtype, "frame": data.TARGET_FRAME, "source": str(masks_path)}
+    # The sidecar first: the tensor, the rule's declared output, appears only once both exist.
+    write_json(sidecar_path(out), meta)
+    with atomic_path(out) as tmp:
+        torch.save(tensor, tmp)
+    return meta
+
+
+VERB = "submission"
+HELP = "write the hidden split's masks as the competition tensor (N, H, W) of class ids (stage 5)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--masks", required=True, help="masks_hidden.npy with its ids sidecar")
+    parser.add_argument("--out", required=True, help="submission .pt to write (ids go to the same name .json)")
+    parser.add_argument("--dtype", choices=DTYPES, default="uint8", help="tensor dtype (default uint8)")
+    parser.add_argument("--hidden", help="hidden/ folder or dataset root: check ids and frame size before writing")
+
+
+def main(args) -> None:
+    meta = make_submission(args.masks, args.out, args.dtype, args.hidden)
+    print(f"{args.out}: {meta['dtype']} tensor {tuple(meta['shape'])}, ids in {sidecar_path(args.out)}")

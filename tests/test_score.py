@@ -1,0 +1,269 @@
+"""Stage 5 scoring and figures: the metric matches torchmetrics, is accumulated over the
+split, counts classes the way the report says, and rejects masks of the wrong videos."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+
+from futureseg import cli, data, plots, score
+from futureseg.errors import FuturesegError
+from futureseg.io import save_array
+
+FIRST_VAL_ID = 1000
+
+
+def write_val_split(root: Path, masks: np.ndarray, first_id: int = FIRST_VAL_ID) -> list[int]:
+    """A val split whose videos have the given (N, 22, H, W) masks; frames are the masks
+    colourised, so they are valid RGB PNGs of the right size."""
+    ids = []
+    table = plots.palette()
+    for k, mask in enumerate(masks):
+        video_id = first_id + k
+        folder = root / "val" / f"video_{video_id:05d}"
+        folder.mkdir(parents=True)
+        for index in range(data.N_FRAMES):
+            Image.fromarray(table[mask[index]]).save(folder / f"image_{index}.png")
+        np.save(folder / "mask.npy", mask.astype(np.uint8))
+        ids.append(video_id)
+    return ids
+
+
+def full_masks(frame21: np.ndarray, frame10: np.ndarray | None = None) -> np.ndarray:
+    """(N, 22, H, W) masks whose frame 21 is given (and frame 10, default = frame 21)."""
+    n, h, w = frame21.shape
+    masks = np.zeros((n, data.N_FRAMES, h, w), np.uint8)
+    masks[:] = (frame21 if frame10 is None else frame10)[:, None]
+    masks[:, data.TARGET_FRAME] = frame21
+    return masks
+
+
+def jaccard(pred, target, average):
+    return float(multiclass_jaccard_index(torch.as_tensor(pred).long(), torch.as_tensor(target).long(), data.NUM_CLASSES, average=average))
+
+
+@pytest.fixture
+def random_case(tmp_path):
+    """5 val videos of random masks with a few dominant classes, pipeline and oracle guesses."""
+    rng = np.random.default_rng(0)
+    n, h, w = 5, 12, 16
+    classes = np.array([0, 0, 0, 3, 7, 17, 30, 48])
+    frame21 = classes[rng.integers(0, len(classes), (n, h, w))].astype(np.uint8)
+    frame10 = classes[rng.integers(0, len(classes), (n, h, w))].astype(np.uint8)
+    root = tmp_path / "dataset"
+    ids = write_val_split(root, full_masks(frame21, frame10))
+    pred = np.where(rng.random((n, h, w)) < 0.5, frame21, classes[rng.integers(0, len(classes), (n, h, w))]).astype(np.uint8)
+    oracle = np.where(rng.random((n, h, w)) < 0.9, frame21, 5).astype(np.uint8)
+    save_array(tmp_path / "masks_val.npy", pred, ids)
+    save_array(tmp_path / "masks_val_oracle.npy", oracle, ids)
+    return root, tmp_path, frame21, frame10, pred, oracle
+
+
+def test_scores_equal_direct_torchmetrics_calls(random_case):
+    root, folder, frame21, frame10, pred, oracle = random_case
+    scores = score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=folder / "masks_val_oracle.npy", batch_size=2)
+    assert json.loads((folder / "scores.json").read_text()) == scores
+    assert scores["n_videos"] == 5
+    for method, guess in (("pipeline", pred), ("oracle", oracle), ("copy_last", frame10)):
+        assert scores[method]["iou"] == pytest.approx(jaccard(guess, frame21, "macro"), abs=1e-6)
+        assert scores[method]["iou_micro"] == pytest.approx(jaccard(guess, frame21, "micro"), abs=1e-6)
+        acc = float(multiclass_accuracy(torch.as_tensor(guess).long(), torch.as_tensor(frame21).long(), data.NUM_CLASSES, average="micro"))
+        assert scores[method]["pixel_acc"] == pytest.approx(acc, abs=1e-6)
+        assert scores[method]["pixel_acc"] == pytest.approx(float((guess == frame21).mean()), abs=1e-6)
+    # the three differ, so the test would notice a method scored on the wrong guess
+    assert len({round(scores[m]["iou"], 6) for m in score.METHODS}) == 3
+
+
+@pytest.fixture
+def hand_case(tmp_path):
+    """One 2x4 video where macro and micro IoU differ and 46 classes are absent.
+
+    target   0 0 0 0    pred   0 0 0 0
+             0 0 1 1           0 1 1 2
+    class 0: 5/6, class 1: 1/3, class 2 (predicted only): 0 → macro 7/18 over 3 classes;
+    micro: 6 right of 8 → 6 / (6 + 2 + 2) = 0.6; pixel acc 0.75.
+    """
+    target = np.array([[[0, 0, 0, 0], [0, 0, 1, 1]]], np.uint8)
+    pred = np.array([[[0, 0, 0, 0], [0, 1, 1, 2]]], np.uint8)
+    root = tmp_path / "dataset"
+    ids = write_val_split(root, full_masks(target))
+    save_array(tmp_path / "masks_val.npy", pred, ids)
+    save_array(tmp_path / "masks_val_oracle.npy", target, ids)
+    return root, tmp_path
+
+
+def test_macro_and_micro_on_a_hand_made_case(hand_case):
+    root, folder = hand_case
+    scores = score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=folder / "masks_val_oracle.npy")
+    pipeline = scores["pipeline"]
+    assert pipeline["iou"] == pytest.approx(7 / 18, abs=1e-6)
+    assert pipeline["iou_micro"] == pytest.approx(0.6, abs=1e-6)
+    assert pipeline["pixel_acc"] == pytest.approx(0.75, abs=1e-6)
+    assert pipeline["n_classes_counted"] == 3
+    assert scores["oracle"]["iou"] == pytest.approx(1.0) and scores["copy_last"]["iou"] == pytest.approx(1.0)
+
+
+def test_per_class_csv_marks_absent_classes(hand_case):
+    root, folder = hand_case
+    score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=folder / "masks_val_oracle.npy", per_class=folder / "per_class.csv")
+    with open(folder / "per_class.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == data.NUM_CLASSES
+    assert list(rows[0]) == ["class_id", "class_name", "iou_pipeline", "iou_oracle", "iou_copy_last", "support_pixels"]
+    by_id = {int(r["class_id"]): r for r in rows}
+    assert float(by_id[0]["iou_pipeline"]) == pytest.approx(5 / 6, abs=1e-6)
+    assert float(by_id[1]["iou_pipeline"]) == pytest.approx(1 / 3, abs=1e-6)
+    assert float(by_id[2]["iou_pipeline"]) == 0.0  # predicted but not true: a real 0, counted
+    assert by_id[2]["iou_oracle"] == "absent"  # the oracle neither predicts nor meets class 2
+    assert all(by_id[c]["iou_pipeline"] == "absent" for c in range(3, data.NUM_CLASSES))
+    assert [int(by_id[c]["support_pixels"]) for c in range(4)] == [6, 2, 0, 0]
+    assert by_id[5]["class_name"] == score.class_name(5) != ""
+
+
+def test_scores_accumulate_over_the_split_not_per_batch(tmp_path):
+    """Video A: all background, predicted right (macro 1.0 alone). Video B: half class 1,
+    predicted all background (class 0 4/8, class 1 0 → 0.25 alone). Mean of the two
+    batches: 0.625; the split as a whole: class 0 12/16, class 1 0 → 0.375."""
+    target = np.zeros((2, 2, 4), np.uint8)
+    target[1, 1] = 1
+    pred = np.zeros_like(target)
+    root = tmp_path / "dataset"
+    ids = write_val_split(root, full_masks(target))
+    save_array(tmp_path / "masks_val.npy", pred, ids)
+    per_batch = np.mean([jaccard(pred[i : i + 1], target[i : i + 1], "macro") for i in range(2)])
+    assert per_batch == pytest.approx(0.625)
+    for batch_size in (1, 2):
+        scores = score.run(root, tmp_path / "masks_val.npy", tmp_path / "scores.json", batch_size=batch_size)
+        assert scores["pipeline"]["iou"] == pytest.approx(0.375, abs=1e-6)
+    assert "oracle" not in scores  # --oracle is optional
+
+
+@pytest.mark.parametrize(
+    "ids_of, shape_of, message",
+    [
+        (lambda ids: [*ids[:-1], 99999], None, "do not match the val split's ids"),
+        (lambda ids: ids[::-1], None, "different order"),
+        (None, lambda s: (s[0], s[1] + 1, s[2]), "expected"),
+    ],
+)
+def test_masks_of_other_videos_or_shape_are_refused(random_case, ids_of, shape_of, message):
+    root, folder, frame21, _, pred, _ = random_case
+    ids = [v.id for v in data.list_videos(root, "val")]
+    bad = folder / "bad_masks.npy"
+    array = np.zeros(shape_of(pred.shape), np.uint8) if shape_of else pred
+    save_array(bad, array, ids_of(ids) if ids_of else ids)
+    with pytest.raises(FuturesegError, match=re.escape(str(bad)) + ".*" + re.escape(message)):
+        score.run(root, bad, folder / "scores.json")
+    # the oracle file is checked the same way
+    with pytest.raises(FuturesegError, match=re.escape(str(bad))):
+        score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=bad)
+    assert not (folder / "scores.json").exists()
+
+
+def test_missing_sidecar_and_out_of_range_ids_are_named(random_case):
+    root, folder, *_ = random_case
+    (folder / "masks_val_oracle.json").unlink()
+    with pytest.raises(FuturesegError, match=re.escape(str(folder / "masks_val_oracle.npy")) + ".*sidecar"):
+        score.run(root, folder / "masks_val.npy", folder / "s.json", oracle=folder / "masks_val_oracle.npy")
+    ids = [v.id for v in data.list_videos(root, "val")]
+    bad = np.full((5, 12, 16), 49, np.uint8)
+    save_array(folder / "bad.npy", bad, ids)
+    with pytest.raises(FuturesegError, match=re.escape(str(folder / "bad.npy")) + ".*class ids 49"):
+        score.run(root, folder / "bad.npy", folder / "s.json")
+
+
+def assert_png(path: Path, min_bytes: int = 5000) -> tuple[int, int]:
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > min_bytes
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_score_writes_plots_and_confusion(random_case):
+    root, folder, frame21, _, pred, _ = random_case
+    score.run(
+        root,
+        folder / "masks_val.npy",
+        folder / "scores.json",
+        oracle=folder / "masks_val_oracle.npy",
+        confusion=folder / "confusion.npy",
+        plot_per_class=folder / "per_class_iou.png",
+        plot_confusion=folder / "confusion.png",
+    )
+    confusion = np.load(folder / "confusion.npy")
+    expected = np.zeros((data.NUM_CLASSES, data.NUM_CLASSES), np.int64)
+    np.add.at(expected, (frame21.ravel(), pred.ravel()), 1)
+    np.testing.assert_array_equal(confusion, expected)  # rows = true class
+    assert_png(folder / "per_class_iou.png")
+    assert_png(folder / "confusion.png")
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_most_confused_picks_the_off_diagonal_mass():
+    confusion = np.diag(np.full(data.NUM_CLASSES, 100))
+    confusion[4, 9] = 50
+    confusion[20, 4] = 30
+    confusion[33, 33] = 10_000  # large but never confused
+    assert plots.most_confused(confusion, top=3) == [4, 9, 20]
+    assert plots.most_confused(confusion, top=2) == [4, 9]
+
+
+def test_training_curves_and_val_examples(tmp_path, random_case):
+    root, folder, frame21, _, pred, _ = random_case
+    predictor, segmenter = tmp_path / "predictor", tmp_path / "segmenter"
+    predictor.mkdir()
+    segmenter.mkdir()
+    (predictor / "metrics.csv").write_text("step,loss,val_mse,val_psnr,lr\n" + "".join(f"{s},{1 / s},{0.5 / s},{20 + s},{1e-3}\n" for s in range(1, 8)))
+    (segmenter / "metrics.csv").write_text("step,loss,val_iou\n1,2.0,0.1\n2,1.5,\n3,1.0,0.3\n")
+    assert_png(plots.training_curves([predictor / "metrics.csv", segmenter / "metrics.csv"], tmp_path / "curves.png"))
+    assert plots._panel_of("val_psnr") == "PSNR (dB)" and plots._panel_of("val_mse") == "loss"
+    assert plots._panel_of("val_iou") == "IoU / accuracy" and plots._panel_of("lr") == "learning rate"
+
+    ids = [v.id for v in data.list_videos(root, "val")]
+    frames = np.zeros((5, 2, 12, 16, 3), np.uint8)
+    frames[:, 1] = plots.colourise(frame21)  # the predicted frame 21 sits at column 1
+    save_array(folder / "frames_val.npy", frames, ids, frame_indices=[20, 21])
+    width, height = assert_png(plots.val_examples(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "examples.png", n=3))
+    assert width > height  # 7 columns, 3 rows of wide frames
+
+    save_array(folder / "frames_20.npy", frames[:, :1], ids, frame_indices=[20])
+    with pytest.raises(FuturesegError, match=re.escape(str(folder / "frames_20.npy")) + ".*frame 21"):
+        plots.val_examples(root, folder / "frames_20.npy", folder / "masks_val.npy", tmp_path / "x.png")
+
+
+def test_palette_has_49_distinct_colours():
+    table = plots.palette()
+    assert table.shape == (data.NUM_CLASSES, 3) and table.dtype == np.uint8
+    assert len({tuple(c) for c in table}) == data.NUM_CLASSES
+
+
+def run_cli(monkeypatch, argv):
+    """The real `futureseg` entry point with this stage's verbs registered."""
+    monkeypatch.setattr(cli, "VERB_MODULES", ("score", "plots", "submission", "check_submission", "ablation"))
+    return cli.main(argv)
+
+
+def test_score_and_report_figures_through_the_cli(monkeypatch, capsys, hand_case, tmp_path):
+    root, folder = hand_case
+    argv = ["score", "--root", str(root), "--pred", str(folder / "masks_val.npy"), "--out", str(folder / "cli.json")]
+    assert run_cli(monkeypatch, argv) == 0
+    assert json.loads((folder / "cli.json").read_text())["pipeline"]["iou"] == pytest.approx(7 / 18, abs=1e-6)
+    assert "pipeline  IoU 0.3889" in capsys.readouterr().out
+    argv = ["score", "--root", str(root), "--pred", str(folder / "nowhere.npy"), "--out", str(folder / "cli2.json")]
+    assert run_cli(monkeypatch, argv) == 2
+    assert str(folder / "nowhere.npy") in capsys.readouterr().err
+    # report-figures needs its options in complete groups
+    assert run_cli(monkeypatch, ["report-figures", "--metrics", "m.csv"]) == 2
+    assert "--metrics and --curves go together" in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text("step,loss\n1,1.0\n2,0.5\n")
+    assert run_cli(monkeypatch, ["report-figures", "--metrics", str(tmp_path / "m.csv"), "--curves", str(tmp_path / "c.png")]) == 0
+    assert_png(tmp_path / "c.png", min_bytes=2000)
