@@ -25,3 +25,9 @@ def res(rule_name):
 def csv(values):
     """A list as one comma-separated command-line value."""
     return ",".join(str(v) for v in values)
+
+
+def kept_frames(wildcards):
+    """Future frames predict_frames keeps: all 11 for train (the segmenter trains on
+    them), predictor.keep_frames for val and hidden."""
+    return "11-21" if wildcards.split == "train" else csv(config["predictor"]["keep_frames"])

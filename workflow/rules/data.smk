@@ -10,6 +10,8 @@ rule synth_dataset:
     resources:
         runtime=res("synth_dataset")["runtime"],
         mem_mb=res("synth_dataset")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         "resources/logs/synth_dataset.log",
     shell:
@@ -31,6 +33,8 @@ rule mean_std:
     resources:
         runtime=res("mean_std")["runtime"],
         mem_mb=res("mean_std")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/mean_std.log",
     shell:
@@ -48,6 +52,8 @@ rule cache_frames:
     resources:
         runtime=res("cache_frames")["runtime"],
         mem_mb=res("cache_frames")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/cache_frames_{{split}}.log",
     shell:

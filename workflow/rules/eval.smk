@@ -19,6 +19,8 @@ rule score:
     resources:
         runtime=res("score")["runtime"],
         mem_mb=res("score")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/score.log",
     shell:
@@ -35,7 +37,38 @@ rule submission:
     resources:
         runtime=res("submission")["runtime"],
         mem_mb=res("submission")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/submission.log",
     shell:
         "futureseg submission --masks {input} --out {output} 2> {log}"
+
+
+rule report_figures:
+    input:
+        data=DATA,
+        predictor_metrics=f"{RESULTS}/predictor/metrics.csv",
+        segmenter_metrics=f"{RESULTS}/segmenter/metrics.csv",
+        frames=f"{RESULTS}/predictor/frames_val.npy",
+        masks=f"{RESULTS}/segmenter/masks_val.npy",
+    output:
+        curves=report(
+            f"{RESULTS}/report/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+        examples=report(
+            f"{RESULTS}/report/examples.png", caption="../report/examples.rst", category="Examples"
+        ),
+    resources:
+        runtime=res("report_figures")["runtime"],
+        mem_mb=res("report_figures")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/report_figures.log",
+    shell:
+        "futureseg report-figures --metrics {input.predictor_metrics} {input.segmenter_metrics}"
+        " --curves {output.curves} --root {input.data} --frames {input.frames}"
+        " --masks {input.masks} --examples {output.examples} 2> {log}"

@@ -32,6 +32,8 @@ rule train_predictor:
         runtime=res("train_predictor")["runtime"],
         mem_mb=res("train_predictor")["mem_mb"],
         gpu=res("train_predictor")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/train_predictor.log",
     shell:
@@ -45,11 +47,6 @@ rule train_predictor:
         " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
         " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
         " --threads {threads} 2> {log}"
-
-
-def kept_frames(wildcards):
-    # the segmentation stage trains on all 11 predicted frames of train videos
-    return "11-21" if wildcards.split == "train" else csv(P["keep_frames"])
 
 
 rule predict_frames:
@@ -66,6 +63,8 @@ rule predict_frames:
         runtime=res("predict_frames")["runtime"],
         mem_mb=res("predict_frames")["mem_mb"],
         gpu=res("predict_frames")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/predict_frames_{{split}}.log",
     shell:

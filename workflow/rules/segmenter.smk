@@ -20,6 +20,8 @@ rule make_seg_frames:
     resources:
         runtime=res("make_seg_frames")["runtime"],
         mem_mb=res("make_seg_frames")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/make_seg_frames.log",
     shell:
@@ -55,6 +57,8 @@ rule train_segmenter:
         runtime=res("train_segmenter")["runtime"],
         mem_mb=res("train_segmenter")["mem_mb"],
         gpu=res("train_segmenter")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/train_segmenter.log",
     shell:
@@ -84,6 +88,8 @@ rule segment:
         runtime=res("segment")["runtime"],
         mem_mb=res("segment")["mem_mb"],
         gpu=res("segment")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
     log:
         f"{RESULTS}/logs/segment.log",
     shell:
