@@ -23,6 +23,8 @@ VERB_MODULES = (
     "train_predictor",
     "predict_frames",
     "seg_frames",
+    "train_segmenter",
+    "segment",
     "score",
     "submission",
     "check_submission",

@@ -61,6 +61,8 @@ rule report_figures:
         examples=report(
             f"{RESULTS}/report/examples.png", caption="../report/examples.rst", category="Examples"
         ),
+    params:
+        examples=config["eval"]["report_examples"],
     resources:
         runtime=res("report_figures")["runtime"],
         mem_mb=res("report_figures")["mem_mb"],
@@ -71,4 +73,4 @@ rule report_figures:
     shell:
         "futureseg report-figures --metrics {input.predictor_metrics} {input.segmenter_metrics}"
         " --curves {output.curves} --root {input.data} --frames {input.frames}"
-        " --masks {input.masks} --examples {output.examples} 2> {log}"
+        " --masks {input.masks} --examples {output.examples} --n {params.examples} 2> {log}"

@@ -34,6 +34,7 @@ rule train_segmenter:
     input:
         data=DATA,
         seg_frames=f"{RESULTS}/segframes",
+        mean_std=f"{RESULTS}/data/mean_std.json",
     output:
         model=f"{RESULTS}/segmenter/model.pt",
         metrics=report(
@@ -63,6 +64,7 @@ rule train_segmenter:
         f"{RESULTS}/logs/train_segmenter.log",
     shell:
         "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
+        " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
         " --backend {params.backend} --backbone {params.backbone} --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"

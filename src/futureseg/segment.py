@@ -1,0 +1,157 @@
+"""Stage 4 inference: class-id masks of frame 21 from the trained Mask R-CNN.
+
+Four outputs, each uint8 (N, H, W) with the ids sidecar of `io.save_array`
+({"ids", "frame_index", "source", "model", "score_threshold"}):
+
+  --out-val          the model on the predicted frame 21 of val (`--val-frames`): the pipeline
+  --out-hidden       the model on the predicted frame 21 of hidden (`--hidden-frames`): the submission
+  --out-val-oracle   the model on the true frame 21 of val (`--root`): what a perfect
+                     frame predictor would give
+  --out-val-frame10  the model on the true frame 10 of val (`--root`), the last input frame:
+                     "segment what you last saw", the copy-last baseline with this segmenter
+                     (score.py's copy_last uses the true mask of frame 10 instead)
+
+Each output needs only its own input, so any subset may be asked for. In the predicted
+frames files (N, K, H, W, 3) the position of frame 21 comes from the sidecar's
+`frame_indices`. Instances are painted into a mask by score (`instances_to_mask`, most
+confident on top, below `--score-threshold` left out).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .errors import ConfigError, FuturesegError
+from .io import load_array, save_array
+
+log = logging.getLogger("futureseg")
+
+
+def segment_frames(backend, frames, score_threshold: float, batch_size: int, device) -> np.ndarray:
+    """uint8 (N, H, W) class-id masks of uint8 (N, H, W, 3) RGB frames (an array or memmap)."""
+    import torch
+
+    from .instances import instances_to_mask
+
+    n, h, w = len(frames), *frames.shape[1:3]
+    out = np.zeros((n, h, w), dtype=np.uint8)
+    for start in range(0, n, batch_size):
+        chunk = torch.from_numpy(np.array(frames[start : start + batch_size]))  # a writable copy of the memmap rows
+        images = [image.to(device).permute(2, 0, 1).float().div_(255.0) for image in chunk]
+        for offset, result in enumerate(backend.predict(images)):
+            out[start + offset] = instances_to_mask(
+                result["masks"].float().cpu().numpy(), result["labels"].cpu().numpy(),
+                result["scores"].float().cpu().numpy(), score_threshold, size=(h, w),
+            )
+    return out
+
+
+def target_frames(path: str | Path, frame: int = data.TARGET_FRAME):
+    """(frames (N, H, W, 3) of `frame`, memory-mapped; ids) of a predicted-frames file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FuturesegError(f"{path}: predicted frames file does not exist")
+    if not path.with_suffix(".json").is_file():
+        raise FuturesegError(f"{path}: its sidecar {path.with_suffix('.json').name} is missing")
+    try:
+        frames, meta = load_array(path, mmap=True)
+    except Exception as exc:
+        raise FuturesegError(f"{path}: unreadable predicted frames ({exc})") from None
+    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise FuturesegError(f"{path}: expected uint8 frames (N, K, H, W, 3), got {frames.dtype} {frames.shape}")
+    indices = [int(i) for i in meta.get("frame_indices", [])]
+    if len(indices) != frames.shape[1]:
+        raise FuturesegError(f"{path}: sidecar frame_indices lists {len(indices)} frames, the array holds {frames.shape[1]}")
+    if frame not in indices:
+        raise FuturesegError(f"{path}: frame {frame} is not among its frames (frame_indices {indices})")
+    ids = [int(i) for i in meta.get("ids", [])]
+    if len(ids) != len(frames):
+        raise FuturesegError(f"{path}: sidecar lists {len(ids)} ids for {len(frames)} videos")
+    return frames[:, indices.index(frame)], ids
+
+
+def true_frames(root, frame: int) -> tuple[np.ndarray, list[int]]:
+    videos = data.list_videos(root, "val")
+    size = data.frame_size(root, "val")
+    return np.stack([data.read_frames(v, [frame], size)[0] for v in videos]), [v.id for v in videos]
+
+
+def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, val_frames=None,
+        hidden_frames=None, out_val=None, out_hidden=None, out_val_oracle=None, out_val_frame10=None) -> dict:
+    """Write the requested outputs; return {output path: number of masks}."""
+    import torch
+
+    from .train_segmenter import load_segmenter
+    from .training import select_device
+
+    jobs = []  # (output, input description, loader of (frames, ids), frame index)
+    for out, needed, option in (
+        (out_val, val_frames, "--val-frames"),
+        (out_hidden, hidden_frames, "--hidden-frames"),
+        (out_val_oracle, root, "--root"),
+        (out_val_frame10, root, "--root"),
+    ):
+        if out is not None and needed is None:
+            raise ConfigError(f"{out}: writing it needs {option}")
+    if out_val is not None:
+        jobs.append((out_val, f"predicted {val_frames}", lambda: target_frames(val_frames), data.TARGET_FRAME))
+    if out_hidden is not None:
+        jobs.append((out_hidden, f"predicted {hidden_frames}", lambda: target_frames(hidden_frames), data.TARGET_FRAME))
+    if out_val_oracle is not None:
+        jobs.append((out_val_oracle, f"true frame of {root}/val", lambda: true_frames(root, data.TARGET_FRAME),
+                     data.TARGET_FRAME))
+    if out_val_frame10 is not None:
+        last_input = data.N_INPUT - 1
+        jobs.append((out_val_frame10, f"true frame of {root}/val", lambda: true_frames(root, last_input), last_input))
+    if not jobs:
+        raise ConfigError("segment: no output asked for (--out-val, --out-hidden, --out-val-oracle, --out-val-frame10)")
+    if not 0 <= score_threshold <= 1:
+        raise ConfigError(f"--score-threshold: must lie in 0…1, got {score_threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be at least 1, got {batch_size}")
+
+    device = select_device()
+    backend, _ = load_segmenter(model)
+    backend.model.to(device).eval()
+    written = {}
+    for out, source, read, frame in jobs:
+        frames, ids = read()
+        log.info("segmenting frame %d of %d videos (%s)", frame, len(ids), source)
+        with torch.inference_mode():
+            masks = segment_frames(backend, frames, score_threshold, batch_size, device)
+        save_array(out, masks, ids, frame_index=frame, source=source, model=str(model), score_threshold=score_threshold)
+        written[str(out)] = len(masks)
+    return written
+
+
+VERB = "segment"
+HELP = "class-id masks of frame 21 (predicted and true) with the trained segmenter (stage 4)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model.pt of train-segmenter")
+    parser.add_argument("--root", help="Dataset_Student root (true val frames 21 and 10)")
+    parser.add_argument("--val-frames", help="frames_val.npy of predict-frames (sidecar beside it)")
+    parser.add_argument("--hidden-frames", help="frames_hidden.npy of predict-frames (sidecar beside it)")
+    parser.add_argument("--out-val", help="masks of the predicted val frame 21 (.npy)")
+    parser.add_argument("--out-hidden", help="masks of the predicted hidden frame 21 (.npy)")
+    parser.add_argument("--out-val-oracle", help="masks of the true val frame 21 (.npy)")
+    parser.add_argument("--out-val-frame10", help="masks of the true val frame 10 (.npy)")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="instances below this score are not painted")
+    parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def main(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    written = run(args.model, args.score_threshold, args.batch_size, args.root, args.val_frames, args.hidden_frames,
+                  args.out_val, args.out_hidden, args.out_val_oracle, args.out_val_frame10)
+    for path, n in written.items():
+        print(f"{path}: {n} masks")

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+from futureseg.instances import instances_to_mask, label_components, mask_to_instances
+
+ROUTES = [pytest.param(True, id="scipy"), pytest.param(False, id="numpy")]
+
+
+def semantic_mask() -> np.ndarray:
+    """12×16 mask: class 3 in two pieces, class 5 in three (one a single pixel, one a
+    1-pixel-wide line), class 7 an L shape touching class 3, class 9 two pieces that
+    touch only at a corner (one component under 8-connectivity)."""
+    m = np.zeros((12, 16), dtype=np.uint8)
+    m[0:3, 0:4] = 3
+    m[8:12, 12:16] = 3
+    m[5, 5] = 5
+    m[0:6, 10] = 5
+    m[10, 0:3] = 5
+    m[3:6, 0:2] = 7
+    m[5, 2:4] = 7
+    m[7, 6] = 9
+    m[8, 7] = 9
+    return m
+
+
+@pytest.mark.parametrize("use_scipy", ROUTES)
+def test_round_trip_reproduces_the_mask(use_scipy):
+    mask = semantic_mask()
+    inst = mask_to_instances(mask, min_pixels=0, use_scipy=use_scipy)
+    assert inst["boxes"].dtype == np.float32 and inst["labels"].dtype == np.int64 and inst["masks"].dtype == np.uint8
+    assert inst["labels"].tolist() == [3, 3, 5, 5, 5, 7, 9]
+    assert inst["masks"].shape == (7, 12, 16)
+    back = instances_to_mask(inst["masks"], inst["labels"], np.ones(7), score_threshold=0.5)
+    np.testing.assert_array_equal(back, mask)
+
+
+@pytest.mark.parametrize("use_scipy", ROUTES)
+def test_boxes_are_pixel_edges_and_tight(use_scipy):
+    inst = mask_to_instances(semantic_mask(), use_scipy=use_scipy)
+    boxes = {(int(label), tuple(box)) for label, box in zip(inst["labels"], inst["boxes"].tolist())}
+    assert (3, (0, 0, 4, 3)) in boxes  # rows 0-2, columns 0-3
+    assert (5, (5, 5, 6, 6)) in boxes  # the single pixel: width and height 1
+    assert (5, (10, 0, 11, 6)) in boxes  # the vertical line: width 1, not degenerate
+    assert (9, (6, 7, 8, 9)) in boxes  # corner-touching pixels form one instance
+    for box, piece in zip(inst["boxes"].astype(int), inst["masks"]):
+        rows, cols = np.nonzero(piece)
+        assert (box[0], box[1], box[2], box[3]) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+
+
+@pytest.mark.parametrize("use_scipy", ROUTES)
+def test_small_fragments_are_dropped(use_scipy):
+    inst = mask_to_instances(semantic_mask(), min_pixels=4, use_scipy=use_scipy)
+    # class 5 keeps only its 6-pixel line; class 9 (2 pixels) disappears
+    assert inst["labels"].tolist() == [3, 3, 5, 7]
+    assert [int(m.sum()) for m in inst["masks"]] == [12, 16, 6, 8]
+
+
+def test_empty_mask_gives_no_instances():
+    inst = mask_to_instances(np.zeros((5, 7), dtype=np.int64))
+    assert inst["boxes"].shape == (0, 4) and inst["labels"].shape == (0,) and inst["masks"].shape == (0, 5, 7)
+    assert instances_to_mask(inst["masks"], inst["labels"], np.zeros(0)).shape == (5, 7)
+
+
+def test_numpy_labelling_matches_scipy_on_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        binary = rng.random((17, 23)) < rng.uniform(0.2, 0.7)
+        ours, n_ours = label_components(binary, use_scipy=False)
+        theirs, n_theirs = label_components(binary, use_scipy=True)
+        assert n_ours == n_theirs
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_numpy_labelling_follows_a_long_snake():
+    # one component winding through the whole array: label propagation alone would need
+    # hundreds of rounds; it must still come out as a single component
+    snake = np.zeros((41, 60), dtype=bool)
+    snake[::4] = True
+    snake[1::8, -1] = snake[2::8, -1] = snake[3::8, -1] = True
+    snake[5::8, 0] = snake[6::8, 0] = snake[7::8, 0] = True
+    labels, n = label_components(snake, use_scipy=False)
+    assert n == 1 and (labels[snake] == 1).all() and (labels[~snake] == 0).all()
+
+
+def test_highest_score_wins_where_instances_overlap():
+    masks = np.zeros((3, 4, 4), dtype=np.float32)
+    masks[0, :, :3] = 0.9  # label 1, score 0.6
+    masks[1, :, 1:] = 0.8  # label 2, score 0.9: covers label 1 where they overlap
+    masks[2] = 1.0  # label 3, score 0.3: under the threshold, never painted
+    out = instances_to_mask(masks, np.array([1, 2, 3]), np.array([0.6, 0.9, 0.3]), score_threshold=0.5)
+    np.testing.assert_array_equal(out, np.array([[1, 2, 2, 2]] * 4, dtype=np.uint8))
+    # the order of the inputs does not matter, only the scores
+    flipped = instances_to_mask(masks[::-1], np.array([3, 2, 1]), np.array([0.3, 0.9, 0.6]), score_threshold=0.5)
+    np.testing.assert_array_equal(flipped, out)
+    # lower threshold: label 3 is painted first (lowest score) and shows where nothing covers it
+    low = instances_to_mask(masks, np.array([1, 2, 3]), np.array([0.6, 0.9, 0.3]), score_threshold=0.2)
+    np.testing.assert_array_equal(low, out)
+    masks[0, 0, 0] = masks[1, 0, 0] = 0.0
+    low = instances_to_mask(masks, np.array([1, 2, 3]), np.array([0.6, 0.9, 0.3]), score_threshold=0.2)
+    assert low[0, 0] == 3
+
+
+def test_mask_threshold_applies_to_probabilities():
+    probs = np.array([[[0.2, 0.5, 0.7]]], dtype=np.float32)
+    out = instances_to_mask(probs, np.array([4]), np.array([1.0]), score_threshold=0.5, mask_threshold=0.5)
+    assert out.tolist() == [[0, 4, 4]]
+    assert out.dtype == np.uint8

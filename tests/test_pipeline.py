@@ -1,0 +1,74 @@
+"""The whole DAG on a tiny synthetic dataset: outputs, the report, and which rules a
+changed setting reruns (Snakemake's own dry run decides, not file times)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
+
+ALL_STAGES = {
+    "synth_dataset", "mean_std", "cache_frames", "train_predictor", "predict_frames",
+    "make_seg_frames", "train_segmenter", "segment", "score", "submission", "report_figures", "all",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    write_config(workdir, tiny_config())
+    assert set(planned_jobs(workdir)) == ALL_STAGES
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_outputs(finished_run):
+    results = finished_run / "results"
+    scores = json.loads((results / "eval" / "scores.json").read_text())
+    assert scores["n_videos"] == 2
+    for method in ("pipeline", "oracle", "copy_last"):
+        assert 0.0 <= scores[method]["iou"] <= 1.0
+        assert 0.0 <= scores[method]["pixel_acc"] <= 1.0
+    submission = torch.load(results / "submission.pt", weights_only=True)
+    assert submission.shape == (2, 32, 48) and int(submission.max()) <= 48
+    check = subprocess.run(
+        [sys.executable, "-m", "futureseg", "check-submission", str(results / "submission.pt"),
+         "--hidden", str(finished_run / "resources" / "synthetic")],
+        capture_output=True, text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    frames = np.load(results / "predictor" / "frames_train.npy")
+    assert frames.shape == (3, 11, 32, 48, 3) and frames.dtype == np.uint8
+
+
+def test_report_builds(finished_run):
+    snakemake(finished_run, "--report", "report.html")
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert "scores.json" in html and "examples.png" in html
+
+
+def test_nothing_reruns_without_a_change(finished_run):
+    assert planned_jobs(finished_run) == {}
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"segmenter": {"lr": 0.02}}, {"train_segmenter", "segment", "score", "submission", "report_figures", "all"}),
+        ({"augment": {"frameskip": 2}}, {"make_seg_frames", "train_segmenter", "segment", "score", "submission", "report_figures", "all"}),
+        (
+            {"predictor": {"lr": 0.003}},
+            {"train_predictor", "predict_frames", "make_seg_frames", "train_segmenter", "segment", "score",
+             "submission", "report_figures", "all"},
+        ),
+        ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
+        ({"data": {"mean_std_splits": ["train"]}}, ALL_STAGES - {"synth_dataset", "cache_frames"}),
+    ],
+    ids=["segmenter", "augment", "predictor", "report-only", "mean-std"],
+)
+def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
+    assert set(planned_jobs(finished_run, override=override)) == expected
