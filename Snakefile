@@ -16,6 +16,12 @@ validate(config, "workflow/schemas/config.schema.yaml")
 report: "workflow/report/workflow.rst"
 
 
+# Hidden-set inference runs as K parallel jobs (predict, then segment, per shard), gathered
+# after segmentation; the gathered masks equal an unsharded run's.
+scattergather:
+    hidden=config["resources"]["hidden_shards"],
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/predictor.smk"

@@ -23,7 +23,9 @@ def tiny_config() -> dict:
     config["segmenter"].update(epochs=1, batch_size=2, checkpoint_every=50)
     config["eval"]["report_examples"] = 2
     for entry in config["resources"].values():
-        entry.update(threads=1, mem_mb=1000, runtime=20)
+        if isinstance(entry, dict):
+            entry.update(threads=1, mem_mb=1000, runtime=20)
+    config["resources"]["hidden_shards"] = 2  # exercises scatter/gather
     return config
 
 

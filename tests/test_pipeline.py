@@ -11,10 +11,11 @@ import torch
 
 from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
 
-ALL_STAGES = {
-    "synth_dataset", "mean_std", "cache_frames", "train_predictor", "predict_frames",
-    "make_seg_frames", "train_segmenter", "segment", "score", "submission", "report_figures", "all",
-}
+# rules in pipeline order; a changed setting must rerun its stage and everything after it
+SCORING = {"score", "submission", "report_figures", "all"}
+SEGMENTATION = {"train_segmenter", "segment", "segment_hidden_shard", "gather_hidden_masks"} | SCORING
+PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION
+ALL_STAGES = {"synth_dataset", "mean_std", "cache_frames"} | PREDICTION
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,27 @@ def test_outputs(finished_run):
     assert frames.shape == (3, 11, 32, 48, 3) and frames.dtype == np.uint8
 
 
+def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):
+    results = finished_run / "results"
+    shards = sorted((results / "predictor" / "hidden_shards").glob("frames_*.npy"))
+    assert len(shards) == 2, "tiny_config asks for 2 hidden shards"
+    futureseg = [sys.executable, "-m", "futureseg"]
+    subprocess.run(
+        [*futureseg, "predict-frames", "--model", str(results / "predictor" / "model.pt"),
+         "--cache", str(results / "cache" / "hidden.npy"), "--out", str(tmp_path / "frames_hidden.npy"),
+         "--frames", "21", "--threads", "1"],
+        check=True, capture_output=True,
+    )
+    subprocess.run(
+        [*futureseg, "segment", "--model", str(results / "segmenter" / "model.pt"),
+         "--hidden-frames", str(tmp_path / "frames_hidden.npy"), "--out-hidden", str(tmp_path / "masks_hidden.npy"),
+         "--threads", "1"],
+        check=True, capture_output=True,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "masks_hidden.npy"), np.load(results / "segmenter" / "masks_hidden.npy"))
+    assert json.loads((tmp_path / "masks_hidden.json").read_text())["ids"] == json.loads((results / "segmenter" / "masks_hidden.json").read_text())["ids"]
+
+
 def test_report_builds(finished_run):
     snakemake(finished_run, "--report", "report.html")
     html = (finished_run / "report.html").read_text(errors="replace")
@@ -58,17 +80,14 @@ def test_nothing_reruns_without_a_change(finished_run):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ({"segmenter": {"lr": 0.02}}, {"train_segmenter", "segment", "score", "submission", "report_figures", "all"}),
-        ({"augment": {"frameskip": 2}}, {"make_seg_frames", "train_segmenter", "segment", "score", "submission", "report_figures", "all"}),
-        (
-            {"predictor": {"lr": 0.003}},
-            {"train_predictor", "predict_frames", "make_seg_frames", "train_segmenter", "segment", "score",
-             "submission", "report_figures", "all"},
-        ),
+        ({"segmenter": {"lr": 0.02}}, SEGMENTATION),
+        ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames"}),
+        ({"predictor": {"lr": 0.003}}, PREDICTION),
         ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
-        ({"data": {"mean_std_splits": ["train"]}}, ALL_STAGES - {"synth_dataset", "cache_frames"}),
+        ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
+        ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, set()),
     ],
-    ids=["segmenter", "augment", "predictor", "report-only", "mean-std"],
+    ids=["segmenter", "augment", "predictor", "report-only", "mean-std", "resources"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
     assert set(planned_jobs(finished_run, override=override)) == expected

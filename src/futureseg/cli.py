@@ -25,6 +25,7 @@ VERB_MODULES = (
     "seg_frames",
     "train_segmenter",
     "segment",
+    "shards",
     "score",
     "submission",
     "check_submission",

@@ -15,6 +15,7 @@ SPLITS = ["train", "val", "unlabeled", "hidden"]
 
 wildcard_constraints:
     split="|".join(SPLITS),
+    scatteritem=r"\d+-of-\d+",
 
 
 def res(rule_name):
@@ -31,3 +32,9 @@ def kept_frames(wildcards):
     """Future frames predict_frames keeps: all 11 for train (the segmenter trains on
     them), predictor.keep_frames for val and hidden."""
     return "11-21" if wildcards.split == "train" else csv(config["predictor"]["keep_frames"])
+
+
+def shard_arg(wildcards):
+    """Snakemake's scatter item 'i-of-K' (1-based) as the verbs' '--shard i/K' (0-based)."""
+    index, count = wildcards.scatteritem.split("-of-")
+    return f"{int(index) - 1}/{count}"

@@ -56,6 +56,8 @@ rule predict_frames:
     output:
         frames=f"{RESULTS}/predictor/frames_{{split}}.npy",
         ids=f"{RESULTS}/predictor/frames_{{split}}.json",
+    wildcard_constraints:
+        split="train|val",
     params:
         frames=kept_frames,
     threads: res("predict_frames")["threads"]
@@ -70,3 +72,27 @@ rule predict_frames:
     shell:
         "futureseg predict-frames --model {input.model} --cache {input.cache}"
         " --out {output.frames} --frames {params.frames} --threads {threads} 2> {log}"
+
+
+rule predict_hidden_shard:
+    input:
+        model=f"{RESULTS}/predictor/model.pt",
+        cache=f"{RESULTS}/cache/hidden.npy",
+    output:
+        frames=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.npy",
+        ids=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.json",
+    params:
+        frames=csv(P["keep_frames"]),
+        shard=shard_arg,
+    threads: res("predict_frames")["threads"]
+    resources:
+        runtime=res("predict_frames")["runtime"],
+        mem_mb=res("predict_frames")["mem_mb"],
+        gpu=res("predict_frames")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/predict_hidden_{{scatteritem}}.log",
+    shell:
+        "futureseg predict-frames --model {input.model} --cache {input.cache} --out {output.frames}"
+        " --frames {params.frames} --shard {params.shard} --threads {threads} 2> {log}"

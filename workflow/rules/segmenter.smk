@@ -77,10 +77,8 @@ rule segment:
         data=DATA,
         model=f"{RESULTS}/segmenter/model.pt",
         val_frames=f"{RESULTS}/predictor/frames_val.npy",
-        hidden_frames=f"{RESULTS}/predictor/frames_hidden.npy",
     output:
         val=f"{RESULTS}/segmenter/masks_val.npy",
-        hidden=f"{RESULTS}/segmenter/masks_hidden.npy",
         val_oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
         val_frame10=f"{RESULTS}/segmenter/masks_val_frame10.npy",
     params:
@@ -96,7 +94,44 @@ rule segment:
         f"{RESULTS}/logs/segment.log",
     shell:
         "futureseg segment --root {input.data} --model {input.model}"
-        " --val-frames {input.val_frames} --hidden-frames {input.hidden_frames}"
-        " --out-val {output.val} --out-hidden {output.hidden}"
+        " --val-frames {input.val_frames} --out-val {output.val}"
         " --out-val-oracle {output.val_oracle} --out-val-frame10 {output.val_frame10}"
         " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+
+
+rule segment_hidden_shard:
+    input:
+        model=f"{RESULTS}/segmenter/model.pt",
+        frames=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.npy",
+    output:
+        f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy",
+    params:
+        score_threshold=S["score_threshold"],
+    threads: res("segment")["threads"]
+    resources:
+        runtime=res("segment")["runtime"],
+        mem_mb=res("segment")["mem_mb"],
+        gpu=res("segment")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/segment_hidden_{{scatteritem}}.log",
+    shell:
+        "futureseg segment --model {input.model} --hidden-frames {input.frames} --out-hidden {output}"
+        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+
+
+rule gather_hidden_masks:
+    input:
+        gather.hidden(f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy"),
+    output:
+        f"{RESULTS}/segmenter/masks_hidden.npy",
+    resources:
+        runtime=res("gather_hidden_masks")["runtime"],
+        mem_mb=res("gather_hidden_masks")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/gather_hidden_masks.log",
+    shell:
+        "futureseg gather-shards --shards {input} --out {output} 2> {log}"
