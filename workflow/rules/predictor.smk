@@ -1,6 +1,12 @@
 # Stage 2: self-supervised frame prediction (SimVP or ConvLSTM), then predicted frames.
 
 P = config["predictor"]
+# More than one GPU for training: one process per GPU under torchrun (torch DDP); the
+# global batch stays predictor.batch_size, split across the processes.
+N_GPUS = res("train_predictor")["gpu"]
+TRAIN_LAUNCHER = (
+    f"torchrun --standalone --nproc-per-node {N_GPUS} -m futureseg" if N_GPUS > 1 else "futureseg"
+)
 
 
 rule train_predictor:
@@ -37,7 +43,7 @@ rule train_predictor:
     log:
         f"{RESULTS}/logs/train_predictor.log",
     shell:
-        "futureseg train-predictor --cache {input.caches} --val-cache {input.val_cache}"
+        "{TRAIN_LAUNCHER} train-predictor --cache {input.caches} --val-cache {input.val_cache}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
         " --checkpoints {params.checkpoints} --model {params.model}"
         " --translator {params.simvp[translator]} --hid-s {params.simvp[hid_S]}"

@@ -8,11 +8,14 @@ S = config["segmenter"]
 rule make_seg_frames:
     input:
         data=DATA,
-        frames=f"{RESULTS}/predictor/frames_train.npy",
+        # the predictor's frames of train videos, unless the generated source is off
+        frames=[f"{RESULTS}/predictor/frames_train.npy"] if A["generated"] else [],
     output:
         directory(f"{RESULTS}/segframes"),
     params:
-        generated="--generated" if A["generated"] else "--no-generated",
+        generated=lambda wildcards, input: (
+            f"--generated --frames {input.frames}" if A["generated"] else "--no-generated"
+        ),
         frameskip=A["frameskip"],
         blur_prob=A["blur_prob"],
         blur_sigma=csv(A["blur_sigma"]),
@@ -25,7 +28,7 @@ rule make_seg_frames:
     log:
         f"{RESULTS}/logs/make_seg_frames.log",
     shell:
-        "futureseg make-seg-frames --root {input.data} --frames {input.frames} --out {output}"
+        "futureseg make-seg-frames --root {input.data} --out {output}"
         " {params.generated} --frameskip {params.frameskip} --blur-prob {params.blur_prob}"
         " --blur-sigma {params.blur_sigma} --seed {params.seed} 2> {log}"
 
@@ -45,6 +48,11 @@ rule train_segmenter:
     params:
         backend=S["backend"],
         backbone=S["backbone"],
+        fpn_channels=S["fpn_channels"],
+        box_head_dim=S["box_head_dim"],
+        mask_head_channels=S["mask_head_channels"],
+        rpn_post_nms_train=S["rpn_post_nms_train"],
+        box_batch_per_image=S["box_batch_per_image"],
         epochs=S["epochs"],
         batch_size=S["batch_size"],
         lr=S["lr"],
@@ -66,7 +74,10 @@ rule train_segmenter:
         "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
-        " --backend {params.backend} --backbone {params.backbone} --epochs {params.epochs}"
+        " --backend {params.backend} --backbone {params.backbone} --fpn-channels {params.fpn_channels}"
+        " --box-head-dim {params.box_head_dim} --mask-head-channels {params.mask_head_channels}"
+        " --rpn-post-nms-train {params.rpn_post_nms_train} --box-batch-per-image {params.box_batch_per_image}"
+        " --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"
         " --checkpoint-every {params.checkpoint_every} --min-fragment {params.min_fragment}"
         " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
