@@ -22,6 +22,7 @@ rule train_predictor:
             category="Frame prediction",
         ),
     params:
+        launcher=TRAIN_LAUNCHER,
         model=P["model"],
         simvp=P["simvp"],
         convlstm=P["convlstm"],
@@ -43,7 +44,7 @@ rule train_predictor:
     log:
         f"{RESULTS}/logs/train_predictor.log",
     shell:
-        "{TRAIN_LAUNCHER} train-predictor --cache {input.caches} --val-cache {input.val_cache}"
+        "{params.launcher} train-predictor --cache {input.caches} --val-cache {input.val_cache}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
         " --checkpoints {params.checkpoints} --model {params.model}"
         " --translator {params.simvp[translator]} --hid-s {params.simvp[hid_S]}"
