@@ -35,18 +35,24 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, override: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile in `workdir` on its config.yaml; `override` is a
-    partial config merged on top (Snakemake merges later --configfile entries key by key)."""
+def snakemake_command(workdir: Path, *args: str, override: dict | None = None) -> list[str]:
+    """The command that runs the repository's Snakefile in `workdir` on its config.yaml;
+    `override` is a partial config merged on top (Snakemake merges later --configfile
+    entries key by key)."""
     configfiles = [str(workdir / "config.yaml")]
     if override:
         extra = workdir / "override.yaml"
         extra.write_text(yaml.safe_dump(override))
         configfiles.append(str(extra))
-    command = [
+    return [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
         "--configfile", *configfiles, *args,
     ]
+
+
+def snakemake(workdir: Path, *args: str, override: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in `workdir` (see snakemake_command)."""
+    command = snakemake_command(workdir, *args, override=override)
     result = subprocess.run(command, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")

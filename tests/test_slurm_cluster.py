@@ -3,9 +3,11 @@
 The end-to-end tests need `sbatch` and a running cluster (`bash slurm/local-cluster.sh start`);
 without them they skip, unless FUTURESEG_REQUIRE_SLURM=1 (CI), where they fail instead.
 
-Reusable helpers: `run_snakemake_on_slurm(workdir, *args)` runs snakemake with the profile in a
-folder and returns the SLURM jobs of that run per rule, read back from slurmctld
-(`scontrol show job`, which keeps finished jobs for MinJobAge seconds).
+Reusable helpers (tests/test_slurm_pipeline.py uses them): `run_snakemake_on_slurm(workdir, *args)`
+runs snakemake with the profile in a folder and returns the SLURM jobs of that run per rule,
+read back from slurmctld (`scontrol show job`, which keeps finished jobs for MinJobAge
+seconds); `start_snakemake_on_slurm` / `finish_snakemake_on_slurm` do the same in two halves,
+for a test that acts on the jobs while they run; `slurm_jobs(workdir)` lists them.
 """
 
 import dataclasses
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,14 +25,19 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm"
 CLUSTER_SCRIPT = PROFILE / "local-cluster.sh"
 
-# What a cluster without an accounting database needs on top of the profile (sacct does not
-# work there, squeue does), and short status polling so that tiny jobs are seen finishing
-# within seconds rather than the plugin's default 40 s.
-LOCAL_CLUSTER_FLAGS = (
-    "--slurm-status-command", "squeue",
+# The flags the tests add to `snakemake --profile slurm` (slurm/README.md names them).
+# Needed on a cluster without an accounting database, like the local one: sacct does not
+# work there, squeue does. A real cluster keeps the plugin's default (sacct).
+NO_ACCOUNTING_FLAGS = ("--slurm-status-command", "squeue")
+# Speed only, for tiny jobs: the first status check 3 s after a submission instead of 40 s.
+# The plugin still backs off by 10 s after every check that finds no job finished (3, 13,
+# 23 s, ...) and returns to 3 s when one has, so a job is seen finishing up to ~10-20 s late.
+# On a real cluster leave the defaults: they spare slurmctld.
+FAST_POLLING_FLAGS = (
     "--slurm-init-seconds-before-status-checks", "3",
     "--seconds-between-status-checks", "3",
 )  # fmt: skip
+LOCAL_CLUSTER_FLAGS = NO_ACCOUNTING_FLAGS + FAST_POLLING_FLAGS
 
 
 def require_slurm_cluster():
@@ -63,6 +71,8 @@ class SlurmJob:
     gpus: str  # TresPerJob, e.g. "gres:gpu:1"; "" when the job asked for no GPU
     cpus: int
     restarts: int
+    start: str  # StartTime / EndTime, e.g. 2026-01-31T12:00:00 ("Unknown" while pending)
+    end: str
 
 
 def _field(record, key):
@@ -70,9 +80,10 @@ def _field(record, key):
     return match.group(1) if match else ""
 
 
-def slurm_jobs(workdir, run_ids):
-    """The jobs that slurmctld still knows whose working folder is `workdir` and whose name
-    is one of `run_ids` (the plugin names every job of one snakemake run by its run id)."""
+def slurm_jobs(workdir, run_ids=None):
+    """The jobs that slurmctld still knows whose working folder is `workdir` and, unless
+    `run_ids` is None, whose name is one of `run_ids` (the plugin names every job of one
+    snakemake run by its run id)."""
     out = subprocess.run(
         ["scontrol", "--oneliner", "show", "job"], capture_output=True, text=True, check=True
     ).stdout
@@ -83,7 +94,7 @@ def slurm_jobs(workdir, run_ids):
             continue  # "No jobs in the system"
         if os.path.realpath(_field(record, "WorkDir")) != workdir:
             continue
-        if _field(record, "JobName") not in run_ids:
+        if run_ids is not None and _field(record, "JobName") not in run_ids:
             continue
         # The plugin's comment: rule_NAME or rule_NAME_wildcards_VALUES.
         comment = _field(record, "Comment")
@@ -97,6 +108,8 @@ def slurm_jobs(workdir, run_ids):
                 gpus=_field(record, "TresPerJob"),
                 cpus=int(_field(record, "NumCPUs") or 0),
                 restarts=int(_field(record, "Restarts") or 0),
+                start=_field(record, "StartTime"),
+                end=_field(record, "EndTime"),
             )
         )
     return sorted(jobs, key=lambda job: job.job_id)
@@ -110,28 +123,95 @@ def _slurm_log_tails(workdir, lines=30):
     return "\n".join(tails)
 
 
-def run_snakemake_on_slurm(workdir, *args, timeout=600):
-    """Run `snakemake --profile slurm` (+ the local cluster's flags, + `args`) in `workdir`;
-    fail the test with the logs when it fails. Returns {rule: [SlurmJob, ...]} of this run."""
+@dataclasses.dataclass
+class SlurmRun:
+    """A `snakemake --profile slurm` run: its command, exit status, output (stdout and
+    stderr together), wall time, and the SLURM jobs it submitted per rule."""
+
+    command: list
+    returncode: int
+    output: str
+    seconds: float
+    jobs: dict  # {rule: [SlurmJob, ...]}, in submission order
+
+    @property
+    def job_count(self):
+        return sum(len(jobs) for jobs in self.jobs.values())
+
+
+@dataclasses.dataclass
+class RunningSnakemake:
+    """A run of start_snakemake_on_slurm, still going."""
+
+    process: subprocess.Popen
+    command: list
+    workdir: Path
+    started: float  # time.monotonic()
+
+
+def start_snakemake_on_slurm(workdir, *args, snakemake=("snakemake",)):
+    """Start `snakemake --profile slurm` (+ the local cluster's flags, + `args`) in `workdir`.
+    `snakemake` is the command up to its options, e.g. one that also names a Snakefile, a
+    working folder and config files. Wait for it with finish_snakemake_on_slurm."""
     # A GPU machine's CUDA_VISIBLE_DEVICES would reach the jobs through sbatch --export=ALL;
     # the jobs must see only what SLURM gives them.
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    cmd = ["snakemake", "--profile", str(PROFILE), *LOCAL_CLUSTER_FLAGS, *args]
-    proc = subprocess.run(
-        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    command = [*snakemake, "--profile", str(PROFILE), *LOCAL_CLUSTER_FLAGS, *args]
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
+    return RunningSnakemake(process, command, Path(workdir), started)
+
+
+def _run_ids(output):
+    return set(re.findall(r"SLURM run ID: (\S+)", output))
+
+
+def finish_snakemake_on_slurm(run, timeout=600, check=True):
+    """Wait for a RunningSnakemake; with `check`, fail the test with the logs unless it
+    succeeded. Past `timeout` seconds (from its start) the run is killed and its jobs
+    cancelled. Returns a SlurmRun."""
+    command, workdir = " ".join(run.command), run.workdir
+    try:
+        output, _ = run.process.communicate(timeout=max(1.0, run.started + timeout - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        output = stop_snakemake_on_slurm(run)
         pytest.fail(
-            f"{' '.join(cmd)} exited with {proc.returncode} in {workdir}\n"
+            f"{command} ran past {timeout} s in {workdir}\n{output[-6000:]}\n{_slurm_log_tails(workdir)}"
+        )
+    seconds = time.monotonic() - run.started
+    if check and run.process.returncode != 0:
+        pytest.fail(
+            f"{command} exited with {run.process.returncode} in {workdir}\n"
             f"{output[-6000:]}\n{_slurm_log_tails(workdir)}"
         )
-    run_ids = set(re.findall(r"SLURM run ID: (\S+)", output))
+    run_ids = _run_ids(output)
     assert run_ids, f"no 'SLURM run ID' in the snakemake output:\n{output[-3000:]}"
     by_rule = {}
     for job in slurm_jobs(workdir, run_ids):
         by_rule.setdefault(job.rule, []).append(job)
-    return by_rule
+    return SlurmRun(run.command, run.process.returncode, output, seconds, by_rule)
+
+
+def stop_snakemake_on_slurm(run):
+    """Kill a RunningSnakemake (if still running) and cancel the SLURM jobs it left queued or
+    running, so that a failed test leaves the cluster free; returns its output."""
+    if run.process.poll() is None:
+        run.process.kill()
+    output, _ = run.process.communicate()
+    for job in slurm_jobs(run.workdir, _run_ids(output or "") or None):
+        if job.state in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED"):
+            subprocess.run(["scancel", str(job.job_id)], capture_output=True)
+    return output or ""
+
+
+def run_snakemake_on_slurm(workdir, *args, timeout=600, snakemake=("snakemake",)):
+    """Run `snakemake --profile slurm` (+ the local cluster's flags, + `args`) in `workdir`;
+    fail the test with the logs when it fails. Returns {rule: [SlurmJob, ...]} of this run
+    (finish_snakemake_on_slurm's SlurmRun has the rest)."""
+    run = start_snakemake_on_slurm(workdir, *args, snakemake=snakemake)
+    return finish_snakemake_on_slurm(run, timeout=timeout).jobs
 
 
 # Three rules: a CPU job and a GPU job side by side, then one that needs both. The GPU rule
@@ -216,7 +296,9 @@ def test_profile_sends_every_gpu_rule_of_the_workflow_to_the_gpu_partition():
     gpu_rules = {
         rule
         for rule, spec in config["resources"].items()
-        if rule != "default" and spec.get("gpu", config["resources"]["default"].get("gpu", 0))
+        if isinstance(spec, dict)  # not hidden_shards
+        and rule != "default"
+        and spec.get("gpu", config["resources"]["default"].get("gpu", 0))
     }
     assert gpu_rules, "config.yaml declares no GPU rule"
     for rule in gpu_rules:

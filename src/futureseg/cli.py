@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     except FuturesegError as exc:
         print(f"futureseg {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a permission problem: outputs stay as they were
+        print(f"futureseg {args.verb}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

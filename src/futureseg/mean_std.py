@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data
+from .errors import DataError
 from .io import write_json
 
 _CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.intp)
@@ -74,9 +75,19 @@ def run(root, out, splits=("train", "unlabeled"), workers: int = 1) -> dict:
 
 
 def load(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) float32 arrays of shape (3,) on the 0…255 scale."""
-    stats = json.loads(Path(path).read_text())
-    return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+    """(mean, std) float32 arrays of shape (3,) on the 0…255 scale, checked."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text())
+        mean = np.asarray(stats["mean"], np.float64)
+        std = np.asarray(stats["std"], np.float64)
+    except FileNotFoundError:
+        raise DataError(f"{path}: mean/std file does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a mean_std.json of futureseg mean-std ({type(exc).__name__}: {exc})") from None
+    if mean.shape != (3,) or std.shape != (3,) or not np.isfinite(mean).all() or not (std > 0).all():
+        raise DataError(f"{path}: expected 3 finite means and 3 positive stds, got mean {mean.tolist()} std {std.tolist()}")
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 VERB = "mean-std"

@@ -62,12 +62,13 @@ def load_checkpoint(path: str | Path, expected_fingerprint: str | None = None) -
     except FileNotFoundError:
         raise FuturesegError(f"{path}: checkpoint does not exist") from None
     except Exception as exc:
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
+        text = str(exc).strip()
+        if "Unsupported global" in text:
             raise FuturesegError(
                 f"{path}: not a weights-only checkpoint (it holds pickled objects); refusing to load it"
             ) from None
-        raise FuturesegError(f"{path}: unreadable or truncated checkpoint ({text.splitlines()[0]})") from None
+        reason = text.splitlines()[0] if text else "file is empty" if path.stat().st_size == 0 else type(exc).__name__
+        raise FuturesegError(f"{path}: unreadable or truncated checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "fingerprint" not in state:
         raise FuturesegError(f"{path}: not a futureseg checkpoint (no 'model'/'fingerprint' entries)")
     if expected_fingerprint is not None and state["fingerprint"] != expected_fingerprint:

@@ -1,0 +1,237 @@
+"""The whole demo chain under `snakemake --profile slurm` on the local cluster of
+slurm/local-cluster.sh, and a training job stopped the way SLURM stops one.
+
+Like tests/test_slurm_cluster.py, these tests skip when no SLURM cluster answers, and fail
+instead under FUTURESEG_REQUIRE_SLURM=1 (CI). The flags added to the profile are the ones
+slurm/README.md names: `--slurm-status-command squeue` because the local cluster has no
+accounting database, and two polling flags for speed (LOCAL_CLUSTER_FLAGS).
+
+The chain runs on tiny_config() (1 thread, 1000 MB per rule), once through SLURM and once
+locally alongside it; the outputs must be equal bit for bit: every verb runs with
+`--threads 1` in both, on the same CPU, and the pipeline is seeded throughout (torch's CPU
+kernels give the same bits for a fixed thread count). A cluster whose nodes have another
+CPU than the login node would need a tolerance for the trained weights and what follows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_helpers import planned_jobs, snakemake_command, tiny_config, write_config
+from test_slurm_cluster import (
+    SlurmRun,
+    finish_snakemake_on_slurm,
+    slurm_cluster,  # noqa: F401  (the fixture)
+    slurm_jobs,
+    start_snakemake_on_slurm,
+    stop_snakemake_on_slurm,
+)
+
+# Rules whose config.yaml resources ask for a GPU (tiny_config keeps gpu: 1); the hidden-set
+# shards take predict_frames' and segment's resources.
+GPU_RULES = {
+    "train_predictor", "predict_frames", "predict_hidden_shard",
+    "train_segmenter", "segment", "segment_hidden_shard",
+}  # fmt: skip
+# The chain's one local rule: `all` only gathers the targets, Snakemake runs it itself.
+LOCAL_RULES = {"all"}
+CHAIN_TIMEOUT_S = 1500
+
+
+@dataclasses.dataclass
+class Chains:
+    local: Path  # the reference run's folder (snakemake --cores 1)
+    slurm: Path  # the SLURM run's folder
+    planned: dict  # {rule: jobs} of the DAG, from a dry run
+    run: SlurmRun
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{rule} {len(jobs)}" for rule, jobs in self.run.jobs.items())
+        return (
+            f"the chain under SLURM: {self.run.job_count} SLURM jobs in {self.run.seconds:.0f} s wall "
+            f"(a local run alongside); jobs per rule: {counts}"
+        )
+
+
+@pytest.fixture(scope="module")
+def chains(slurm_cluster, tmp_path_factory):  # noqa: F811
+    config = tiny_config()
+    local, slurm = tmp_path_factory.mktemp("local_chain"), tmp_path_factory.mktemp("slurm_chain")
+    for workdir in (local, slurm):
+        write_config(workdir, config)
+    planned = planned_jobs(slurm)
+    # The reference run goes alongside the SLURM one, which spends most of its time starting
+    # jobs and polling their status; on one core, as the SLURM jobs may take both.
+    reference = subprocess.Popen(
+        snakemake_command(local, "--cores", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        run = finish_snakemake_on_slurm(
+            start_snakemake_on_slurm(slurm, snakemake=snakemake_command(slurm)), timeout=CHAIN_TIMEOUT_S
+        )
+        output, _ = reference.communicate(timeout=CHAIN_TIMEOUT_S)
+    except BaseException:
+        reference.kill()
+        reference.communicate()
+        raise
+    assert reference.returncode == 0, f"the local reference run failed:\n{output[-6000:]}"
+    chains = Chains(local, slurm, planned, run)
+    print(f"\n{chains.summary()}")
+    return chains
+
+
+def test_every_rule_but_the_local_one_ran_as_a_slurm_job(chains):
+    summary = chains.summary()
+    ran_locally = set(re.findall(r"^localrule (\w+):", chains.run.output, flags=re.MULTILINE))
+    assert ran_locally == LOCAL_RULES, summary
+    expected = {rule: n for rule, n in chains.planned.items() if rule not in LOCAL_RULES}
+    assert {rule: len(jobs) for rule, jobs in chains.run.jobs.items()} == expected, summary
+    for jobs in chains.run.jobs.values():
+        for job in jobs:
+            assert job.state == "COMPLETED" and job.restarts == 0, job
+            assert job.cpus == 1, job  # tiny_config's threads: 1 became --cpus-per-task
+    assert chains.run.job_count == sum(expected.values()), summary
+
+
+def test_the_gpu_rules_asked_for_a_gpu_and_the_others_did_not(chains):
+    assert GPU_RULES <= set(chains.run.jobs), chains.summary()
+    for rule, jobs in chains.run.jobs.items():
+        for job in jobs:
+            if rule in GPU_RULES:
+                assert job.gpus.endswith("gpu:1") and job.partition == "gpu", job
+            else:
+                assert job.gpus == "" and job.partition == "main", job
+
+
+def _weights(path):
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    return state["model"]
+
+
+def test_outputs_equal_the_local_run(chains):
+    local, slurm = chains.local / "results", chains.slurm / "results"
+    # Byte for byte: data statistics, caches, predicted frames, the segmentation training set,
+    # masks (with their id sidecars), scores.
+    same_bytes = [
+        "data/mean_std.json",
+        *(f"cache/{split}.{ext}" for split in ("train", "val", "unlabeled", "hidden") for ext in ("npy", "json")),
+        *(p.relative_to(local).as_posix() for p in sorted(local.glob("predictor/**/frames_*.*"))),
+        *(p.relative_to(local).as_posix() for p in sorted(local.glob("segframes/*"))),
+        *(p.relative_to(local).as_posix() for p in sorted(local.glob("segmenter/**/masks_*.*"))),
+        "eval/scores.json",
+        "eval/per_class.csv",
+    ]
+    assert "predictor/frames_val.npy" in same_bytes and "segmenter/masks_hidden.npy" in same_bytes
+    assert any("hidden_shards/frames_" in name for name in same_bytes)
+    differing = [name for name in same_bytes if not filecmp.cmp(local / name, slurm / name, shallow=False)]
+    assert not differing, f"differ between the SLURM and the local run: {differing}"
+    assert json.loads((slurm / "eval/scores.json").read_text())["n_videos"] == 2
+
+    # Trained weights, tensor for tensor (the files also hold timings, so not byte for byte).
+    for model in ("predictor/model.pt", "segmenter/model.pt"):
+        ours, reference = _weights(slurm / model), _weights(local / model)
+        assert ours.keys() == reference.keys(), model
+        unequal = [name for name in ours if not torch.equal(ours[name], reference[name])]
+        assert not unequal, f"{model}: weights differ from the local run's: {unequal[:5]}"
+
+    submission = torch.load(slurm / "submission.pt", weights_only=True)
+    assert torch.equal(submission, torch.load(local / "submission.pt", weights_only=True))
+    assert submission.shape == (2, 32, 48)
+    np.testing.assert_array_equal(submission.numpy(), np.load(slurm / "segmenter/masks_hidden.npy"))
+
+
+# ---------------------------------------------------------------- preemption
+
+# Long enough to be stopped mid-way, short enough to finish soon after resuming:
+# (2 unlabeled + 3 train videos) // batch 2 = 2 steps per epoch, 60 steps of ~0.3 s.
+PREEMPT_OVERRIDE = {"predictor": {"epochs": 30, "checkpoint_every": 1}}
+ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED")
+
+
+def _checkpoint_step(path):
+    return int(torch.load(path, weights_only=True, map_location="cpu")["step"])
+
+
+def _wait(what, condition, run, deadline, interval=0.2):
+    """Poll `condition` until it returns something true; fail if the snakemake run ends first
+    or the deadline passes."""
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if run.process.poll() is not None:
+            pytest.fail(f"snakemake ended while waiting for {what}:\n{stop_snakemake_on_slurm(run)[-6000:]}")
+        time.sleep(interval)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(chains, tmp_path):
+    # The local run's folder, less the predictor: its data, caches and mean/std are up to date
+    # (Snakemake's metadata comes along), so only train_predictor runs, as one SLURM job.
+    workdir = tmp_path / "preempt"
+    shutil.copytree(chains.local, workdir)
+    shutil.rmtree(workdir / "results" / "predictor")
+    target = "results/predictor/model.pt"
+    assert planned_jobs(workdir, target, override=PREEMPT_OVERRIDE) == {"train_predictor": 1}
+
+    run = start_snakemake_on_slurm(workdir, target, snakemake=snakemake_command(workdir, override=PREEMPT_OVERRIDE))
+    try:
+        deadline = time.monotonic() + 300
+
+        def running_job_with_a_checkpoint():
+            running = [job for job in slurm_jobs(workdir) if job.rule == "train_predictor" and job.state == "RUNNING"]
+            checkpoints = list(workdir.glob("results/predictor/checkpoints/*/last.pt"))
+            return running and checkpoints and (running[0], checkpoints[0])
+
+        job, checkpoint = _wait("a train_predictor job with a checkpoint", running_job_with_a_checkpoint, run, deadline)
+        step_before_signal = _checkpoint_step(checkpoint)
+        # What SLURM does at a job's time limit (and scancel without --signal): SIGTERM to
+        # the job's processes, SIGKILL KillWait (30 s) later unless they have ended.
+        subprocess.run(["scancel", "--signal=TERM", str(job.job_id)], check=True, capture_output=True)
+
+        def ended():
+            state = next(j.state for j in slurm_jobs(workdir) if j.job_id == job.job_id)
+            return state not in ACTIVE_STATES and state
+
+        stopped_state = _wait(f"SLURM job {job.job_id} to end after SIGTERM", ended, run, deadline)
+        # Read at once: Snakemake's retry (the profile's `retries: 1`) overwrites it only
+        # after a new job has started and trained a step, tens of seconds from now.
+        step_at_stop = _checkpoint_step(checkpoint)
+        result = finish_snakemake_on_slurm(run, timeout=600)
+    except BaseException:
+        stop_snakemake_on_slurm(run)
+        raise
+
+    print(
+        f"\npreemption: SLURM job {job.job_id} got SIGTERM at step >= {step_before_signal}, ended {stopped_state} "
+        f"with last.pt at step {step_at_stop}; snakemake's retry resumed it; {result.seconds:.0f} s in all"
+    )
+    first, *retries = result.jobs["train_predictor"]
+    assert first.job_id == job.job_id
+    # FAILED: the job ended by itself, non-zero (checkpoint written, exit 2), within KillWait;
+    # SLURM did not have to kill it (that would be CANCELLED).
+    assert stopped_state == first.state == "FAILED", first
+    assert [retry.state for retry in retries] == ["COMPLETED"], result.jobs
+    assert retries[0].gpus.endswith("gpu:1") and retries[0].partition == "gpu", retries[0]
+
+    model = torch.load(workdir / target, weights_only=True)
+    total_steps = model["settings"]["total_steps"]
+    assert model["step"] == total_steps == 60
+    assert step_before_signal <= step_at_stop < total_steps, (step_before_signal, step_at_stop)
+    # The retry's log (the rule's log file, rewritten by the retry) says where it started.
+    log = (workdir / "results" / "logs" / "train_predictor.log").read_text()
+    resumed = re.findall(r"resuming from (\S+) at step (\d+)", log)
+    assert [(str(workdir / path), int(step)) for path, step in resumed] == [(str(checkpoint), step_at_stop)], log
+    assert "from scratch" not in log, log
+    assert f"wrote {target} (step {total_steps})" in log, log
