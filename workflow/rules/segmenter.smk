@@ -56,6 +56,7 @@ rule train_segmenter:
         epochs=S["epochs"],
         batch_size=S["batch_size"],
         lr=S["lr"],
+        warmup_steps=S["warmup_steps"],
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         min_fragment=S["min_fragment"],
@@ -78,7 +79,8 @@ rule train_segmenter:
         " --box-head-dim {params.box_head_dim} --mask-head-channels {params.mask_head_channels}"
         " --rpn-post-nms-train {params.rpn_post_nms_train} --box-batch-per-image {params.box_batch_per_image}"
         " --epochs {params.epochs}"
-        " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"
+        " --batch-size {params.batch_size} --lr {params.lr} --warmup-steps {params.warmup_steps}"
+        " --seed {params.seed}"
         " --checkpoint-every {params.checkpoint_every} --min-fragment {params.min_fragment}"
         " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
 
