@@ -173,9 +173,11 @@ def loader(videos: CachedVideos, batches, workers: int, pin: bool):
 
     # Its own generator: creating a DataLoader iterator draws a seed, which must not come
     # from the global RNG, or a run resumed mid-epoch would drift from an uninterrupted one.
+    from .training import ignore_stop_signals
+
     return torch.utils.data.DataLoader(
         videos, sampler=batches, batch_size=None, num_workers=workers, pin_memory=pin,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -256,11 +256,13 @@ def collate(samples):
 def loader(dataset: TrainingSet, batches, workers: int, seed: int):
     import torch
 
+    from .training import ignore_stop_signals
+
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
         # a private generator: worker seeding must not draw from torch's global RNG, whose
         # state the checkpoint restores for the model's samplers
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -118,6 +118,14 @@ class StopFlag:
         raise TrainingInterrupted(f"{checkpoint}: {name} received at step {step}; checkpoint written, rerun to resume")
 
 
+def ignore_stop_signals(_worker_id=None) -> None:
+    """DataLoader worker_init_fn. SLURM signals every process of a job; torch kills a worker
+    that gets SIGTERM, which crashes the main process before StopFlag can checkpoint. The
+    workers leave the signals to the main process, which stops them itself."""
+    for sig in StopFlag.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def check_finite(loss: torch.Tensor, step: int, checkpoint: Path) -> None:
     if not torch.isfinite(loss).all():
         raise NonFiniteLoss(
