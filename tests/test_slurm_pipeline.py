@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,16 @@ class Chains:
     run: SlurmRun
 
     def summary(self) -> str:
-        counts = ", ".join(f"{rule} {len(jobs)}" for rule, jobs in self.run.jobs.items())
+        jobs = [job for rule_jobs in self.run.jobs.values() for job in rule_jobs]
+        counts = ", ".join(f"{rule} {len(rule_jobs)}" for rule, rule_jobs in self.run.jobs.items())
+        # From the first job's start to the last one's end, and the jobs' own run times.
+        times = [(datetime.fromisoformat(job.start), datetime.fromisoformat(job.end)) for job in jobs]
+        span = (max(end for _, end in times) - min(start for start, _ in times)).total_seconds()
+        in_jobs = sum((end - start).total_seconds() for start, end in times)
         return (
-            f"the chain under SLURM: {self.run.job_count} SLURM jobs in {self.run.seconds:.0f} s wall "
-            f"(a local run alongside); jobs per rule: {counts}"
+            f"the chain under SLURM: {self.run.job_count} SLURM jobs, {self.run.seconds:.0f} s wall for "
+            f"snakemake (a local run alongside), {span:.0f} s from the first job's start to the last's "
+            f"end, {in_jobs:.0f} s of job run time; jobs per rule: {counts}"
         )
 
 
@@ -154,7 +161,7 @@ def test_outputs_equal_the_local_run(chains):
 # ---------------------------------------------------------------- preemption
 
 # Long enough to be stopped mid-way, short enough to finish soon after resuming:
-# (2 unlabeled + 3 train videos) // batch 2 = 2 steps per epoch, 60 steps of ~0.3 s.
+# (2 unlabeled + 3 train videos) // batch 2 = 2 steps per epoch, 60 steps of well under 1 s.
 PREEMPT_OVERRIDE = {"predictor": {"epochs": 30, "checkpoint_every": 1}}
 ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED")
 
@@ -178,13 +185,16 @@ def _wait(what, condition, run, deadline, interval=0.2):
 
 def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(chains, tmp_path):
     # The local run's folder, less the predictor: its data, caches and mean/std are up to date
-    # (Snakemake's metadata comes along), so only train_predictor runs, as one SLURM job.
+    # (Snakemake's metadata comes along), so only train_predictor runs, as a SLURM job.
     workdir = tmp_path / "preempt"
     shutil.copytree(chains.local, workdir)
     shutil.rmtree(workdir / "results" / "predictor")
     target = "results/predictor/model.pt"
     assert planned_jobs(workdir, target, override=PREEMPT_OVERRIDE) == {"train_predictor": 1}
 
+    # The profile as it is: its `retries: 1` resubmits the stopped job, its
+    # `show-failed-logs: true` puts the stopped job's log in Snakemake's output before the
+    # retry rewrites the file.
     run = start_snakemake_on_slurm(workdir, target, snakemake=snakemake_command(workdir, override=PREEMPT_OVERRIDE))
     try:
         deadline = time.monotonic() + 300
@@ -196,42 +206,44 @@ def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(cha
 
         job, checkpoint = _wait("a train_predictor job with a checkpoint", running_job_with_a_checkpoint, run, deadline)
         step_before_signal = _checkpoint_step(checkpoint)
-        # What SLURM does at a job's time limit (and scancel without --signal): SIGTERM to
-        # the job's processes, SIGKILL KillWait (30 s) later unless they have ended.
+        # What SLURM does at a job's time limit: SIGTERM to every process of the job (the
+        # DataLoader workers included), SIGKILL KillWait (30 s) later unless they have ended.
         subprocess.run(["scancel", "--signal=TERM", str(job.job_id)], check=True, capture_output=True)
 
         def ended():
             state = next(j.state for j in slurm_jobs(workdir) if j.job_id == job.job_id)
             return state not in ACTIVE_STATES and state
 
-        stopped_state = _wait(f"SLURM job {job.job_id} to end after SIGTERM", ended, run, deadline)
-        # Read at once: Snakemake's retry (the profile's `retries: 1`) overwrites it only
-        # after a new job has started and trained a step, tens of seconds from now.
-        step_at_stop = _checkpoint_step(checkpoint)
+        _wait(f"SLURM job {job.job_id} to end after SIGTERM", ended, run, deadline)
         result = finish_snakemake_on_slurm(run, timeout=600)
     except BaseException:
         stop_snakemake_on_slurm(run)
         raise
 
-    print(
-        f"\npreemption: SLURM job {job.job_id} got SIGTERM at step >= {step_before_signal}, ended {stopped_state} "
-        f"with last.pt at step {step_at_stop}; snakemake's retry resumed it; {result.seconds:.0f} s in all"
-    )
     first, *retries = result.jobs["train_predictor"]
-    assert first.job_id == job.job_id
-    # FAILED: the job ended by itself, non-zero (checkpoint written, exit 2), within KillWait;
-    # SLURM did not have to kill it (that would be CANCELLED).
-    assert stopped_state == first.state == "FAILED", first
-    assert [retry.state for retry in retries] == ["COMPLETED"], result.jobs
+    summary = (
+        f"preemption: SLURM job {first.job_id} got SIGTERM after step {step_before_signal} and ended {first.state}; "
+        f"then {[(j.job_id, j.state) for j in retries]}; {result.seconds:.0f} s in all"
+    )
+    print(f"\n{summary}")
+    assert first.job_id == job.job_id, summary
+    # FAILED: the job ended by itself, non-zero, within KillWait (SLURM did not kill it).
+    assert first.state == "FAILED", summary
+    assert [retry.state for retry in retries] == ["COMPLETED"], summary
     assert retries[0].gpus.endswith("gpu:1") and retries[0].partition == "gpu", retries[0]
 
-    model = torch.load(workdir / target, weights_only=True)
-    total_steps = model["settings"]["total_steps"]
-    assert model["step"] == total_steps == 60
-    assert step_before_signal <= step_at_stop < total_steps, (step_before_signal, step_at_stop)
+    # The stopped attempt's log, as Snakemake printed it: the SIGTERM handler wrote a checkpoint.
+    stopped = re.findall(r"SIGTERM received at step (\d+); checkpoint written", result.output)
+    assert len(stopped) == 1, f"{summary}; the stopped attempt did not checkpoint on SIGTERM:\n{result.output[-6000:]}"
+    step_at_stop = int(stopped[0])
     # The retry's log (the rule's log file, rewritten by the retry) says where it started.
     log = (workdir / "results" / "logs" / "train_predictor.log").read_text()
     resumed = re.findall(r"resuming from (\S+) at step (\d+)", log)
     assert [(str(workdir / path), int(step)) for path, step in resumed] == [(str(checkpoint), step_at_stop)], log
     assert "from scratch" not in log, log
+
+    model = torch.load(workdir / target, weights_only=True)
+    total_steps = model["settings"]["total_steps"]
+    assert model["step"] == total_steps == 60
+    assert step_before_signal <= step_at_stop < total_steps, summary
     assert f"wrote {target} (step {total_steps})" in log, log
