@@ -36,3 +36,23 @@ def test_verb_writes_json(tiny_dataset, tmp_path):
     loaded_mean, loaded_std = mean_std.load(out)
     assert loaded_mean.shape == (3,) and (loaded_std > 0).all()
     assert [p.name for p in out.parent.iterdir()] == ["mean_std.json"], "no temp files left"
+
+
+def test_accumulators_fold_before_uint32_overflow(monkeypatch):
+    # Folding every 3 frames over 10 saturated-and-random frames: the integer sums must be
+    # exact, the same as with no folding, and equal Python's sums.
+    rng = np.random.default_rng(0)
+    frames = [np.full((4, 5, 3), 255, np.uint8)] * 4 + [rng.integers(0, 256, (4, 5, 3), np.uint8) for _ in range(6)]
+    expected = (
+        10,
+        [int(sum(int(v) for f in frames for v in f[..., c].ravel())) for c in range(3)],
+        [int(sum(int(v) ** 2 for f in frames for v in f[..., c].ravel())) for c in range(3)],
+    )
+    for fold_every in (3, mean_std.FRAMES_PER_FOLD):
+        monkeypatch.setattr(mean_std, "FRAMES_PER_FOLD", fold_every)
+        moments = mean_std.ChannelMoments((4, 5))
+        for frame in frames:
+            moments.add(frame)
+        assert moments.sums() == expected
+    # 65,536 saturated frames fill a uint32 pixel with squares up to 4,261,478,400 < 2^32.
+    assert mean_std.FRAMES_PER_FOLD * 255**2 < 2**32 <= (mean_std.FRAMES_PER_FOLD + 1000) * 255**2
