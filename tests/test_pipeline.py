@@ -70,7 +70,8 @@ def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):
 def test_report_builds(finished_run):
     snakemake(finished_run, "--report", "report.html")
     html = (finished_run / "report.html").read_text(errors="replace")
-    assert "scores.json" in html and "examples.png" in html
+    for name in ("scores.json", "scores.html", "examples.png", "animations.html", "training_curves.png"):
+        assert name in html, name
 
 
 def test_nothing_reruns_without_a_change(finished_run):

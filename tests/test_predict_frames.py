@@ -72,30 +72,16 @@ def test_predicted_frames_are_rounded_uint8_with_ids_and_frame_indices(trained, 
 
 
 def test_hidden_split_and_shards_concatenate(trained, tmp_path):
-    whole, meta = _predict(trained, "hidden", tmp_path / "frames_hidden.npy", "--frames", "21",
-                           "--gif-dir", str(tmp_path / "gifs"), "--gifs", "2")
+    whole, meta = _predict(trained, "hidden", tmp_path / "frames_hidden.npy", "--frames", "21")
     _, cache_meta = load_array(trained / "hidden.npy")
     assert whole.shape == (2, 1, 32, 48, 3) and meta["ids"] == cache_meta["ids"]
     assert meta["frame_indices"] == [21] and meta["split"] == "hidden"
-    assert not (tmp_path / "gifs").exists(), "hidden videos have no true future to show"
 
     parts = [_predict(trained, "hidden", tmp_path / f"shard{i}.npy", "--frames", "21", "--shard", f"{i}/2")
              for i in range(2)]
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole)
     assert sum((p[1]["ids"] for p in parts), []) == meta["ids"]
     assert [p[1]["shard"] for p in parts] == [[0, 2], [1, 2]]
-
-
-def test_gifs_show_inputs_then_true_and_predicted(trained, tmp_path):
-    frames, meta = _predict(trained, "val", tmp_path / "frames_val.npy", "--frames", "21",
-                            "--gif-dir", str(tmp_path / "gifs"), "--gifs", "1")
-    (gif,) = (tmp_path / "gifs").iterdir()
-    assert gif.name == f"video_{meta['ids'][0]:05d}.gif"
-    animation = iio.imread(gif, index=None)
-    scale = 4  # 32-pixel frames are scaled to at least 120
-    assert animation.shape[0] == 22
-    assert animation.shape[1:3] == (32 * scale + 14, 2 * 48 * scale + 4 * scale)
-    assert iio.immeta(gif)["loop"] == 0
 
 
 def test_parse_frames_and_shard():

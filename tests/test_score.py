@@ -267,3 +267,59 @@ def test_score_and_report_figures_through_the_cli(monkeypatch, capsys, hand_case
     (tmp_path / "m.csv").write_text("step,loss\n1,1.0\n2,0.5\n")
     assert run_cli(monkeypatch, ["report-figures", "--metrics", str(tmp_path / "m.csv"), "--curves", str(tmp_path / "c.png")]) == 0
     assert_png(tmp_path / "c.png", min_bytes=2000)
+
+
+def test_score_writes_the_three_way_table_as_html(random_case):
+    root, folder, *_ = random_case
+    scores = score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=folder / "masks_val_oracle.npy",
+                       table=folder / "scores.html")
+    page = (folder / "scores.html").read_text()
+    rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th>((?:<td>.*?</td>)+)</tr>", page)
+    assert [label.split(" ")[0] for label, _ in rows] == ["pipeline", "oracle", "copy-last"]
+    for (_, cells), method in zip(rows, score.METHODS):
+        values = re.findall(r"<td>(.*?)</td>", cells)
+        s = scores[method]
+        assert values == [f"{s['iou']:.4f}", f"{s['iou_micro']:.4f}", f"{s['pixel_acc']:.4f}", str(s["n_classes_counted"])]
+    assert "5 val videos" in page
+
+
+def _gif_panels(animation, n_panels, scale):
+    """Split (T, h, w, 3) animation frames into their panels below the caption strip."""
+    panel_w = (animation.shape[2] + 2 * scale) // n_panels - 2 * scale
+    return [animation[:, plots.GIF_CAPTION_PX :, i * (panel_w + 2 * scale) : i * (panel_w + 2 * scale) + panel_w] for i in range(n_panels)]
+
+
+def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(random_case, tmp_path):
+    import base64
+
+    import imageio.v3 as iio
+
+    root, folder, frame21, _, pred, _ = random_case
+    videos = data.list_videos(root, "val")
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (5, 2, 12, 16, 3), np.uint8)  # frames 15 and 21 kept
+    save_array(folder / "frames_val.npy", frames, [v.id for v in videos], frame_indices=[15, 21])
+    out = plots.val_animations(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "animations.html", n=2)
+    page = out.read_text()
+    gifs = re.findall(r'<img alt="val video (\d+)" src="data:image/gif;base64,([^"]+)">', page)
+    assert [int(i) for i, _ in gifs] == [videos[0].id, videos[4].id]  # spread over the split
+    animation = iio.imread(base64.b64decode(gifs[1][1]), index=None, extension=".gif")
+    scale = 10  # 12-pixel frames are scaled to at least 120
+    assert animation.shape == (22, 12 * scale + plots.GIF_CAPTION_PX, 4 * 16 * scale + 3 * 2 * scale, 3)
+
+    def up(image):
+        return np.asarray(image).repeat(scale, 0).repeat(scale, 1)
+
+    true, predicted, predicted_mask, true_mask = _gif_panels(animation, 4, scale)
+    true_frames = data.read_frames(videos[4])
+    # GIF frames are palette images: colours may move a little, so compare closely, not exactly
+    def close(a, b):
+        return np.abs(a.astype(int) - b.astype(int)).mean() < 8
+
+    assert close(true[0], up(true_frames[0])) and close(predicted[0], up(true_frames[0]))
+    assert close(true[21], up(true_frames[21])) and close(predicted[21], up(frames[4, 1]))
+    assert close(predicted[15], up(frames[4, 0]))
+    assert (np.abs(predicted[12].astype(int) - plots.NOT_KEPT_GREY) < 8).all(), "frame 12 was not kept: grey"
+    assert close(predicted_mask[3], up(plots.colourise(pred[4]))) and close(true_mask[20], up(plots.colourise(frame21[4])))
+    assert not close(predicted[21], up(true_frames[21]))
+    assert not list(tmp_path.glob(".*.tmp"))

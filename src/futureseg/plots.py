@@ -245,9 +245,9 @@ def training_curves(csv_paths, out_png) -> Path:
 EXAMPLE_INPUT_FRAMES = (0, 5, 10)
 
 
-def val_examples(root, frames_val, masks_val, out_path, n: int = 4) -> Path:
-    """A contact sheet, one row per val video (spread over the split): input frames
-    0, 5, 10 → predicted frame 21 → true frame 21 → predicted mask → true mask."""
+def _val_videos(root, frames_val, masks_val, n: int):
+    """The arrays behind the examples, checked against each other and the dataset, and the
+    rows of `n` val videos spread over the split: (frames, frame_indices, masks, [(row, video)])."""
     if n < 1:
         raise ConfigError(f"--n: must be at least 1, got {n}")
     frames_val, masks_val = Path(frames_val), Path(masks_val)
@@ -259,7 +259,6 @@ def val_examples(root, frames_val, masks_val, out_path, n: int = 4) -> Path:
     frame_indices = [int(i) for i in frames_meta.get("frame_indices", [])]
     if data.TARGET_FRAME not in frame_indices:
         raise FuturesegError(f"{frames_val}: frame_indices {frame_indices} in its sidecar do not include frame {data.TARGET_FRAME}")
-    column = frame_indices.index(data.TARGET_FRAME)
     frame_ids = [int(i) for i in frames_meta["ids"]]
     if [int(i) for i in masks_meta["ids"]] != frame_ids:
         raise FuturesegError(f"{masks_val}: its ids differ from those of {frames_val}")
@@ -267,16 +266,22 @@ def val_examples(root, frames_val, masks_val, out_path, n: int = 4) -> Path:
     unknown = [i for i in frame_ids if i not in videos]
     if unknown:
         raise FuturesegError(f"{frames_val}: video ids {unknown[:3]}… are not in {Path(root) / 'val'}")
-
     rows = sorted({int(i) for i in np.linspace(0, len(frame_ids) - 1, min(n, len(frame_ids))).round()})
+    return frames, frame_indices, masks, [(row, videos[frame_ids[row]]) for row in rows]
+
+
+def val_examples(root, frames_val, masks_val, out_path, n: int = 4) -> Path:
+    """A contact sheet, one row per val video (spread over the split): input frames
+    0, 5, 10 → predicted frame 21 → true frame 21 → predicted mask → true mask."""
+    frames, frame_indices, masks, picked = _val_videos(root, frames_val, masks_val, n)
+    column = frame_indices.index(data.TARGET_FRAME)
     table = palette()
     titles = [*(f"input {i}" for i in EXAMPLE_INPUT_FRAMES), "predicted 21", "true 21", "predicted mask", "true mask"]
     height, width = frames.shape[2:4]
     cell = 1.9
-    fig = _figure(cell * len(titles), cell * height / width * len(rows) + 0.5)
-    axes = fig.subplots(len(rows), len(titles), squeeze=False)
-    for r, row in enumerate(rows):
-        video = videos[frame_ids[row]]
+    fig = _figure(cell * len(titles), cell * height / width * len(picked) + 0.5)
+    axes = fig.subplots(len(picked), len(titles), squeeze=False)
+    for r, (row, video) in enumerate(picked):
         true_frames = data.read_frames(video, [*EXAMPLE_INPUT_FRAMES, data.TARGET_FRAME])
         true_mask = data.read_mask(video)[data.TARGET_FRAME]
         images = [*true_frames[:-1], np.asarray(frames[row, column]), true_frames[-1], colourise(np.asarray(masks[row]), table), colourise(true_mask, table)]
@@ -292,6 +297,83 @@ def val_examples(root, frames_val, masks_val, out_path, n: int = 4) -> Path:
     return save_png(fig, out_path, dpi=120)
 
 
+# ---------------------------------------------------------------- val animations
+
+GIF_FRAME_MS = 250
+GIF_MIN_HEIGHT = 120  # small frames are scaled up (nearest) so the animations can be looked at
+GIF_CAPTION_PX = 14
+NOT_KEPT_GREY = 200
+
+
+def animation_frames(true_frames, predicted: dict, predicted_mask, true_mask) -> np.ndarray:
+    """(22, h, w, 3) uint8 animation of one video, four panels side by side under captions:
+    the true video (inputs 0…10, then the true future); the same inputs, then the predicted
+    frames (`predicted` maps a frame number to its (H, W, 3) prediction; a frame that was not
+    kept shows grey); and, held still, the predicted and the true mask of frame 21."""
+    from PIL import Image, ImageDraw
+
+    height, width = true_frames.shape[1:3]
+    scale = max(1, math.ceil(GIF_MIN_HEIGHT / height))
+    gap = 2 * scale
+    panel_w, panel_h = width * scale, height * scale
+    table = palette()
+    masks = (colourise(np.asarray(predicted_mask), table), colourise(np.asarray(true_mask), table))
+    not_kept = np.full((height, width, 3), NOT_KEPT_GREY, np.uint8)
+    animation = []
+    for t in range(data.N_FRAMES):
+        if t < data.N_INPUT:
+            panels = [(true_frames[t], f"input {t}"), (true_frames[t], f"input {t}")]
+        else:
+            guess = predicted.get(t)
+            panels = [(true_frames[t], f"true {t}"),
+                      (not_kept, f"{t} not kept") if guess is None else (guess, f"predicted {t}")]
+        panels += [(masks[0], f"pred. mask {data.TARGET_FRAME}"), (masks[1], f"true mask {data.TARGET_FRAME}")]
+        canvas = Image.new("RGB", (len(panels) * (panel_w + gap) - gap, panel_h + GIF_CAPTION_PX), (255, 255, 255))
+        draw = ImageDraw.Draw(canvas)
+        for i, (image, label) in enumerate(panels):
+            x = i * (panel_w + gap)
+            canvas.paste(Image.fromarray(np.asarray(image)).resize((panel_w, panel_h), Image.NEAREST), (x, GIF_CAPTION_PX))
+            draw.text((x + 2, 1), label, fill=(0, 0, 0))
+        animation.append(np.asarray(canvas))
+    return np.stack(animation)
+
+
+def val_animations(root, frames_val, masks_val, out_html, n: int = 4) -> Path:
+    """One self-contained HTML page (the report shows it as is) with an animated GIF per val
+    video, the same videos as the contact sheet; see `animation_frames`."""
+    import base64
+    import html
+
+    import imageio.v3 as iio
+
+    frames, frame_indices, masks, picked = _val_videos(root, frames_val, masks_val, n)
+    figures = []
+    for row, video in picked:
+        predicted = {t: np.asarray(frames[row, c]) for c, t in enumerate(frame_indices)}
+        true_mask = data.read_mask(video)[data.TARGET_FRAME]
+        animation = animation_frames(data.read_frames(video), predicted, masks[row], true_mask)
+        gif = iio.imwrite("<bytes>", animation, extension=".gif", duration=GIF_FRAME_MS, loop=0)
+        figures.append(
+            f'<figure><img alt="val video {video.id}" src="data:image/gif;base64,{base64.b64encode(gif).decode()}">'
+            f"<figcaption>val video {video.id}</figcaption></figure>"
+        )
+    kept = ", ".join(str(t) for t in frame_indices)
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>val animations</title>'
+        "<style>body{font-family:sans-serif;margin:1em} figure{margin:0 0 1.2em} "
+        "img{image-rendering:pixelated}</style></head><body>\n"
+        f"<p>Frames 0–10 are the inputs. From frame 11: the true video (left) beside the predicted "
+        f"frames (kept: {html.escape(kept)}; the rest grey). Right: the masks of frame 21, "
+        f"predicted from the predicted frame, and true. {GIF_FRAME_MS} ms per frame, looping.</p>\n"
+        + "\n".join(figures)
+        + "\n</body></html>\n"
+    )
+    out_html = Path(out_html)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out_html
+
+
 # ---------------------------------------------------------------- verb
 
 VERB = "report-figures"
@@ -305,19 +387,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", help="frames_val.npy: predicted frames with ids sidecar")
     parser.add_argument("--masks", help="masks_val.npy: predicted frame-21 masks with ids sidecar")
     parser.add_argument("--examples", metavar="PNG", help="contact sheet of val examples to write")
-    parser.add_argument("--n", type=int, default=4, help="videos in the examples sheet")
+    parser.add_argument("--animations", metavar="HTML", help="page of animated GIFs of the same val videos to write")
+    parser.add_argument("--n", type=int, default=4, help="videos in the examples sheet and animations")
 
 
 def main(args) -> None:
     curves = (args.metrics, args.curves)
-    examples = (args.root, args.frames, args.masks, args.examples)
+    inputs = (args.root, args.frames, args.masks)
+    outputs = (args.examples, args.animations)
     if any(curves) and not all(curves):
         raise ConfigError("--metrics and --curves go together: give both or neither")
-    if any(examples) and not all(examples):
-        raise ConfigError("--root, --frames, --masks and --examples go together: give all or none")
-    if not any(curves) and not any(examples):
-        raise ConfigError("nothing to draw: give --metrics/--curves and/or --root/--frames/--masks/--examples")
+    if (any(inputs) or any(outputs)) and not (all(inputs) and any(outputs)):
+        raise ConfigError("--root, --frames and --masks go with --examples and/or --animations: give them together or none")
+    if not any(curves) and not any(outputs):
+        raise ConfigError("nothing to draw: give --metrics/--curves and/or --root/--frames/--masks with --examples/--animations")
     if all(curves):
         print(f"training curves -> {training_curves(args.metrics, args.curves)}")
-    if all(examples):
+    if args.examples:
         print(f"val examples -> {val_examples(args.root, args.frames, args.masks, args.examples, args.n)}")
+    if args.animations:
+        print(f"val animations -> {val_animations(args.root, args.frames, args.masks, args.animations, args.n)}")

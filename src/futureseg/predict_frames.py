@@ -9,15 +9,12 @@ so a large split never sits in memory whole.
 `--shard i/K` predicts only the i-th of K contiguous chunks of the split's rows, so the K
 outputs, in order, concatenate into the whole split (ids included).
 
-`--gif-dir DIR --gifs N` also writes N animations for a split that has its true future
-frames: the input frames 0…10, then true | predicted side by side for frames 11…21.
+The report's animations of these frames are drawn by `futureseg report-figures`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +22,8 @@ import numpy as np
 from . import data
 from .errors import DataError, FuturesegError
 
-log = logging.getLogger("futureseg")
 
 FUTURE_FRAMES = tuple(range(data.N_INPUT, data.N_FRAMES))  # 11…21
-GIF_FRAME_MS = 250
-GIF_MIN_HEIGHT = 120  # tiny frames are scaled up (nearest) so the GIFs can be looked at
 
 
 def parse_frames(text: str) -> list[int]:
@@ -84,44 +78,8 @@ def load_predictor(path: str | Path, device):
     return model.to(device).eval(), saved
 
 
-def gif_frames(inputs: np.ndarray, true_future: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """(22, h, 2w+gap, 3) animation: inputs 0…10 on both sides, then true | predicted,
-    under a caption strip saying which is which."""
-    from PIL import Image, ImageDraw
-
-    height, width = inputs.shape[1:3]
-    scale = max(1, math.ceil(GIF_MIN_HEIGHT / height))
-    gap, caption = 4 * scale, 14
-    canvas_w = 2 * width * scale + gap
-    frames = []
-    for t in range(data.N_FRAMES):
-        if t < data.N_INPUT:
-            left = right = inputs[t]
-            labels = (f"input {t}", f"input {t}")
-        else:
-            left, right = true_future[t - data.N_INPUT], predicted[t - data.N_INPUT]
-            labels = (f"true {t}", f"predicted {t}")
-        canvas = Image.new("RGB", (canvas_w, height * scale + caption), (255, 255, 255))
-        for x, image in ((0, left), (width * scale + gap, right)):
-            canvas.paste(Image.fromarray(image).resize((width * scale, height * scale), Image.NEAREST), (x, caption))
-        draw = ImageDraw.Draw(canvas)
-        for x, label in zip((2, width * scale + gap + 2), labels):
-            draw.text((x, 1), label, fill=(0, 0, 0))
-        frames.append(np.asarray(canvas))
-    return np.stack(frames)
-
-
-def write_gif(path: Path, frames: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, frames, extension=".gif", duration=GIF_FRAME_MS, loop=0)
-
-
 def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int = 16, shard=None,
-            gif_dir=None, n_gifs: int = 0, threads: int = 0) -> dict:
+            threads: int = 0) -> dict:
     """Write the predicted `frames` of every video (of the shard) of the cache; return a summary."""
     import torch
 
@@ -141,9 +99,6 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
                         f"the model {model_path} was trained on {height}x{width}")
     if cache.shape[1] < data.N_INPUT:
         raise DataError(f"{cache_path}: cache holds {cache.shape[1]} frames per video, needs {data.N_INPUT} inputs")
-    has_future = cache.shape[1] >= data.N_FRAMES
-    if gif_dir is not None and n_gifs and not has_future:
-        log.info("%s: no true future frames (hidden split), so no GIFs", cache_path)
     rows = shard_rows(len(cache), shard)
     ids = list(meta["ids"])[rows.start : rows.stop]
     keep = [f - data.N_INPUT for f in frames]
@@ -152,7 +107,6 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
     sidecar = {"frame_indices": list(frames), "split": meta.get("split"), "model_fingerprint": saved["fingerprint"]}
     if shard is not None:
         sidecar["shard"] = list(shard)
-    gifs_written = []
     with array_writer(out, (len(rows), len(frames), height, width, 3), ids, **sidecar) as predicted_frames:
         starts = range(0, len(rows), batch_size)
         for start in progress(starts, total=len(starts), desc=f"predict {Path(cache_path).name}"):
@@ -166,12 +120,7 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
             pixels = (predicted.float() * std + mean).clamp(0, 255).round().to(torch.uint8)
             pixels = pixels.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, 11, H, W, 3)
             predicted_frames[start:stop] = pixels[:, keep]
-            if gif_dir is not None and has_future:
-                for b in range(min(stop - start, n_gifs - len(gifs_written))):
-                    path = Path(gif_dir) / f"video_{ids[start + b]:05d}.gif"
-                    write_gif(path, gif_frames(videos[b, : data.N_INPUT], videos[b, data.N_INPUT :], pixels[b]))
-                    gifs_written.append(path)
-    return {"n_videos": len(rows), "frame_indices": list(frames), "gifs": [str(p) for p in gifs_written]}
+    return {"n_videos": len(rows), "frame_indices": list(frames)}
 
 
 VERB = "predict-frames"
@@ -187,13 +136,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard", type=parse_shard, default=None,
                         help="i/K: only the i-th of K contiguous chunks of videos")
-    parser.add_argument("--gif-dir", default=None, help="folder for input → true | predicted GIFs")
-    parser.add_argument("--gifs", type=int, default=4, help="how many GIFs (with --gif-dir)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
 def main(args) -> None:
-    summary = predict(args.model, args.cache, args.out, args.frames, args.batch_size, args.shard,
-                      args.gif_dir, args.gifs, args.threads)
-    print(f"{args.out}: frames {summary['frame_indices']} of {summary['n_videos']} videos"
-          + (f", {len(summary['gifs'])} GIFs" if summary["gifs"] else ""))
+    summary = predict(args.model, args.cache, args.out, args.frames, args.batch_size, args.shard, args.threads)
+    print(f"{args.out}: frames {summary['frame_indices']} of {summary['n_videos']} videos")

@@ -200,7 +200,42 @@ def write_per_class_csv(path, result: dict) -> None:
                 writer.writerow([class_id, class_name(class_id), *cells, int(result["support"][class_id])])
 
 
-def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_class=None, plot_confusion=None, batch_size=32) -> dict:
+METHOD_LABELS = {
+    "pipeline": "pipeline (segmenter on the predicted frame 21)",
+    "oracle": "oracle (segmenter on the true frame 21)",
+    "copy_last": "copy-last (true mask of frame 10)",
+}
+
+
+def write_scores_html(path, scores: dict) -> None:
+    """The three-way comparison as a small self-contained HTML table (the report shows it)."""
+    rows = []
+    for method in METHODS:
+        if method in scores:
+            s = scores[method]
+            rows.append(
+                f"<tr><th scope=\"row\">{METHOD_LABELS[method]}</th><td>{s['iou']:.4f}</td>"
+                f"<td>{s['iou_micro']:.4f}</td><td>{s['pixel_acc']:.4f}</td><td>{s['n_classes_counted']}</td></tr>"
+            )
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>scores</title>'
+        "<style>body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "
+        "th,td{border:1px solid #bbb;padding:.3em .7em} td{text-align:right;font-variant-numeric:tabular-nums} "
+        "thead th{background:#eee}</style></head><body>\n"
+        f"<p>Frame {scores['frame']} of {scores['n_videos']} val videos "
+        f"({scores['frame_size'][0]}×{scores['frame_size'][1]}). IoU is the competition metric: "
+        "torchmetrics' macro Jaccard index over the 49 classes, accumulated over the split.</p>\n"
+        "<table><thead><tr><th>method</th><th>IoU (macro)</th><th>IoU (micro)</th>"
+        "<th>pixel accuracy</th><th>classes counted</th></tr></thead><tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody></table>\n</body></html>\n"
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_class=None, plot_confusion=None,
+        table=None, batch_size=32) -> dict:
     result = score(root, pred, oracle, batch_size)
     files = {"root": root, "pred": pred, **({"oracle": oracle} if oracle else {})}
     scores = scores_json(result, files)
@@ -208,6 +243,8 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
         write_per_class_csv(per_class, result)
     if confusion:
         save_npy(confusion, result["pipeline"]["confusion"])
+    if table:
+        write_scores_html(table, scores)
     if plot_per_class or plot_confusion:
         from . import plots
 
@@ -235,6 +272,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--confusion", help="the pipeline's 49x49 confusion matrix (.npy, rows = true class)")
     parser.add_argument("--plot-per-class", help="bar chart PNG of per-class IoU")
     parser.add_argument("--plot-confusion", help="heat map PNG of the most-confused classes")
+    parser.add_argument("--table", metavar="HTML", help="the three-way table as an HTML page to write")
     parser.add_argument("--batch-size", type=int, default=32, help="videos per metric update")
 
 
@@ -248,6 +286,7 @@ def main(args) -> None:
         confusion=args.confusion,
         plot_per_class=args.plot_per_class,
         plot_confusion=args.plot_confusion,
+        table=args.table,
         batch_size=args.batch_size,
     )
     for method in METHODS:

@@ -8,7 +8,8 @@ rule score:
         pred=f"{RESULTS}/segmenter/masks_val.npy",
         oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
     output:
-        scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores.rst", category="Scores"),
+        scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores_json.rst", category="Scores"),
+        table=report(f"{RESULTS}/eval/scores.html", caption="../report/scores.rst", category="Scores"),
         per_class=f"{RESULTS}/eval/per_class.csv",
         plot_per_class=report(
             f"{RESULTS}/eval/per_class_iou.png", caption="../report/per_class.rst", category="Scores"
@@ -25,7 +26,7 @@ rule score:
         f"{RESULTS}/logs/score.log",
     shell:
         "futureseg score --root {input.data} --pred {input.pred} --oracle {input.oracle}"
-        " --out {output.scores} --per-class {output.per_class}"
+        " --out {output.scores} --table {output.table} --per-class {output.per_class}"
         " --plot-per-class {output.plot_per_class} --plot-confusion {output.plot_confusion} 2> {log}"
 
 
@@ -61,6 +62,9 @@ rule report_figures:
         examples=report(
             f"{RESULTS}/report/examples.png", caption="../report/examples.rst", category="Examples"
         ),
+        animations=report(
+            f"{RESULTS}/report/animations.html", caption="../report/animations.rst", category="Examples"
+        ),
     params:
         examples=config["eval"]["report_examples"],
     resources:
@@ -73,4 +77,5 @@ rule report_figures:
     shell:
         "futureseg report-figures --metrics {input.predictor_metrics} {input.segmenter_metrics}"
         " --curves {output.curves} --root {input.data} --frames {input.frames}"
-        " --masks {input.masks} --examples {output.examples} --n {params.examples} 2> {log}"
+        " --masks {input.masks} --examples {output.examples} --animations {output.animations}"
+        " --n {params.examples} 2> {log}"
