@@ -234,7 +234,7 @@ def _val_cache_missing(chain, odd, tmp, out):
     missing = tmp / "nowhere" / "val.npy"
     argv = predictor_argv(chain[1], out)
     argv[argv.index("--val-cache") + 1] = missing
-    return argv, str(missing), "frame cache is missing"
+    return argv, str(missing), "frame cache file does not exist"
 
 
 def _mean_std_missing(chain, odd, tmp, out):

@@ -59,7 +59,7 @@ def test_load_cache_checks_the_sidecar(tiny_dataset, tmp_path):
     out = tmp_path / "val.npy"
     _cache(tiny_dataset, "val", out)
     out.with_suffix(".json").write_text('{"ids": [1]}')
-    with pytest.raises(DataError, match=rf"^{out}: sidecar names 1 videos but the cache holds 2"):
+    with pytest.raises(DataError, match=rf"^{out.with_suffix('.json')}: expected the ids of the 2 rows of val.npy, found 1 ids"):
         frame_cache.load_cache(out)
-    with pytest.raises(DataError, match="frame cache is missing"):
+    with pytest.raises(DataError, match="frame cache file does not exist"):
         frame_cache.load_cache(tmp_path / "nothing.npy")

@@ -237,7 +237,7 @@ def _bad_cases(tmp_path):
         "unknown ids": (dict(frames_path=unknown), "not labeled videos of the dataset", str(unknown)),
         "frame size": (dict(frames_path=small), "16x24, but the dataset's are 32x48", str(small)),
         "input frames": (dict(frames_path=inputs), "frame_indices", str(inputs.with_suffix(".json"))),
-        "missing file": (dict(frames_path=missing), "is missing", str(missing)),
+        "missing file": (dict(frames_path=missing), "does not exist", str(missing)),
         "no frames path": (dict(frames_path=None), "required unless --no-generated", "--frames"),
         "k=0": (dict(frameskip=0), "must be an integer >= 1", "augment.frameskip"),
         "prob > 1": (dict(blur_prob=1.5), "probability", "augment.blur_prob"),

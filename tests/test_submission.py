@@ -83,7 +83,7 @@ def test_submission_refuses_bad_masks(tmp_path):
     with pytest.raises(FuturesegError, match="duplicated ids"):
         submission.make_submission(bad, tmp_path / "s.pt")
     bad.with_suffix(".json").unlink()
-    with pytest.raises(FuturesegError, match=re.escape(str(bad)) + ".*sidecar"):
+    with pytest.raises(FuturesegError, match=re.escape(str(bad.with_suffix(".json"))) + ": the ids sidecar"):
         submission.make_submission(bad, tmp_path / "s.pt")
 
 

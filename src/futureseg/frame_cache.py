@@ -100,21 +100,11 @@ def load_cache(path: str | Path) -> tuple[np.ndarray, dict]:
     Checks what the training and prediction stages rely on, naming the file when it fails.
     """
     from .errors import DataError
-    from .io import load_array
+    from .io import read_array
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: frame cache is missing (run `futureseg cache-frames`)")
-    if not path.with_suffix(".json").is_file():
-        raise DataError(f"{path.with_suffix('.json')}: sidecar of the frame cache is missing")
-    try:
-        frames, meta = load_array(path, mmap=True)
-    except Exception as exc:
-        raise DataError(f"{path}: unreadable frame cache ({exc})") from None
+    frames, meta = read_array(path, "frame cache")
     if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
         raise DataError(f"{path}: frame cache is {frames.dtype} {frames.shape}, expected uint8 (N, T, H, W, 3)")
-    if len(meta.get("ids", ())) != len(frames):
-        raise DataError(f"{path}: sidecar names {len(meta.get('ids', ()))} videos but the cache holds {len(frames)}")
     return frames, meta
 
 

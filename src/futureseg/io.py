@@ -77,3 +77,26 @@ def load_array(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray,
     array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     meta = json.loads(path.with_suffix(".json").read_text())
     return array, meta
+
+
+def read_array(path: str | os.PathLike, what: str, mmap: bool = True) -> tuple[np.ndarray, dict]:
+    """`load_array` for a verb's input, with the checks every reader needs, each error naming
+    the file: the array and its sidecar exist and load, and the sidecar's "ids" name every
+    row. `what` says what the file is ("frame cache", "predicted frames") in the messages."""
+    from .errors import DataError
+
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file does not exist")
+    if not sidecar.is_file():
+        raise DataError(f"{sidecar}: the ids sidecar of the {what} {path.name} is missing")
+    try:
+        array, meta = load_array(path, mmap)
+    except (OSError, ValueError, EOFError) as exc:  # truncated .npy, bad header, bad JSON
+        raise DataError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
+    ids = meta.get("ids") if isinstance(meta, dict) else None
+    if array.ndim == 0 or not isinstance(ids, list) or len(ids) != len(array):
+        found = f"{len(ids)} ids" if isinstance(ids, list) else "no ids list"
+        raise DataError(f"{sidecar}: expected the ids of the {len(array) if array.ndim else 0} rows of {path.name}, found {found}")
+    return array, meta

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import data
 from .errors import ConfigError, FuturesegError
-from .io import atomic_path, load_array
+from .io import atomic_path, read_array
 
 METHOD_COLOURS = {"pipeline": "#1f77b4", "oracle": "#2ca02c", "copy_last": "#ff7f0e"}
 
@@ -250,12 +250,8 @@ def _val_videos(root, frames_val, masks_val, n: int):
     rows of `n` val videos spread over the split: (frames, frame_indices, masks, [(row, video)])."""
     if n < 1:
         raise ConfigError(f"--n: must be at least 1, got {n}")
-    frames_val, masks_val = Path(frames_val), Path(masks_val)
-    for path in (frames_val, masks_val):
-        if not path.is_file() or not path.with_suffix(".json").is_file():
-            raise FuturesegError(f"{path}: file or its ids sidecar {path.with_suffix('.json').name} is missing")
-    frames, frames_meta = load_array(frames_val, mmap=True)
-    masks, masks_meta = load_array(masks_val, mmap=True)
+    frames, frames_meta = read_array(frames_val, "predicted frames")
+    masks, masks_meta = read_array(masks_val, "masks")
     frame_indices = [int(i) for i in frames_meta.get("frame_indices", [])]
     if data.TARGET_FRAME not in frame_indices:
         raise FuturesegError(f"{frames_val}: frame_indices {frame_indices} in its sidecar do not include frame {data.TARGET_FRAME}")

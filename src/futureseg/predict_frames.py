@@ -22,7 +22,6 @@ import numpy as np
 from . import data
 from .errors import DataError, FuturesegError
 
-
 FUTURE_FRAMES = tuple(range(data.N_INPUT, data.N_FRAMES))  # 11…21
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import data
 from .errors import ConfigError, FuturesegError
-from .io import atomic_path, load_array, save_npy, write_json
+from .io import atomic_path, read_array, save_npy, write_json
 
 log = logging.getLogger("futureseg")
 
@@ -91,16 +91,9 @@ def summarize(computed: dict) -> dict:
 def load_masks(path: str | Path, ids: list[int], size: tuple[int, int], role: str) -> np.ndarray:
     """A (N, H, W) mask array whose sidecar ids must equal the val ids, in that order."""
     path = Path(path)
-    if not path.is_file():
-        raise FuturesegError(f"{path}: {role} masks file does not exist")
     sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        raise FuturesegError(f"{path}: its ids sidecar {sidecar.name} is missing")
-    try:
-        masks, meta = load_array(path, mmap=True)
-    except Exception as exc:
-        raise FuturesegError(f"{path}: unreadable {role} masks ({exc})") from None
-    file_ids = [int(i) for i in meta.get("ids", [])]
+    masks, meta = read_array(path, f"{role} masks")
+    file_ids = [int(i) for i in meta["ids"]]
     if file_ids != ids:
         missing = sorted(set(ids) - set(file_ids))
         extra = sorted(set(file_ids) - set(ids))

@@ -35,7 +35,7 @@ from PIL import Image, ImageFilter
 
 from . import data
 from .errors import ConfigError, FuturesegError
-from .io import atomic_path, load_array, write_json
+from .io import atomic_path, read_array, write_json
 
 log = logging.getLogger("futureseg")
 
@@ -175,16 +175,9 @@ def load_generated_frames(path: str | Path, size: tuple[int, int], dataset_ids) 
     """Open `frames_train.npy` (memory-mapped) and check it against the dataset."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
-    if not path.is_file():
-        raise FuturesegError(f"{path}: predicted frames file is missing")
-    if not sidecar.is_file():
-        raise FuturesegError(f"{sidecar}: sidecar of the predicted frames is missing")
-    try:
-        array, meta = load_array(path, mmap=True)
-    except Exception as exc:
-        raise FuturesegError(f"{path}: unreadable predicted frames ({exc})") from None
-    if not isinstance(meta, dict) or not {"ids", "frame_indices"} <= set(meta):
-        raise FuturesegError(f"{sidecar}: expected keys 'ids' and 'frame_indices'")
+    array, meta = read_array(path, "predicted frames")
+    if "frame_indices" not in meta:
+        raise FuturesegError(f"{sidecar}: expected the key 'frame_indices'")
     ids = [int(i) for i in meta["ids"]]
     frame_indices = [int(i) for i in meta["frame_indices"]]
 
@@ -195,8 +188,6 @@ def load_generated_frames(path: str | Path, size: tuple[int, int], dataset_ids) 
             f"{path}: frames are {array.shape[2]}x{array.shape[3]}, "
             f"but the dataset's are {size[0]}x{size[1]}"
         )
-    if len(ids) != array.shape[0]:
-        raise FuturesegError(f"{path}: {array.shape[0]} rows but {sidecar.name} lists {len(ids)} ids")
     if len(set(ids)) != len(ids):
         raise FuturesegError(f"{sidecar}: video ids are repeated")
     if len(frame_indices) != array.shape[1]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import data
 from .errors import ConfigError, FuturesegError
-from .io import load_array, save_array
+from .io import read_array, save_array
 
 log = logging.getLogger("futureseg")
 
@@ -53,14 +53,7 @@ def segment_frames(backend, frames, score_threshold: float, batch_size: int, dev
 def target_frames(path: str | Path, frame: int = data.TARGET_FRAME):
     """(frames (N, H, W, 3) of `frame`, memory-mapped; ids) of a predicted-frames file."""
     path = Path(path)
-    if not path.is_file():
-        raise FuturesegError(f"{path}: predicted frames file does not exist")
-    if not path.with_suffix(".json").is_file():
-        raise FuturesegError(f"{path}: its sidecar {path.with_suffix('.json').name} is missing")
-    try:
-        frames, meta = load_array(path, mmap=True)
-    except Exception as exc:
-        raise FuturesegError(f"{path}: unreadable predicted frames ({exc})") from None
+    frames, meta = read_array(path, "predicted frames")
     if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise FuturesegError(f"{path}: expected uint8 frames (N, K, H, W, 3), got {frames.dtype} {frames.shape}")
     indices = [int(i) for i in meta.get("frame_indices", [])]
@@ -68,10 +61,7 @@ def target_frames(path: str | Path, frame: int = data.TARGET_FRAME):
         raise FuturesegError(f"{path}: sidecar frame_indices lists {len(indices)} frames, the array holds {frames.shape[1]}")
     if frame not in indices:
         raise FuturesegError(f"{path}: frame {frame} is not among its frames (frame_indices {indices})")
-    ids = [int(i) for i in meta.get("ids", [])]
-    if len(ids) != len(frames):
-        raise FuturesegError(f"{path}: sidecar lists {len(ids)} ids for {len(frames)} videos")
-    return frames[:, indices.index(frame)], ids
+    return frames[:, indices.index(frame)], [int(i) for i in meta["ids"]]
 
 
 def true_frames(root, frame: int) -> tuple[np.ndarray, list[int]]:

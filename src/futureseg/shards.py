@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import FuturesegError
-from .io import load_array, save_array
+from .io import read_array, save_array
 
 VERB = "gather-shards"
 HELP = "concatenate the shards of a sharded array (+ ids sidecars) into one, in order"
@@ -24,10 +24,7 @@ _LAYOUT_KEYS = ("frame_indices", "frame_index", "split")
 def gather(shard_paths, out) -> np.ndarray:
     arrays, ids, sidecars = [], [], []
     for path in shard_paths:
-        try:
-            array, sidecar = load_array(path)
-        except (OSError, ValueError) as exc:
-            raise FuturesegError(f"{path}: unreadable shard ({exc})") from None
+        array, sidecar = read_array(path, "shard", mmap=False)
         if arrays:
             first, layout = shard_paths[0], lambda s: {k: s.get(k) for k in _LAYOUT_KEYS}
             if array.shape[1:] != arrays[0].shape[1:] or array.dtype != arrays[0].dtype:

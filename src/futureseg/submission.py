@@ -24,7 +24,7 @@ import numpy as np
 
 from . import data
 from .errors import ConfigError, FuturesegError
-from .io import atomic_path, load_array, write_json
+from .io import atomic_path, read_array, write_json
 
 DTYPES = ("uint8", "int64")
 
@@ -129,13 +129,11 @@ def make_submission(masks_path, out, dtype: str = "uint8", hidden=None) -> dict:
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype: {dtype!r}, expected one of {', '.join(DTYPES)}")
     masks_path = Path(masks_path)
-    if not masks_path.is_file() or not sidecar_path(masks_path).is_file():
-        raise FuturesegError(f"{masks_path}: masks file or its ids sidecar {sidecar_path(masks_path).name} is missing")
+    masks, meta = read_array(masks_path, "masks", mmap=False)
     try:
-        masks, meta = load_array(masks_path)
         ids = np.asarray([int(i) for i in meta["ids"]], dtype=np.int64)
-    except Exception as exc:
-        raise FuturesegError(f"{masks_path}: unreadable masks or sidecar ({exc})") from None
+    except (TypeError, ValueError) as exc:
+        raise FuturesegError(f"{sidecar_path(masks_path)}: ids must be integers ({exc})") from None
     if masks.ndim != 3 or not np.issubdtype(masks.dtype, np.integer):
         raise FuturesegError(f"{masks_path}: masks are {masks.dtype} {masks.shape}, expected integer (N, H, W)")
     if len(set(ids.tolist())) != len(ids):

@@ -31,7 +31,6 @@ draw differently from one process (same distribution, other samples).
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 from pathlib import Path
 
@@ -254,33 +253,6 @@ def evaluate(model, videos: CachedVideos, rows, mean, std, device, batch_size: i
 # ---------------------------------------------------------------- RNG state (weights-only)
 
 
-def rng_state() -> dict:
-    import torch
-
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def restore_rng_state(state: dict) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -292,8 +264,8 @@ def train(args) -> dict:
 
     from . import mean_std as mean_std_module
     from .training import (MetricsLog, StopFlag, TrainingInterrupted, autocast, check_finite,
-                           checkpoint_path, cleanup_distributed, fingerprint, load_checkpoint,
-                           progress, save_checkpoint, seed_everything, select_device,
+                           checkpoint_path, cleanup_distributed, fingerprint, progress, resume,
+                           rng_state, save_checkpoint, seed_everything, select_device,
                            setup_distributed)
 
     check_settings(args)
@@ -349,13 +321,9 @@ def train(args) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
         step, tally, last_val = 0, {"window_sum": 0.0, "window_steps": 0, "epoch_sum": 0.0, "epoch_steps": 0}, {}
-        if ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, fp)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, tally, last_val = state["step"], state["tally"], state["val_metrics"]
-            restore_rng_state(state["rng"])
+        resumed = resume(ckpt_path, fp, model.load_state_dict, optimizer, scheduler)
+        if resumed:
+            step, tally, last_val = resumed
             if rank == 0:
                 log.info("resuming from %s at step %d (epoch %d, batch %d of %d)", ckpt_path, step,
                          step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)

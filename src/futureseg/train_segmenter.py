@@ -364,7 +364,7 @@ def train(args) -> dict:
     import torch
 
     from .training import (MetricsLog, StopFlag, autocast, check_finite, checkpoint_path, fingerprint,
-                           load_checkpoint, progress, save_checkpoint, seed_everything, select_device)
+                           progress, resume, rng_state, save_checkpoint, seed_everything, select_device)
 
     check_settings(args)
     if args.threads:
@@ -396,12 +396,9 @@ def train(args) -> dict:
     model = backend.model.to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     step, tally, last_val = 0, {}, {}
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, fp)
-        backend.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, tally, last_val = state["step"], state["tally"], state["val_metrics"]
-        torch.set_rng_state(state["rng"])
+    resumed = resume(ckpt_path, fp, backend.load_state_dict, optimizer)
+    if resumed:
+        step, tally, last_val = resumed
         log.info("resuming from %s at step %d of %d (epoch %d, batch %d of %d)", ckpt_path, step, total_steps,
                  step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
     else:
@@ -413,7 +410,7 @@ def train(args) -> dict:
     def save():
         save_checkpoint(ckpt_path, {
             "fingerprint": fp, "settings": settings, "step": step, "model": backend.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "tally": tally,
+            "optimizer": optimizer.state_dict(), "rng": rng_state(), "tally": tally,
             "val_metrics": last_val,
         })
 

@@ -14,10 +14,12 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -83,6 +85,46 @@ def checkpoint_path(folder: str | Path, fp: str) -> Path:
     """Checkpoints live in a folder per config, so changing a setting starts afresh and
     changing it back resumes where that config stopped."""
     return Path(folder) / fp / "last.pt"
+
+
+def resume(path: Path, fp: str, load_model, optimizer, scheduler=None) -> tuple[int, dict, dict] | None:
+    """Restore a run from its checkpoint, when there is one: the model (`load_model` gets the
+    saved state dict), the optimizer, the scheduler and every random generator. Returns
+    (step, tally, val_metrics) to go on from, or None for a fresh run."""
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, fp)
+    load_model(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    return state["step"], state["tally"], state["val_metrics"]
+
+
+def rng_state() -> dict:
+    """Every random generator a training run draws from (torch, CUDA, numpy, Python), as
+    tensors and plain values a weights-only checkpoint can hold."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 # ---------------------------------------------------------------- stop signals
