@@ -290,7 +290,7 @@ def _score_pred_missing(chain, odd, tmp, out):
 def _gather_shard_missing(chain, odd, tmp, out):
     missing = tmp / "nowhere" / "masks_1-of-2.npy"
     return (["gather-shards", "--shards", chain[1] / "segmenter/masks_hidden.npy", missing,
-             "--out", out / "masks_hidden.npy"], str(missing), "unreadable shard")
+             "--out", out / "masks_hidden.npy"], str(missing), "shard file does not exist")
 
 
 def _report_metrics_missing(chain, odd, tmp, out):

@@ -81,7 +81,7 @@ def test_nothing_reruns_without_a_change(finished_run):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ({"segmenter": {"lr": 0.02}}, SEGMENTATION),
+        ({"segmenter": {"lr": 0.015}}, SEGMENTATION),
         ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
         ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
