@@ -26,6 +26,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/predictor.smk"
 include: "workflow/rules/segmenter.smk"
+include: "workflow/rules/forecaster.smk"
+include: "workflow/rules/direct.smk"
 include: "workflow/rules/eval.smk"
 
 
@@ -35,4 +37,5 @@ rule all:
         f"{RESULTS}/data/mean_std.json",
         f"{RESULTS}/eval/scores.json",
         f"{RESULTS}/{config['eval']['submission_name']}.pt",
-        f"{RESULTS}/report/examples.png",
+        # the report's examples show predicted frames: route frames only
+        [f"{RESULTS}/report/examples.png"] if "frames" in ROUTES else [],

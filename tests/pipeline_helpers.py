@@ -20,7 +20,12 @@ def tiny_config() -> dict:
     config["predictor"].update(epochs=1, batch_size=2, checkpoint_every=50)
     config["predictor"]["simvp"].update(hid_S=8, hid_T=16, N_S=2, N_T=2)
     config["augment"].update(frameskip=3)
-    config["segmenter"].update(epochs=1, batch_size=2, checkpoint_every=50)
+    config["segmenter"]["checkpoint_every"] = 50
+    config["segmenter"]["unet"].update(base_channels=4, depth=2, epochs=1, batch_size=8)
+    config["segmenter"]["maskrcnn"].update(epochs=1, batch_size=2)
+    config["forecaster"].update(epochs=1, iou_finetune_epochs=1, batch_size=2, checkpoint_every=50)
+    config["forecaster"]["simvp"].update(embed_dim=4, hid_S=4, hid_T=8, N_S=2, N_T=2)
+    config["direct"].update(base_channels=4, depth=2, epochs=1, batch_size=2, checkpoint_every=50)
     config["eval"]["report_examples"] = 2
     for entry in config["resources"].values():
         if isinstance(entry, dict):

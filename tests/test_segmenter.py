@@ -16,6 +16,7 @@ from futureseg import data, segment, train_segmenter
 from futureseg.errors import ConfigError, DataError, FuturesegError
 from futureseg.instances import mask_to_instances
 from futureseg.io import load_array, save_array
+from futureseg.models import segmenters
 from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig, TorchvisionMaskRCNN
 from futureseg.training import load_checkpoint
 
@@ -177,7 +178,7 @@ def test_config_errors_name_the_key():
 def test_detectron2_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "detectron2", None)  # makes `import detectron2` fail
     with pytest.raises(ConfigError, match="segmenter.backend"):
-        train_segmenter.build_backend("detectron2", {"height": 32, "width": 48})
+        segmenters.build_backend("detectron2", {"height": 32, "width": 48})
 
 
 # ---------------------------------------------------------------- training

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import data
 from .errors import DataError, FuturesegError
+from .shards import parse_shard, shard_rows
 
 FUTURE_FRAMES = tuple(range(data.N_INPUT, data.N_FRAMES))  # 11…21
 
@@ -41,25 +42,6 @@ def parse_frames(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: frames must be within {FUTURE_FRAMES[0]}-{FUTURE_FRAMES[-1]} (the predicted ones)")
     return sorted(frames)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/K' → (i, K) with 0 <= i < K."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected i/K, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= i < K")
-    return index, count
-
-
-def shard_rows(n_rows: int, shard: tuple[int, int] | None) -> range:
-    """Rows of shard i of K: contiguous, sizes differing by at most one, in order."""
-    if shard is None:
-        return range(n_rows)
-    index, count = shard
-    return range(index * n_rows // count, (index + 1) * n_rows // count)
 
 
 def load_predictor(path: str | Path, device):

@@ -35,6 +35,8 @@ from .io import atomic_path, read_array, save_npy, write_json
 log = logging.getLogger("futureseg")
 
 METHODS = ("pipeline", "oracle", "copy_last")
+# the references a route is measured against, beside copy-last (DESIGN.md §3b)
+REFERENCES = ("oracle", "segmented_copy_last", "copy_last")
 COPY_LAST_FRAME = data.N_INPUT - 1  # frame 10, the last frame the model sees
 
 
@@ -120,11 +122,12 @@ def _check_range(batch: np.ndarray, path, first_row: int) -> None:
         )
 
 
-def score(root, pred, oracle=None, batch_size: int = 32) -> dict:
-    """Scores of every method on val frame 21, plus the pipeline's confusion matrix.
+def score(root, files: dict, batch_size: int = 32) -> dict:
+    """Scores on val frame 21 of every guess in `files` ({method: masks path}) and of
+    copy-last, with confusion matrices.
 
-    Returns {"n_videos", <method>: summary, ...}; summaries hold numpy confusion matrices
-    (not JSON); `scores_json` strips them.
+    Returns {"n_videos", "frame_size", "support", <method>: summary, ...}; summaries hold
+    numpy confusion matrices (not JSON); `scores_json` strips them.
     """
     import torch
 
@@ -133,9 +136,6 @@ def score(root, pred, oracle=None, batch_size: int = 32) -> dict:
     videos = data.list_videos(root, "val")
     ids = [v.id for v in videos]
     size = data.frame_size(root, "val")
-    files = {"pipeline": pred}
-    if oracle is not None:
-        files["oracle"] = oracle
     guesses = {method: load_masks(path, ids, size, method) for method, path in files.items()}
     metrics = {method: make_metrics() for method in [*files, "copy_last"]}
     support = np.zeros(data.NUM_CLASSES, dtype=np.int64)
@@ -158,9 +158,42 @@ def score(root, pred, oracle=None, batch_size: int = 32) -> dict:
     return result
 
 
-def scores_json(result: dict, files: dict) -> dict:
+def temporal_iou(sequences) -> float:
+    """Temporal consistency of mask sequences (N, K, H, W): the macro IoU (the competition
+    metric, over the split) between the masks of each two consecutive frames, averaged over
+    the K-1 pairs. 1.0 = nothing changes; the true masks' figure is the reference."""
+    from .dense import macro_iou
+
+    sequences = np.asarray(sequences)
+    if sequences.ndim != 4 or sequences.shape[1] < 2:
+        raise FuturesegError(f"temporal IoU needs (N, K >= 2, H, W) mask sequences, got {sequences.shape}")
+    return float(np.mean([macro_iou(sequences[:, k + 1], sequences[:, k]) for k in range(sequences.shape[1] - 1)]))
+
+
+def temporal_ious(root, sequences: dict) -> dict:
+    """{route: temporal IoU of its predicted masks 11…21, "true_masks": that of the truth}."""
+    videos = data.list_videos(root, "val")
+    ids = [v.id for v in videos]
+    out = {}
+    for route, path in sequences.items():
+        masks, meta = read_array(path, f"{route} mask sequence")
+        if [int(i) for i in meta["ids"]] != ids:
+            raise FuturesegError(f"{path}: ids in its sidecar do not match the val split's ids")
+        out[route] = temporal_iou(masks)
+    size = data.frame_size(root, "val")
+    truth = np.stack([data.read_mask(v, size)[data.N_INPUT :] for v in videos])
+    out["true_masks"] = temporal_iou(truth)
+    return out
+
+
+SUMMARY_KEYS = ("iou", "iou_micro", "pixel_acc", "n_classes_counted")
+
+
+def scores_json(result: dict, files: dict, routes: dict | None = None, submit: str | None = None,
+                submitted: str | None = None, temporal: dict | None = None) -> dict:
     """The JSON form of `score`'s result: confusion matrices and per-class lists left out
-    (they go to their own files)."""
+    (they go to their own files). With routes: `routes` {name: summary}, `submitted_route`
+    and `pipeline` = the submitted route's summary (the key older readers know)."""
     out = {
         "n_videos": result["n_videos"],
         "frame": data.TARGET_FRAME,
@@ -170,17 +203,32 @@ def scores_json(result: dict, files: dict) -> dict:
         "pixel_acc = MulticlassAccuracy micro",
         "inputs": {k: str(v) for k, v in files.items()},
     }
-    for method in METHODS:
+    for method in (*METHODS, "segmented_copy_last"):
         if method in result:
-            summary = result[method]
-            out[method] = {k: summary[k] for k in ("iou", "iou_micro", "pixel_acc", "n_classes_counted")}
+            out[method] = {k: result[method][k] for k in SUMMARY_KEYS}
+    if routes:
+        out["routes"] = {name: {k: result[name][k] for k in SUMMARY_KEYS} for name in routes}
+        out["pipeline"] = out["routes"][submitted]
+        out["submit"] = submit
+        out["submitted_route"] = submitted
+    if temporal:
+        out["temporal_iou"] = temporal
     return out
 
 
-def write_per_class_csv(path, result: dict) -> None:
+def pick_route(result: dict, routes, submit: str) -> str:
+    """The route whose hidden masks are submitted: `submit`, or for "best" the route with
+    the highest val IoU (the first listed on a tie)."""
+    if submit != "best":
+        if submit not in routes:
+            raise ConfigError(f"eval.submit: route {submit!r} was not scored (routes: {', '.join(routes)})")
+        return submit
+    return max(routes, key=lambda name: (result[name]["iou"], -list(routes).index(name)))
+
+
+def write_per_class_csv(path, result: dict, methods) -> None:
     """One row per class: name, IoU of each method ('absent' where the class is in neither
     that method's prediction nor the target), and its pixel support in the target."""
-    methods = [m for m in METHODS if m in result]
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
@@ -196,20 +244,46 @@ def write_per_class_csv(path, result: dict) -> None:
 METHOD_LABELS = {
     "pipeline": "pipeline (segmenter on the predicted frame 21)",
     "oracle": "oracle (segmenter on the true frame 21)",
+    "segmented_copy_last": "segmented copy-last (segmenter on the true frame 10)",
     "copy_last": "copy-last (true mask of frame 10)",
+}
+ROUTE_LABELS = {
+    "frames": "route frames (segmenter on the predicted frame 21)",
+    "masks": "route masks (forecast from the segmented frames 0…10)",
+    "direct": "route direct (U-Net on the 11 stacked frames)",
 }
 
 
-def write_scores_html(path, scores: dict) -> None:
-    """The three-way comparison as a small self-contained HTML table (the report shows it)."""
+def table_rows(scores: dict) -> list[tuple[str, str, dict]]:
+    """(key, label, summary) rows of the comparison: every route (or the pipeline), then
+    the references."""
     rows = []
-    for method in METHODS:
+    if "routes" in scores:
+        for name, summary in scores["routes"].items():
+            mark = " — submitted" if name == scores["submitted_route"] else ""
+            rows.append((name, ROUTE_LABELS.get(name, f"route {name}") + mark, summary))
+    elif "pipeline" in scores:
+        rows.append(("pipeline", METHOD_LABELS["pipeline"], scores["pipeline"]))
+    for method in REFERENCES:
         if method in scores:
-            s = scores[method]
-            rows.append(
-                f"<tr><th scope=\"row\">{METHOD_LABELS[method]}</th><td>{s['iou']:.4f}</td>"
-                f"<td>{s['iou_micro']:.4f}</td><td>{s['pixel_acc']:.4f}</td><td>{s['n_classes_counted']}</td></tr>"
-            )
+            rows.append((method, METHOD_LABELS[method], scores[method]))
+    return rows
+
+
+def write_scores_html(path, scores: dict) -> None:
+    """The side-by-side comparison as a small self-contained HTML table (the report shows it)."""
+    rows = [
+        f"<tr><th scope=\"row\">{label}</th><td>{s['iou']:.4f}</td>"
+        f"<td>{s['iou_micro']:.4f}</td><td>{s['pixel_acc']:.4f}</td><td>{s['n_classes_counted']}</td></tr>"
+        for _, label, s in table_rows(scores)
+    ]
+    temporal = ""
+    if scores.get("temporal_iou"):
+        cells = "".join(f"<tr><th scope=\"row\">{name}</th><td>{value:.4f}</td></tr>"
+                        for name, value in scores["temporal_iou"].items())
+        temporal = ("<p>Temporal IoU: the macro IoU between consecutive masks of frames 11…21, averaged "
+                    "over the 10 pairs (temporal consistency; the true masks' figure is the reference).</p>\n"
+                    f"<table><thead><tr><th>masks</th><th>temporal IoU</th></tr></thead><tbody>{cells}</tbody></table>\n")
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>scores</title>'
         "<style>body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "
@@ -221,19 +295,31 @@ def write_scores_html(path, scores: dict) -> None:
         "<table><thead><tr><th>method</th><th>IoU (macro)</th><th>IoU (micro)</th>"
         "<th>pixel accuracy</th><th>classes counted</th></tr></thead><tbody>\n"
         + "\n".join(rows)
-        + "\n</tbody></table>\n</body></html>\n"
+        + "\n</tbody></table>\n" + temporal + "</body></html>\n"
     )
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
 
 
 def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_class=None, plot_confusion=None,
-        table=None, batch_size=32) -> dict:
-    result = score(root, pred, oracle, batch_size)
-    files = {"root": root, "pred": pred, **({"oracle": oracle} if oracle else {})}
-    scores = scores_json(result, files)
+        table=None, batch_size=32, routes=None, segmented_copy_last=None, submit="best", sequences=None) -> dict:
+    """Score and write the outputs. Either `pred` (one pipeline's masks) or `routes`
+    ({route: masks path}, scored side by side, `submit` picking the pipeline)."""
+    routes = dict(routes or {})
+    if bool(pred) == bool(routes):
+        raise ConfigError("score: give either --pred or one --route NAME=MASKS or more")
+    files = {**({"pipeline": pred} if pred else routes), **({"oracle": oracle} if oracle else {}),
+             **({"segmented_copy_last": segmented_copy_last} if segmented_copy_last else {})}
+    result = score(root, files, batch_size)
+    submitted = None
+    if routes:
+        submitted = pick_route(result, routes, submit)
+        result["pipeline"] = result[submitted]
+    temporal = temporal_ious(root, sequences) if sequences else None
+    scores = scores_json(result, {"root": root, **files}, routes, submit, submitted, temporal)
+    methods = [m for m in [*(routes or ["pipeline"]), *REFERENCES] if m in result]
     if per_class:
-        write_per_class_csv(per_class, result)
+        write_per_class_csv(per_class, result, methods)
     if confusion:
         save_npy(confusion, result["pipeline"]["confusion"])
     if table:
@@ -243,8 +329,8 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
 
         names = [class_name(i) for i in range(data.NUM_CLASSES)]
         if plot_per_class:
-            per_method = {m: result[m]["per_class_iou"] for m in METHODS if m in result}
-            plots.per_class_iou(per_method, names, result["support"], plot_per_class)
+            plots.per_class_iou({m: result[m]["per_class_iou"] for m in methods}, names, result["support"],
+                                plot_per_class)
         if plot_confusion:
             plots.confusion_heatmap(result["pipeline"]["confusion"], names, plot_confusion)
     # scores.json last: it is the rule's main output, so it appears only when the rest is done
@@ -256,16 +342,32 @@ VERB = "score"
 HELP = "competition IoU of val frame 21: pipeline vs oracle vs copy-last (stage 5)"
 
 
+def route_path(text: str) -> tuple[str, str]:
+    """argparse type of --route and --sequence: NAME=PATH."""
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH, e.g. masks=results/forecaster/masks_val.npy")
+    return name, path
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--root", required=True, help="Dataset_Student root (ground truth: val mask.npy[21])")
-    parser.add_argument("--pred", required=True, help="masks_val.npy: the pipeline's frame-21 masks (ids sidecar beside it)")
+    parser.add_argument("--pred", help="masks_val.npy: one pipeline's frame-21 masks (ids sidecar beside it)")
+    parser.add_argument("--route", type=route_path, action="append", default=[], metavar="NAME=MASKS",
+                        help="a route's frame-21 masks of val; repeat to score routes side by side")
+    parser.add_argument("--submit", default="best", help="the route submitted, or best (highest val IoU)")
+    parser.add_argument("--sequence", type=route_path, action="append", default=[], metavar="NAME=MASKS",
+                        help="a route's masks of frames 11…21 (N, 11, H, W): its temporal IoU is reported")
     parser.add_argument("--oracle", help="masks_val_oracle.npy: the segmenter on the true frame 21")
+    parser.add_argument("--segmented-copy-last", help="masks_val_frame10.npy: the segmenter on the true frame 10")
     parser.add_argument("--out", required=True, help="scores.json to write")
     parser.add_argument("--per-class", help="per-class IoU CSV to write")
     parser.add_argument("--confusion", help="the pipeline's 49x49 confusion matrix (.npy, rows = true class)")
     parser.add_argument("--plot-per-class", help="bar chart PNG of per-class IoU")
     parser.add_argument("--plot-confusion", help="heat map PNG of the most-confused classes")
-    parser.add_argument("--table", metavar="HTML", help="the three-way table as an HTML page to write")
+    parser.add_argument("--table", metavar="HTML", help="the comparison as an HTML page to write")
     parser.add_argument("--batch-size", type=int, default=32, help="videos per metric update")
 
 
@@ -281,9 +383,14 @@ def main(args) -> None:
         plot_confusion=args.plot_confusion,
         table=args.table,
         batch_size=args.batch_size,
+        routes=dict(args.route),
+        segmented_copy_last=args.segmented_copy_last,
+        submit=args.submit,
+        sequences=dict(args.sequence),
     )
-    for method in METHODS:
-        if method in scores:
-            s = scores[method]
-            print(f"{method:9s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}")
+    for key, _, s in table_rows(scores):
+        mark = " (submitted)" if key == scores.get("submitted_route") else ""
+        print(f"{key:9s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
+    for name, value in scores.get("temporal_iou", {}).items():
+        print(f"temporal IoU {value:.4f}  {name}")
     print(f"over {scores['n_videos']} val videos -> {args.out}")

@@ -1,4 +1,4 @@
-"""Stage 4 inference: class-id masks of frame 21 from the trained Mask R-CNN.
+"""Stage 4 inference: class-id masks of frame 21 from the trained segmenter (U-Net or Mask R-CNN).
 
 Four outputs, each uint8 (N, H, W) with the ids sidecar of `io.save_array`
 ({"ids", "frame_index", "source", "model", "score_threshold"}):
@@ -8,13 +8,14 @@ Four outputs, each uint8 (N, H, W) with the ids sidecar of `io.save_array`
   --out-val-oracle   the model on the true frame 21 of val (`--root`): what a perfect
                      frame predictor would give
   --out-val-frame10  the model on the true frame 10 of val (`--root`), the last input frame:
-                     "segment what you last saw", the copy-last baseline with this segmenter
-                     (score.py's copy_last uses the true mask of frame 10 instead)
+                     "segment what you last saw", scored as `segmented_copy_last`: what a
+                     user can submit without forecasting (score.py's copy_last uses the
+                     true mask of frame 10 instead)
 
 Each output needs only its own input, so any subset may be asked for. In the predicted
 frames files (N, K, H, W, 3) the position of frame 21 comes from the sidecar's
-`frame_indices`. Instances are painted into a mask by score (`instances_to_mask`, most
-confident on top, below `--score-threshold` left out).
+`frame_indices`. How a segmenter paints a mask: `futureseg.models.segmenters`
+(`--score-threshold` applies to Mask R-CNN only).
 """
 
 from __future__ import annotations
@@ -29,25 +30,6 @@ from .errors import ConfigError, FuturesegError
 from .io import read_array, save_array
 
 log = logging.getLogger("futureseg")
-
-
-def segment_frames(backend, frames, score_threshold: float, batch_size: int, device) -> np.ndarray:
-    """uint8 (N, H, W) class-id masks of uint8 (N, H, W, 3) RGB frames (an array or memmap)."""
-    import torch
-
-    from .instances import instances_to_mask
-
-    n, h, w = len(frames), *frames.shape[1:3]
-    out = np.zeros((n, h, w), dtype=np.uint8)
-    for start in range(0, n, batch_size):
-        chunk = torch.from_numpy(np.array(frames[start : start + batch_size]))  # a writable copy of the memmap rows
-        images = [image.to(device).permute(2, 0, 1).float().div_(255.0) for image in chunk]
-        for offset, result in enumerate(backend.predict(images)):
-            out[start + offset] = instances_to_mask(
-                result["masks"].float().cpu().numpy(), result["labels"].cpu().numpy(),
-                result["scores"].float().cpu().numpy(), score_threshold, size=(h, w),
-            )
-    return out
 
 
 def target_frames(path: str | Path, frame: int = data.TARGET_FRAME):
@@ -73,9 +55,7 @@ def true_frames(root, frame: int) -> tuple[np.ndarray, list[int]]:
 def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, val_frames=None,
         hidden_frames=None, out_val=None, out_hidden=None, out_val_oracle=None, out_val_frame10=None) -> dict:
     """Write the requested outputs; return {output path: number of masks}."""
-    import torch
-
-    from .train_segmenter import load_segmenter
+    from .models import segmenters
     from .training import select_device
 
     jobs = []  # (output, input description, loader of (frames, ids), frame index)
@@ -105,14 +85,13 @@ def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, va
         raise ConfigError(f"--batch-size: must be at least 1, got {batch_size}")
 
     device = select_device()
-    backend, _ = load_segmenter(model)
-    backend.model.to(device).eval()
+    segmenter, _ = segmenters.load(model, score_threshold)
+    segmenter.to(device)
     written = {}
     for out, source, read, frame in jobs:
         frames, ids = read()
         log.info("segmenting frame %d of %d videos (%s)", frame, len(ids), source)
-        with torch.inference_mode():
-            masks = segment_frames(backend, frames, score_threshold, batch_size, device)
+        masks = segmenter.masks(frames, device, batch_size)
         save_array(out, masks, ids, frame_index=frame, source=source, model=str(model), score_threshold=score_threshold)
         written[str(out)] = len(masks)
     return written

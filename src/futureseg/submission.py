@@ -160,13 +160,41 @@ VERB = "submission"
 HELP = "write the hidden split's masks as the competition tensor (N, H, W) of class ids (stage 5)"
 
 
+def submitted_masks(routes: dict, scores_path) -> tuple[str, str]:
+    """(route, its hidden masks path): the route that `score` picked, as recorded in
+    scores.json's "submitted_route"."""
+    scores_path = Path(scores_path)
+    try:
+        route = json.loads(scores_path.read_text())["submitted_route"]
+    except FileNotFoundError:
+        raise FuturesegError(f"{scores_path}: scores file does not exist") from None
+    except (ValueError, KeyError, TypeError):
+        raise FuturesegError(f"{scores_path}: no 'submitted_route' (was it written by futureseg score --route ...?)") from None
+    if route not in routes:
+        raise FuturesegError(f"{scores_path}: submitted route {route!r} has no hidden masks among --route "
+                             f"({', '.join(routes) or 'none'})")
+    return route, routes[route]
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--masks", required=True, help="masks_hidden.npy with its ids sidecar")
+    from .score import route_path
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--masks", help="masks_hidden.npy with its ids sidecar")
+    source.add_argument("--route", type=route_path, action="append", metavar="NAME=MASKS",
+                        help="a route's masks_hidden.npy; repeat; --scores says which one is submitted")
+    parser.add_argument("--scores", help="scores.json of score --route: its submitted_route picks the masks")
     parser.add_argument("--out", required=True, help="submission .pt to write (ids go to the same name .json)")
     parser.add_argument("--dtype", choices=DTYPES, default="uint8", help="tensor dtype (default uint8)")
     parser.add_argument("--hidden", help="hidden/ folder or dataset root: check ids and frame size before writing")
 
 
 def main(args) -> None:
-    meta = make_submission(args.masks, args.out, args.dtype, args.hidden)
+    masks = args.masks
+    if args.route:
+        if not args.scores:
+            raise ConfigError("--route needs --scores (scores.json names the submitted route)")
+        route, masks = submitted_masks(dict(args.route), args.scores)
+        print(f"submitting route {route} ({masks})")
+    meta = make_submission(masks, args.out, args.dtype, args.hidden)
     print(f"{args.out}: {meta['dtype']} tensor {tuple(meta['shape'])}, ids in {sidecar_path(args.out)}")

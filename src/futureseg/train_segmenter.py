@@ -57,7 +57,6 @@ from .io import atomic_path
 
 log = logging.getLogger("futureseg")
 
-BACKENDS = ("torchvision", "detectron2")
 TRAINING_FILES = ("images.npy", "masks.npy", "index.csv", "counts.json")
 BRIGHTNESS = (0.8, 1.2)
 WARMUP_START = 0.001  # warm-up starts at this fraction of --lr
@@ -73,6 +72,8 @@ _FINGERPRINT_SAMPLES = 32
 def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
     """The backend's model config as plain values (what model.pt stores)."""
     from dataclasses import asdict
+
+    from .models.segmenters import BACKENDS, _detectron2_module
 
     height, width = size
     if args.backend == "torchvision":
@@ -116,45 +117,6 @@ def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
         )
         return asdict(config)
     raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
-
-
-def _detectron2_module():
-    """The detectron2 backend module, imported only when chosen; a clear error when
-    detectron2 itself is missing."""
-    try:
-        from .models import maskrcnn_detectron2 as d2
-
-        d2.require_detectron2()
-    except ImportError as exc:
-        raise ConfigError(f"segmenter.backend: detectron2 is not importable ({exc}); "
-                          "install it or set segmenter.backend: torchvision") from None
-    return d2
-
-
-def build_backend(backend: str, config: dict):
-    """A backend (interface: futureseg.models.maskrcnn_torchvision's docstring) from its
-    name and model config dict."""
-    if backend == "torchvision":
-        from .models.maskrcnn_torchvision import MaskRCNNConfig, TorchvisionMaskRCNN
-
-        return TorchvisionMaskRCNN(MaskRCNNConfig.from_dict(config))
-    if backend == "detectron2":
-        d2 = _detectron2_module()
-        return d2.Detectron2MaskRCNN(d2.Detectron2MaskRCNNConfig(**config))
-    raise ConfigError(f"segmenter.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-
-
-def load_segmenter(path: str | Path):
-    """(backend, model.pt contents) of a model written by train-segmenter."""
-    from .training import load_checkpoint
-
-    state = load_checkpoint(path)
-    if "backend" not in state or "model_config" not in state:
-        raise FuturesegError(f"{path}: not a segmenter model (no 'backend'/'model_config'); "
-                             "was it written by futureseg train-segmenter?")
-    backend = build_backend(state["backend"], state["model_config"])
-    backend.load_state_dict(state["model"])
-    return backend, state
 
 
 # ---------------------------------------------------------------- training set
@@ -280,20 +242,12 @@ def load_validation(root, size: tuple[int, int], limit: int = 0):
     return frames, masks
 
 
-def oracle_iou(backend, frames, masks, score_threshold: float, batch_size: int, device) -> float:
-    """Mean IoU (torchmetrics multiclass JaccardIndex, 49 classes, accumulated over the
-    set) of the masks the model paints on the true frames."""
-    import torch
-    from torchmetrics import JaccardIndex
+def oracle_iou(segmenter, frames, masks, batch_size: int, device) -> float:
+    """The competition IoU (`dense.macro_iou`) of the masks the segmenter paints on the
+    true frames."""
+    from .dense import macro_iou
 
-    from .segment import segment_frames
-
-    metric = JaccardIndex(task="multiclass", num_classes=data.NUM_CLASSES)
-    for start in range(0, len(frames), batch_size):
-        predicted = segment_frames(backend, frames[start : start + batch_size], score_threshold, batch_size, device)
-        metric.update(torch.from_numpy(predicted.astype(np.int64)),
-                      torch.from_numpy(np.asarray(masks[start : start + batch_size], dtype=np.int64)))
-    return float(metric.compute())
+    return macro_iou(segmenter.masks(frames, device, batch_size), masks)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -335,6 +289,8 @@ def check_settings(args) -> None:
         raise ConfigError(f"--lr: must be a positive number, got {args.lr}")
     if not 0 <= args.score_threshold <= 1:
         raise ConfigError(f"--score-threshold: must lie in 0…1, got {args.score_threshold}")
+    from .models.segmenters import BACKENDS
+
     if args.backend not in BACKENDS:
         raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -363,6 +319,7 @@ def train(args) -> dict:
     """Train (or resume, or re-export a finished run); return the last validation metrics."""
     import torch
 
+    from .models.segmenters import Segmenter, build_backend
     from .training import (MetricsLog, StopFlag, autocast, check_finite, checkpoint_path, fingerprint,
                            progress, resume, rng_state, save_checkpoint, seed_everything, select_device)
 
@@ -416,7 +373,8 @@ def train(args) -> dict:
 
     def validate() -> dict:
         started = time.perf_counter()
-        iou = oracle_iou(backend, val_frames, val_masks, args.score_threshold, args.val_batch_size, device)
+        iou = oracle_iou(Segmenter("maskrcnn", backend, args.score_threshold), val_frames, val_masks,
+                         args.val_batch_size, device)
         model.train()
         return {"val_oracle_iou": iou, "val_seconds": round(time.perf_counter() - started, 3)}
 
@@ -460,7 +418,7 @@ def train(args) -> dict:
                     stop.interrupt(ckpt_path, step)
 
     save_checkpoint(args.out, {
-        "fingerprint": fp, "backend": args.backend, "model_config": config, "model": backend.state_dict(),
+        "fingerprint": fp, "segmenter": "maskrcnn", "backend": args.backend, "model_config": config, "model": backend.state_dict(),
         "settings": settings, "step": step, "val_metrics": last_val,
     })
     if (run_dir / "metrics.csv").exists():
@@ -475,10 +433,66 @@ def train(args) -> dict:
     return last_val
 
 
+def train_unet(args) -> dict:
+    """The semantic segmenter: a U-Net trained per pixel (cross-entropy, optionally plus
+    soft IoU) with AdamW under one-cycle, on the same training set, augmentation and
+    validation as Mask R-CNN, through the dense models' loop `training.fit`."""
+    from dataclasses import asdict
+
+    import torch
+
+    from .dense import dense_losses
+    from .models.segmenters import build
+    from .models.unet import UNetConfig
+    from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
+
+    check_settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device()
+    dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
+    images, masks = dataset._open()
+    mean01, std01 = normalisation(args.mean_std)
+    config = asdict(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=args.base_channels,
+                               depth=args.depth, image_mean=tuple(mean01), image_std=tuple(std01)))
+    val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
+    seed_everything(args.seed)
+    segmenter = build("unet", config)
+    net = segmenter.to(device).net
+    _, total_steps = plan_steps(len(dataset), args.batch_size, args.epochs, args.max_steps)
+    optimizer, scheduler = adamw_one_cycle(net, args.lr, args.weight_decay, total_steps)
+    settings = {"segmenter": "unet", "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
+                "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
+                "seed": args.seed, "training_set": dataset.fingerprint()}
+
+    def step_losses(epoch, indices, step, total):
+        pairs = [augment(np.asarray(images[i]), np.asarray(masks[i]), np.random.default_rng((args.seed, epoch, i)))
+                 for i in indices]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(device)
+        with autocast(device):
+            logits = net(x)
+        return dense_losses(logits.float(), y, args.soft_iou_weight)
+
+    def validate():
+        return {"val_oracle_iou": oracle_iou(segmenter, val_frames, val_masks, args.val_batch_size, device)}
+
+    saved, last_val = fit(model=net, optimizer=optimizer, scheduler=scheduler, settings=settings,
+                          checkpoints=args.checkpoints, metrics_out=args.metrics, n_samples=len(dataset),
+                          batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
+                          max_steps=args.max_steps, desc="U-Net segmenter")
+    save_checkpoint(args.out, {"segmenter": "unet", "model_config": config, "model": net.state_dict(),
+                               "fingerprint": saved["fingerprint"], "settings": saved, "step": saved["step"],
+                               "val_metrics": last_val})
+    log.info("wrote %s (step %d): val oracle IoU %.4f", args.out, saved["step"], last_val.get("val_oracle_iou", float("nan")))
+    return last_val
+
+
 # ---------------------------------------------------------------- CLI
 
 VERB = "train-segmenter"
-HELP = "train Mask R-CNN from scratch on the segmentation training set (stage 4)"
+HELP = "train the segmenter (U-Net or Mask R-CNN) from scratch on the segmentation training set (stage 4)"
 
 
 def add_arguments(parser) -> None:
@@ -490,7 +504,13 @@ def add_arguments(parser) -> None:
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders (last.pt, live metrics.csv)")
     model = parser.add_argument_group("model")
-    model.add_argument("--backend", choices=BACKENDS, default="torchvision")
+    model.add_argument("--model", choices=("unet", "maskrcnn"), default="maskrcnn",
+                       help="unet (semantic, per-pixel loss) or maskrcnn (instances)")
+    model.add_argument("--base-channels", type=int, default=32, help="U-Net: channels of the first level")
+    model.add_argument("--depth", type=int, default=4, help="U-Net: levels (poolings + 1)")
+    model.add_argument("--soft-iou-weight", type=float, default=0.0,
+                       help="U-Net: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
+    model.add_argument("--backend", choices=("torchvision", "detectron2"), default="torchvision")
     model.add_argument("--backbone", default="resnet50",
                        help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: resnet50|resnet101)")
     model.add_argument("--norm", choices=("bn", "gn"), default="bn", help="trainable normalisation in the backbone")
@@ -519,5 +539,5 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    scores = train(args)
+    scores = train_unet(args) if args.model == "unet" else train(args)
     print(" ".join(f"{k}={v:.4g}" for k, v in scores.items()))

@@ -13,8 +13,10 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import random
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -269,3 +271,105 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- the dense trainers' loop
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation drawn from (seed, epoch) alone, so a resumed
+    run draws the batches an uninterrupted one would; the last batch may be short."""
+    order = np.random.default_rng((seed, epoch, 1)).permutation(n)
+    return [order[s : s + batch_size].tolist() for s in range(0, n, batch_size)]
+
+
+def plan_steps(n_samples: int, batch_size: int, epochs: int, max_steps: int = 0) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run: every sample once per epoch, the last batch
+    possibly short; `max_steps` > 0 cuts the run short."""
+    steps_per_epoch = math.ceil(n_samples / batch_size)
+    total_steps = epochs * steps_per_epoch
+    return steps_per_epoch, min(total_steps, max_steps) if max_steps else total_steps
+
+
+def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out, n_samples: int,
+        batch_size: int, epochs: int, seed: int, checkpoint_every: int, step_losses, validate,
+        max_steps: int = 0, desc: str = "train") -> tuple[dict, dict]:
+    """The resumable training loop of the dense models (U-Net segmenter, mask forecaster,
+    direct U-Net); each brings its own `step_losses` and `validate`.
+
+    step_losses(epoch, indices, step, total_steps) -> dict of scalar loss tensors whose
+    "loss" entry is minimised (the others are logged); indices are the batch's sample
+    numbers, epoch seeds their augmentation. validate() -> dict of floats, run at each
+    epoch end. The checkpoint (`<checkpoints>/<fingerprint of settings>/last.pt`) holds the
+    model, optimizer, scheduler, every RNG and the running loss sums, so a resumed run ends
+    with the weights of an uninterrupted one. SIGTERM/SIGUSR1 write it and stop; a NaN loss
+    stops with the last good one kept. Returns (settings with "fingerprint" and "step"
+    added, the last validation metrics); the caller writes its model file.
+    """
+    steps_per_epoch, total_steps = plan_steps(n_samples, batch_size, epochs, max_steps)
+    settings = {**settings, "total_steps": total_steps}
+    fp = fingerprint(settings)
+    ckpt_path = checkpoint_path(checkpoints, fp)
+    run_dir = ckpt_path.parent
+    step, tally, last_val = 0, {}, {}
+    resumed = resume(ckpt_path, fp, model.load_state_dict, optimizer, scheduler)
+    if resumed:
+        step, tally, last_val = resumed
+        log.info("resuming from %s at step %d of %d", ckpt_path, step, total_steps)
+    else:
+        log.info("%s from scratch: %d steps (%d epochs × %d batches of %d), checkpoints in %s",
+                 desc, total_steps, epochs, steps_per_epoch, batch_size, run_dir)
+    metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step, tensorboard_dir=run_dir / "tensorboard")
+
+    def save():
+        save_checkpoint(ckpt_path, {
+            "fingerprint": fp, "settings": settings, "step": step, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+            "tally": tally, "val_metrics": last_val,
+        })
+
+    model.train()
+    with StopFlag() as stop:
+        while step < total_steps:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            batches = epoch_order(n_samples, batch_size, seed, epoch)[done_in_epoch : done_in_epoch + total_steps - step]
+            for indices in progress(batches, total=steps_per_epoch, initial=done_in_epoch,
+                                    desc=f"{desc} epoch {epoch + 1}/{epochs}"):
+                losses = step_losses(epoch, indices, step, total_steps)
+                check_finite(losses["loss"].detach(), step + 1, ckpt_path)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                for name, value in losses.items():
+                    tally[name] = tally.get(name, 0.0) + float(value.detach())
+                tally["steps"] = tally.get("steps", 0) + 1
+                epoch_end = step % steps_per_epoch == 0 or step == total_steps
+                if epoch_end:
+                    last_val = validate()
+                    model.train()
+                    n = tally.pop("steps")
+                    metrics.log(step, epoch=epoch + 1, lr=lr, **{f"train_{k}": v / n for k, v in tally.items()},
+                                **last_val)
+                    tally = {}
+                if epoch_end or step % checkpoint_every == 0 or stop.raised:
+                    save()
+                if stop.raised:
+                    stop.interrupt(ckpt_path, step)
+    if not (run_dir / "metrics.csv").exists():  # a finished run whose live CSV was removed
+        last_val = validate()
+        metrics.log(step, epoch=epochs, **last_val)
+    with atomic_path(metrics_out) as tmp:
+        shutil.copyfile(run_dir / "metrics.csv", tmp)
+    return {**settings, "fingerprint": fp, "step": step}, last_val
+
+
+def adamw_one_cycle(model, lr: float, weight_decay: float, total_steps: int):
+    """AdamW under one OneCycleLR schedule over the whole run: the dense models' recipe
+    (as the frame predictor's), robust from scratch without tuning a warm-up."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, total_steps))

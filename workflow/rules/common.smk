@@ -1,5 +1,6 @@
 # Paths and helpers shared by the rule files.
 
+import json
 from pathlib import Path
 
 RESULTS = config["results"]
@@ -11,6 +12,14 @@ if config["data"]["root"] and not Path(DATA).is_dir():
     raise ValueError(f"config data.root: {DATA} does not exist or is not a folder")
 
 SPLITS = ["train", "val", "unlabeled", "hidden"]
+
+# Routes to the mask of frame 21 (DESIGN.md §3b); each writes masks_{val,hidden}.npy here.
+ROUTES = config["routes"]
+ROUTE_DIRS = {"frames": f"{RESULTS}/segmenter", "masks": f"{RESULTS}/forecaster", "direct": f"{RESULTS}/direct"}
+SUBMIT = config["eval"]["submit"]
+if SUBMIT != "best" and SUBMIT not in ROUTES:
+    raise ValueError(f"config eval.submit: route {SUBMIT!r} does not run (routes: {', '.join(ROUTES)}); "
+                     "name one of them or 'best'")
 
 
 wildcard_constraints:
@@ -26,6 +35,21 @@ def res(rule_name):
 def csv(values):
     """A list as one comma-separated command-line value."""
     return ",".join(str(v) for v in values)
+
+
+def flags(settings):
+    """A model's config section as the verb's command-line flags: key_name: v → --key-name v
+    (lists comma-separated)."""
+    return " ".join(
+        f"--{key.replace('_', '-')} {csv(value) if isinstance(value, list) else value}"
+        for key, value in settings.items()
+    )
+
+
+def selected(section, models):
+    """A config section with only the selected model's sub-section (`model: name` picks it),
+    so editing an unselected model's settings reruns nothing."""
+    return {key: value for key, value in section.items() if key not in models or key == section["model"]}
 
 
 def kept_frames(wildcards):

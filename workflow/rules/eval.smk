@@ -1,12 +1,18 @@
-# Stage 5: IoU of the pipeline, the oracle and the copy-last baseline; the hidden-set
-# submission; the report's figures.
+# Stage 5: IoU of every route beside the oracle, segmented copy-last and copy-last; the
+# hidden-set submission of the submitted route; the report's figures.
+
+
+# routes that forecast all of frames 11…21 (their temporal IoU is reported)
+SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy"}
 
 
 rule score:
     input:
         data=DATA,
-        pred=f"{RESULTS}/segmenter/masks_val.npy",
+        routes=[f"{ROUTE_DIRS[route]}/masks_val.npy" for route in ROUTES],
+        sequences=[SEQUENCES[route] for route in ROUTES if route in SEQUENCES],
         oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
+        segmented_copy_last=f"{RESULTS}/segmenter/masks_val_frame10.npy",
     output:
         scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores_json.rst", category="Scores"),
         table=report(f"{RESULTS}/eval/scores.html", caption="../report/scores.rst", category="Scores"),
@@ -17,6 +23,10 @@ rule score:
         plot_confusion=report(
             f"{RESULTS}/eval/confusion.png", caption="../report/confusion.rst", category="Scores"
         ),
+    params:
+        routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(ROUTES, input.routes)),
+        sequences=" ".join(f"--sequence {r}={p}" for r, p in SEQUENCES.items() if r in ROUTES),
+        submit=SUBMIT,
     resources:
         runtime=res("score")["runtime"],
         mem_mb=res("score")["mem_mb"],
@@ -25,16 +35,25 @@ rule score:
     log:
         f"{RESULTS}/logs/score.log",
     shell:
-        "futureseg score --root {input.data} --pred {input.pred} --oracle {input.oracle}"
+        "futureseg score --root {input.data} {params.routes} {params.sequences} --submit {params.submit}"
+        " --oracle {input.oracle} --segmented-copy-last {input.segmented_copy_last}"
         " --out {output.scores} --table {output.table} --per-class {output.per_class}"
         " --plot-per-class {output.plot_per_class} --plot-confusion {output.plot_confusion} 2> {log}"
 
 
+# The submitted route's hidden masks: eval.submit's, or with `best` every route's (score
+# picks the one with the highest val IoU and records it in scores.json).
+SUBMIT_CANDIDATES = ROUTES if SUBMIT == "best" else [SUBMIT]
+
+
 rule submission:
     input:
-        f"{RESULTS}/segmenter/masks_hidden.npy",
+        scores=f"{RESULTS}/eval/scores.json",
+        masks=[f"{ROUTE_DIRS[route]}/masks_hidden.npy" for route in SUBMIT_CANDIDATES],
     output:
         f"{RESULTS}/{config['eval']['submission_name']}.pt",
+    params:
+        routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(SUBMIT_CANDIDATES, input.masks)),
     resources:
         runtime=res("submission")["runtime"],
         mem_mb=res("submission")["mem_mb"],
@@ -43,7 +62,7 @@ rule submission:
     log:
         f"{RESULTS}/logs/submission.log",
     shell:
-        "futureseg submission --masks {input} --out {output} 2> {log}"
+        "futureseg submission {params.routes} --scores {input.scores} --out {output} 2> {log}"
 
 
 rule report_figures:

@@ -1,8 +1,12 @@
 # Stages 3-4: the segmentation training set (real + generated frames, blur, frameskip),
-# Mask R-CNN training, and masks of the predicted frame 21.
+# segmenter training (U-Net or Mask R-CNN), masks of the predicted frame 21 (route
+# `frames`) and of the true frames 21 and 10 (the references every route is scored by).
 
 A = config["augment"]
 S = config["segmenter"]
+SEGMENTER = S[S["model"]]  # the selected segmenter's settings
+# Mask R-CNN paints instances above this score; a U-Net has no threshold (argmax)
+SCORE_THRESHOLD = SEGMENTER.get("score_threshold", 0.5)
 
 
 rule make_seg_frames:
@@ -46,21 +50,12 @@ rule train_segmenter:
             category="Segmentation",
         ),
     params:
-        backend=S["backend"],
-        backbone=S["backbone"],
-        fpn_channels=S["fpn_channels"],
-        box_head_dim=S["box_head_dim"],
-        mask_head_channels=S["mask_head_channels"],
-        rpn_post_nms_train=S["rpn_post_nms_train"],
-        box_batch_per_image=S["box_batch_per_image"],
-        epochs=S["epochs"],
-        batch_size=S["batch_size"],
-        lr=S["lr"],
-        warmup_steps=S["warmup_steps"],
+        model=S["model"],
+        # only the selected model's section: editing the other one reruns nothing
+        settings=SEGMENTER,
+        flags=flags(SEGMENTER),
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
-        min_fragment=S["min_fragment"],
-        score_threshold=S["score_threshold"],
         checkpoints=f"{RESULTS}/segmenter/checkpoints",
     threads: res("train_segmenter")["threads"]
     resources:
@@ -75,27 +70,18 @@ rule train_segmenter:
         "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
-        " --backend {params.backend} --backbone {params.backbone} --fpn-channels {params.fpn_channels}"
-        " --box-head-dim {params.box_head_dim} --mask-head-channels {params.mask_head_channels}"
-        " --rpn-post-nms-train {params.rpn_post_nms_train} --box-batch-per-image {params.box_batch_per_image}"
-        " --epochs {params.epochs}"
-        " --batch-size {params.batch_size} --lr {params.lr} --warmup-steps {params.warmup_steps}"
-        " --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} --min-fragment {params.min_fragment}"
-        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+        " --model {params.model} {params.flags} --seed {params.seed}"
+        " --checkpoint-every {params.checkpoint_every} --threads {threads} 2> {log}"
 
 
 rule segment:
     input:
-        data=DATA,
         model=f"{RESULTS}/segmenter/model.pt",
         val_frames=f"{RESULTS}/predictor/frames_val.npy",
     output:
         val=f"{RESULTS}/segmenter/masks_val.npy",
-        val_oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
-        val_frame10=f"{RESULTS}/segmenter/masks_val_frame10.npy",
     params:
-        score_threshold=S["score_threshold"],
+        score_threshold=SCORE_THRESHOLD,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -106,8 +92,32 @@ rule segment:
     log:
         f"{RESULTS}/logs/segment.log",
     shell:
+        "futureseg segment --model {input.model} --val-frames {input.val_frames} --out-val {output.val}"
+        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+
+
+# What every route is measured against: the segmenter on the true frame 21 (oracle) and on
+# the true frame 10 (segmented copy-last: what a user can submit without forecasting).
+rule segment_references:
+    input:
+        data=DATA,
+        model=f"{RESULTS}/segmenter/model.pt",
+    output:
+        val_oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
+        val_frame10=f"{RESULTS}/segmenter/masks_val_frame10.npy",
+    params:
+        score_threshold=SCORE_THRESHOLD,
+    threads: res("segment")["threads"]
+    resources:
+        runtime=res("segment")["runtime"],
+        mem_mb=res("segment")["mem_mb"],
+        gpu=res("segment")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/segment_references.log",
+    shell:
         "futureseg segment --root {input.data} --model {input.model}"
-        " --val-frames {input.val_frames} --out-val {output.val}"
         " --out-val-oracle {output.val_oracle} --out-val-frame10 {output.val_frame10}"
         " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
 
@@ -119,7 +129,7 @@ rule segment_hidden_shard:
     output:
         f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy",
     params:
-        score_threshold=S["score_threshold"],
+        score_threshold=SCORE_THRESHOLD,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -134,17 +144,21 @@ rule segment_hidden_shard:
         " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
 
 
+# Hidden-set masks of any route, gathered from its shards (route frames: segmenter/,
+# masks: forecaster/, direct: direct/).
 rule gather_hidden_masks:
     input:
-        gather.hidden(f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy"),
+        lambda wildcards: gather.hidden(f"{RESULTS}/{wildcards.stage}/hidden_shards/masks_{{scatteritem}}.npy"),
     output:
-        f"{RESULTS}/segmenter/masks_hidden.npy",
+        f"{RESULTS}/{{stage}}/masks_hidden.npy",
+    wildcard_constraints:
+        stage="segmenter|forecaster|direct",
     resources:
         runtime=res("gather_hidden_masks")["runtime"],
         mem_mb=res("gather_hidden_masks")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
     log:
-        f"{RESULTS}/logs/gather_hidden_masks.log",
+        f"{RESULTS}/logs/gather_hidden_masks_{{stage}}.log",
     shell:
         "futureseg gather-shards --shards {input} --out {output} 2> {log}"

@@ -1,0 +1,69 @@
+"""Route `masks`, inference: forecast masks of frames 11…21 from the segmenter's masks of 0…10.
+
+Input: a mask cache of `pseudo-label` (val or hidden, frames 0…10). Output: uint8
+(N, H, W) masks of frame 21 (the route's answer, scored and submitted) and, when asked
+(`--out-sequence`), uint8 (N, 11, H, W) of all frames 11…21, whose consecutive masks
+give the route's temporal IoU. `--shard i/K` forecasts the i-th of K contiguous row
+ranges, gathered afterwards by `gather-shards` (hidden-set inference).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import data
+from .errors import ConfigError, DataError
+from .io import save_array
+from .shards import parse_shard, shard_rows
+
+log = logging.getLogger("futureseg")
+
+
+def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16) -> int:
+    from .models import forecasters
+    from .pseudo_label import load_mask_cache
+    from .train_forecaster import forecast_masks
+    from .training import select_device
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    device = select_device()
+    model, saved = forecasters.load(model_path)
+    model.to(device)
+    inputs, meta = load_mask_cache(masks_path, data.N_INPUT)
+    size = tuple(saved["model_config"]["size"])
+    if tuple(inputs.shape[2:]) != size:
+        raise DataError(f"{masks_path}: masks are {inputs.shape[2]}x{inputs.shape[3]}, the forecaster "
+                        f"{model_path} was trained on {size[0]}x{size[1]}")
+    rows = shard_rows(len(inputs), shard)
+    ids = list(meta["ids"])[rows.start : rows.stop]
+    predicted = forecast_masks(model, inputs[rows.start : rows.stop, : data.N_INPUT], device, batch_size)
+    common = {"split": meta.get("split"), "model": str(model_path), "source": str(masks_path),
+              **({"shard": list(shard)} if shard else {})}
+    if out_sequence:
+        save_array(out_sequence, predicted, ids, frame_indices=list(range(data.N_INPUT, data.N_FRAMES)), **common)
+    save_array(out, predicted[:, -1], ids, frame_index=data.TARGET_FRAME, **common)
+    return len(ids)
+
+
+VERB = "forecast"
+HELP = "forecast the masks of frames 11…21 from pseudo-labels of frames 0…10 (route masks)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model file of train-forecaster")
+    parser.add_argument("--masks", required=True, help="mask cache of frames 0…10 (pseudo-label)")
+    parser.add_argument("--out", required=True, help="masks of frame 21 to write (N, H, W)")
+    parser.add_argument("--out-sequence", help="masks of frames 11…21 to write (N, 11, H, W)")
+    parser.add_argument("--shard", type=parse_shard, default=None, help="forecast only shard i of K (i/K)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def main(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    n = run(args.model, args.masks, args.out, args.out_sequence, args.shard, args.batch_size)
+    print(f"{args.out}: {n} masks")

@@ -1,0 +1,79 @@
+"""Mask-space forecaster of the `masks` route: masks of frames 0…10 in, logits of 11…21 out.
+
+The best published results on this task forecast in mask space: segment the input
+frames, then run a frame predictor over the mask sequence. Here every class id becomes a
+learnt embedding (`embed_dim` channels), the sequence of embeddings goes through one of
+the frame predictors of `futureseg.models` (SimVP or ConvLSTM, with their own configs),
+and a 1x1 conv reads 49 logits out of each predicted embedding.
+
+Residual on the last mask: the logits are `delta + residual_scale * onehot(mask 10)`
+with the read-out conv initialised to zero, so an untrained forecaster predicts exactly
+copy-last (the true-mask baseline that the frames route failed to beat) and training
+only has to learn the motion. `residual_scale` (default 8) sets how sure that starting
+guess is: at 8, with the other 48 logits at 0, softmax puts 0.98 on the copied class.
+
+Interface (as the U-Net's, `futureseg.models.unet`):
+
+    MaskForecaster(config)          config: MaskForecasterConfig of plain values
+    model(masks) -> logits          masks: int64 (B, 11, H, W) class ids of frames 0…10;
+                                    logits: float (B, 11, num_classes, H, W) of frames 11…21
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from futureseg.errors import ConfigError
+
+KEY = "forecaster"
+
+
+@dataclass
+class MaskForecasterConfig:
+    size: tuple[int, int]  # (H, W) of the masks
+    core: str = "simvp"  # simvp | convlstm: the frame predictor run over the embeddings
+    core_config: dict = field(default_factory=dict)  # that predictor's own settings
+    n_input: int = 11
+    num_classes: int = 49
+    embed_dim: int = 16
+    residual_scale: float = 8.0
+
+    def __post_init__(self):
+        self.size = tuple(self.size)
+        if self.core not in ("simvp", "convlstm"):
+            raise ConfigError(f"{KEY}.model must be simvp or convlstm, got {self.core!r}")
+        for name in ("embed_dim", "num_classes", "n_input"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{KEY}.{name} must be a positive integer, got {value!r}")
+        if not self.residual_scale >= 0:
+            raise ConfigError(f"{KEY}.residual_scale must be 0 or more, got {self.residual_scale}")
+
+
+class MaskForecaster(nn.Module):
+    def __init__(self, config: MaskForecasterConfig):
+        super().__init__()
+        from futureseg.models import build_predictor
+
+        self.config = config
+        self.embed = nn.Embedding(config.num_classes, config.embed_dim)
+        core_config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.core_config.items()}
+        try:
+            self.core = build_predictor(config.core, (config.n_input, config.embed_dim, *config.size), **core_config)
+        except ConfigError as exc:  # name the forecaster's section, not the predictor's
+            raise ConfigError(str(exc).replace("predictor.", f"{KEY}.")) from None
+        self.read_out = nn.Conv2d(config.embed_dim, config.num_classes, 1)
+        nn.init.zeros_(self.read_out.weight)
+        nn.init.zeros_(self.read_out.bias)
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        B, T, H, W = masks.shape
+        x = self.embed(masks).permute(0, 1, 4, 2, 3)  # (B, T, E, H, W)
+        y = self.core(x)  # (B, T, E, H, W): embeddings of frames T…2T-1
+        delta = self.read_out(y.reshape(B * T, -1, H, W)).reshape(B, T, -1, H, W)
+        last = F.one_hot(masks[:, -1], self.config.num_classes).permute(0, 3, 1, 2).to(delta.dtype)
+        return delta + self.config.residual_scale * last.unsqueeze(1)

@@ -1,0 +1,86 @@
+"""Route `masks`, first stage: the segmenter's masks of every frame of a split's videos.
+
+The mask forecaster learns from mask sequences and forecasts from them: it trains on
+train's true masks plus these pseudo-labels of `unlabeled` (all 22 frames), and at
+inference time it sees only what a user has, the segmenter's masks of frames 0…10 of
+`val` and `hidden`. The output is a mask cache like the frame caches: uint8
+(N, T, H, W) class ids, with the `io.save_array` sidecar {"ids", "frame_indices",
+"split", "model"}.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .errors import ConfigError, DataError
+
+log = logging.getLogger("futureseg")
+
+
+def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64) -> dict:
+    """Segment frames 0…n_frames-1 of every video of a frame cache; return a summary."""
+    from .frame_cache import array_writer, load_cache
+    from .models import segmenters
+    from .training import progress, select_device
+
+    if not 1 <= n_frames <= data.N_FRAMES:
+        raise ConfigError(f"--frames {n_frames}: must lie in 1…{data.N_FRAMES}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    cache, meta = load_cache(cache_path)
+    if cache.shape[1] < n_frames:
+        raise DataError(f"{cache_path}: cache holds {cache.shape[1]} frames per video, pseudo-labels of "
+                        f"{n_frames} frames were asked for")
+    device = select_device()
+    segmenter, _ = segmenters.load(model)
+    segmenter.to(device)
+    n, height, width = len(cache), *cache.shape[2:4]
+    videos_per_batch = max(1, batch_size // n_frames)
+    sidecar = {"frame_indices": list(range(n_frames)), "split": meta.get("split"), "model": str(model)}
+    with array_writer(out, (n, n_frames, height, width), meta["ids"], **sidecar) as masks:
+        starts = range(0, n, videos_per_batch)
+        for start in progress(starts, total=len(starts), desc=f"pseudo-label {Path(cache_path).name}"):
+            clips = np.asarray(cache[start : start + videos_per_batch, :n_frames])
+            labels = segmenter.masks(clips.reshape(-1, height, width, 3), device, batch_size)
+            masks[start : start + len(clips)] = labels.reshape(len(clips), n_frames, height, width)
+    return {"n_videos": n, "n_frames": n_frames}
+
+
+def load_mask_cache(path, frames_needed: int) -> tuple[np.ndarray, dict]:
+    """A mask cache (memory-mapped) and its sidecar, checked: uint8 (N, T, H, W) with at
+    least `frames_needed` frames per video."""
+    from .io import read_array
+
+    masks, meta = read_array(path, "mask cache")
+    if masks.dtype != np.uint8 or masks.ndim != 4:
+        raise DataError(f"{path}: mask cache is {masks.dtype} {masks.shape}, expected uint8 (N, T, H, W)")
+    if masks.shape[1] < frames_needed:
+        raise DataError(f"{path}: mask cache holds {masks.shape[1]} frames per video, {frames_needed} are needed")
+    return masks, meta
+
+
+VERB = "pseudo-label"
+HELP = "the segmenter's masks of every frame of a split, as a uint8 mask cache (route masks)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="model.pt of train-segmenter")
+    parser.add_argument("--cache", required=True, help="frame cache of the split (cache-frames)")
+    parser.add_argument("--out", required=True, help="mask cache to write (.npy, ids sidecar beside it)")
+    parser.add_argument("--frames", type=int, required=True,
+                        help="segment frames 0…FRAMES-1 (22 for training splits, 11 for val and hidden)")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def main(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = pseudo_label(args.model, args.cache, args.out, args.frames, args.batch_size)
+    print(f"{args.out}: masks of {summary['n_frames']} frames of {summary['n_videos']} videos")

@@ -1,0 +1,178 @@
+"""Route `direct`: one U-Net from the 11 input frames, stacked as 33 channels, to the mask of frame 21.
+
+Training pairs: every video of the frame caches `--cache` of the labeled splits, with
+its true mask 21 (`--root`), plus, when given, the `unlabeled` videos (`--pseudo-cache`)
+with the segmenter's mask of their frame 21 (`--pseudo`, from `pseudo-label`) as the
+target: more videos, imperfect targets. Frames and mask are flipped alike at random and
+the frames' brightness scaled by U(0.8, 1.2), drawn from (seed, epoch, sample).
+Loss `dense.dense_losses`, AdamW under one-cycle, the dense loop `training.fit`.
+Validation at each epoch end: `val_iou` of frame 21 over the val videos (`--val-cache`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from . import data
+from .errors import DataError
+
+log = logging.getLogger("futureseg")
+
+BRIGHTNESS = (0.8, 1.2)
+
+
+def stack_inputs(clips) -> np.ndarray:
+    """uint8 (B, >=11, H, W, 3) clips → float32 (B, 33, H, W) on the 0…1 scale, frame-major."""
+    x = np.asarray(clips[:, : data.N_INPUT], dtype=np.float32) / 255.0
+    b, t, h, w, c = x.shape
+    return x.transpose(0, 1, 4, 2, 3).reshape(b, t * c, h, w)
+
+
+def predict_masks(model, clips, device, batch_size: int) -> np.ndarray:
+    """uint8 (N, H, W) masks of frame 21 of uint8 clips (N, >=11, H, W, 3)."""
+    import torch
+
+    out = np.zeros((len(clips), *clips.shape[2:4]), dtype=np.uint8)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(clips), batch_size):
+            x = torch.from_numpy(stack_inputs(clips[start : start + batch_size])).to(device)
+            out[start : start + len(x)] = model(x).argmax(1).to(torch.uint8).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def train(args) -> dict:
+    from dataclasses import asdict
+
+    import torch
+
+    from .dense import dense_losses, macro_iou
+    from .frame_cache import load_cache
+    from .models.unet import UNet, UNetConfig
+    from .pseudo_label import load_mask_cache
+    from .train_forecaster import check_settings, flip_sequences, true_masks
+    from .train_segmenter import normalisation
+    from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
+
+    args.iou_finetune_epochs = 0
+    check_settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device()
+    # (frames memmap, targets of frame 21) per source
+    sources = []
+    for path, split in zip(args.cache, args.label_splits):
+        frames, meta = load_cache(path)
+        masks, ids = true_masks(args.root, split)
+        if [int(i) for i in meta["ids"]] != ids:
+            raise DataError(f"{path}: its videos are not those of {args.root}/{split}")
+        sources.append((frames, masks[:, data.TARGET_FRAME]))
+    if args.pseudo_cache:
+        frames, meta = load_cache(args.pseudo_cache)
+        pseudo, pseudo_meta = load_mask_cache(args.pseudo, data.N_FRAMES)
+        if pseudo_meta["ids"] != meta["ids"]:
+            raise DataError(f"{args.pseudo}: its videos are not those of {args.pseudo_cache}")
+        sources.append((frames, np.asarray(pseudo[:, data.TARGET_FRAME])))
+    sizes = {tuple(f.shape[2:4]) for f, _ in sources}
+    if len(sizes) != 1:
+        raise DataError(f"training frames have different sizes {sorted(sizes)}")
+    samples = [(s, row) for s, (frames, _) in enumerate(sources) for row in range(len(frames))]
+    val_frames, val_meta = load_cache(args.val_cache)
+    val_truth, val_ids = true_masks(args.root, "val")
+    if [int(i) for i in val_meta["ids"]] != val_ids:
+        raise DataError(f"{args.val_cache}: its videos are not those of {args.root}/val")
+    val_truth = val_truth[:, data.TARGET_FRAME]
+
+    mean01, std01 = normalisation(args.mean_std)
+    config = asdict(UNetConfig(in_channels=3 * data.N_INPUT, num_classes=data.NUM_CLASSES,
+                               base_channels=args.base_channels, depth=args.depth, image_mean=tuple(mean01),
+                               image_std=tuple(std01), key="direct"))
+    seed_everything(args.seed)
+    model = UNet(UNetConfig(**config)).to(device)
+    _, total_steps = plan_steps(len(samples), args.batch_size, args.epochs, args.max_steps)
+    optimizer, scheduler = adamw_one_cycle(model, args.lr, args.weight_decay, total_steps)
+    settings = {"kind": "direct", "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
+                "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
+                "seed": args.seed, "training_videos": [len(f) for f, _ in sources],
+                "pseudo": str(args.pseudo) if args.pseudo_cache else None}
+
+    def step_losses(epoch, indices, step, total):
+        xs, ys = [], []
+        for i in indices:
+            source, row = samples[i]
+            frames, targets = sources[source]
+            rng = np.random.default_rng((args.seed, epoch, i))
+            clip, mask = np.asarray(frames[row, : data.N_INPUT]), np.asarray(targets[row])
+            clip, mask = flip_sequences([clip.transpose(0, 3, 1, 2), mask], rng)  # (11, 3, H, W): H, W last
+            brightness = rng.uniform(*BRIGHTNESS)
+            xs.append(np.clip(clip.astype(np.float32) * (brightness / 255.0), 0, 1).reshape(-1, *mask.shape))
+            ys.append(mask.astype(np.int64))
+        x, y = torch.from_numpy(np.stack(xs)).to(device), torch.from_numpy(np.stack(ys)).to(device)
+        with autocast(device):
+            logits = model(x)
+        return dense_losses(logits.float(), y, args.soft_iou_weight)
+
+    def validate():
+        return {"val_iou": macro_iou(predict_masks(model, val_frames, device, args.batch_size), val_truth)}
+
+    saved, last_val = fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
+                          checkpoints=args.checkpoints, metrics_out=args.metrics, n_samples=len(samples),
+                          batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
+                          max_steps=args.max_steps, desc="direct U-Net")
+    save_checkpoint(args.out, {"kind": "direct", "model_config": config, "model": model.state_dict(),
+                               "fingerprint": saved["fingerprint"], "settings": saved, "step": saved["step"],
+                               "val_metrics": last_val})
+    log.info("wrote %s (step %d): val IoU %.4f", args.out, saved["step"], last_val["val_iou"])
+    return last_val
+
+
+VERB = "train-direct"
+HELP = "train the direct U-Net: 11 stacked frames → mask of frame 21 (route direct)"
+
+
+def add_arguments(parser) -> None:
+    from .cli import comma_list
+
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--root", required=True, help="Dataset_Student root: true masks of --label-splits and of val")
+    io.add_argument("--cache", nargs="+", required=True, help="frame caches of the labeled training splits")
+    io.add_argument("--label-splits", type=comma_list, default=("train",), help="the splits of --cache, in order")
+    io.add_argument("--pseudo-cache", help="frame cache of unlabeled, trained on with --pseudo's frame-21 masks")
+    io.add_argument("--pseudo", help="mask cache of unlabeled's 22 frames (pseudo-label)")
+    io.add_argument("--val-cache", required=True, help="frame cache of val (validation)")
+    io.add_argument("--mean-std", help="mean_std.json of stage 1 for input normalisation (default: ImageNet's)")
+    io.add_argument("--out", required=True, help="model file to write")
+    io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
+    io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders")
+    model = parser.add_argument_group("model")
+    model.add_argument("--base-channels", type=int, required=True, help="U-Net: channels of the first level")
+    model.add_argument("--depth", type=int, required=True, help="U-Net: levels (poolings + 1)")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, required=True)
+    opt.add_argument("--batch-size", type=int, required=True)
+    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate")
+    opt.add_argument("--weight-decay", type=float, default=0.01)
+    opt.add_argument("--soft-iou-weight", type=float, default=0.0, help="weight of the soft-IoU term (0: CE only)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def main(args) -> None:
+    if bool(args.pseudo) != bool(args.pseudo_cache):
+        from .errors import ConfigError
+
+        raise ConfigError("--pseudo and --pseudo-cache go together (unlabeled's masks and its frames)")
+    if len(args.label_splits) != len(args.cache):
+        from .errors import ConfigError
+
+        raise ConfigError(f"--label-splits names {len(args.label_splits)} splits for {len(args.cache)} --cache files")
+    scores = train(args)
+    print(" ".join(f"{k}={v:.4g}" for k, v in scores.items()))

@@ -1,0 +1,112 @@
+# Route `masks`: pseudo-labels (the segmenter's masks of every frame), a mask forecaster
+# trained on mask sequences, and its forecasts of val and hidden (hidden in shards).
+
+F = config["forecaster"]
+FORECASTERS = ["simvp", "convlstm"]
+
+
+rule pseudo_label:
+    input:
+        model=f"{RESULTS}/segmenter/model.pt",
+        cache=f"{RESULTS}/cache/{{split}}.npy",
+    output:
+        masks=f"{RESULTS}/pseudo/{{split}}.npy",
+        ids=f"{RESULTS}/pseudo/{{split}}.json",
+    wildcard_constraints:
+        split="unlabeled|val|hidden",
+    params:
+        # every frame of the training split; only the inputs 0…10 where frame 21 is the question
+        frames=lambda wildcards: 22 if wildcards.split == "unlabeled" else 11,
+    threads: res("segment")["threads"]
+    resources:
+        runtime=res("segment")["runtime"],
+        mem_mb=res("segment")["mem_mb"],
+        gpu=res("segment")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/pseudo_label_{{split}}.log",
+    shell:
+        "futureseg pseudo-label --model {input.model} --cache {input.cache} --out {output.masks}"
+        " --frames {params.frames} --threads {threads} 2> {log}"
+
+
+rule train_forecaster:
+    input:
+        data=DATA,
+        pseudo=expand(f"{RESULTS}/pseudo/{{split}}.npy", split=F["pseudo_splits"]),
+        val_pseudo=f"{RESULTS}/pseudo/val.npy",
+    output:
+        model=f"{RESULTS}/forecaster/model.pt",
+        metrics=report(
+            f"{RESULTS}/forecaster/metrics.csv",
+            caption="../report/forecaster_metrics.rst",
+            category="Mask forecasting",
+        ),
+    params:
+        # only the selected model's section: editing the other one reruns nothing
+        settings=selected(F, FORECASTERS),
+        model_config=json.dumps(F[F["model"]]),
+        checkpoints=f"{RESULTS}/forecaster/checkpoints",
+    threads: res("train_forecaster")["threads"]
+    resources:
+        runtime=res("train_forecaster")["runtime"],
+        mem_mb=res("train_forecaster")["mem_mb"],
+        gpu=res("train_forecaster")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/train_forecaster.log",
+    shell:
+        "futureseg train-forecaster --root {input.data} --label-splits train --pseudo {input.pseudo}"
+        " --val-pseudo {input.val_pseudo} --out {output.model} --metrics {output.metrics}"
+        " --checkpoints {params.checkpoints} --model {params.settings[model]}"
+        " --model-config '{params.model_config}' --epochs {params.settings[epochs]}"
+        " --iou-finetune-epochs {params.settings[iou_finetune_epochs]}"
+        " --soft-iou-weight {params.settings[soft_iou_weight]} --batch-size {params.settings[batch_size]}"
+        " --lr {params.settings[lr]} --weight-decay {params.settings[weight_decay]}"
+        " --seed {params.settings[seed]} --checkpoint-every {params.settings[checkpoint_every]}"
+        " --threads {threads} 2> {log}"
+
+
+rule forecast_val:
+    input:
+        model=f"{RESULTS}/forecaster/model.pt",
+        masks=f"{RESULTS}/pseudo/val.npy",
+    output:
+        masks=f"{RESULTS}/forecaster/masks_val.npy",
+        sequence=f"{RESULTS}/forecaster/sequence_val.npy",
+    threads: res("forecast")["threads"]
+    resources:
+        runtime=res("forecast")["runtime"],
+        mem_mb=res("forecast")["mem_mb"],
+        gpu=res("forecast")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/forecast_val.log",
+    shell:
+        "futureseg forecast --model {input.model} --masks {input.masks} --out {output.masks}"
+        " --out-sequence {output.sequence} --threads {threads} 2> {log}"
+
+
+rule forecast_hidden_shard:
+    input:
+        model=f"{RESULTS}/forecaster/model.pt",
+        masks=f"{RESULTS}/pseudo/hidden.npy",
+    output:
+        f"{RESULTS}/forecaster/hidden_shards/masks_{{scatteritem}}.npy",
+    params:
+        shard=shard_arg,
+    threads: res("forecast")["threads"]
+    resources:
+        runtime=res("forecast")["runtime"],
+        mem_mb=res("forecast")["mem_mb"],
+        gpu=res("forecast")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/forecast_hidden_{{scatteritem}}.log",
+    shell:
+        "futureseg forecast --model {input.model} --masks {input.masks} --out {output}"
+        " --shard {params.shard} --threads {threads} 2> {log}"
