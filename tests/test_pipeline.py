@@ -13,7 +13,10 @@ from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
 
 # rules in pipeline order; a changed setting must rerun its stage and everything after it
 SCORING = {"score", "submission", "report_figures", "all"}
-SEGMENTATION = {"train_segmenter", "segment", "segment_hidden_shard", "gather_hidden_masks"} | SCORING
+MASKS_ROUTE = {"train_forecaster", "forecast_val", "forecast_hidden_shard", "gather_hidden_masks"}
+DIRECT_ROUTE = {"train_direct", "predict_direct_val", "predict_direct_hidden_shard", "gather_hidden_masks"}
+SEGMENTATION = ({"train_segmenter", "segment", "segment_hidden_shard", "segment_references", "gather_hidden_masks",
+                 "pseudo_label"} | MASKS_ROUTE | DIRECT_ROUTE | SCORING)
 PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION
 ALL_STAGES = {"synth_dataset", "mean_std", "cache_frames"} | PREDICTION
 
@@ -31,9 +34,15 @@ def test_outputs(finished_run):
     results = finished_run / "results"
     scores = json.loads((results / "eval" / "scores.json").read_text())
     assert scores["n_videos"] == 2
-    for method in ("pipeline", "oracle", "copy_last"):
+    for method in ("pipeline", "oracle", "copy_last", "segmented_copy_last"):
         assert 0.0 <= scores[method]["iou"] <= 1.0
         assert 0.0 <= scores[method]["pixel_acc"] <= 1.0
+    # every route side by side; `best` submits the route of the highest val IoU
+    assert set(scores["routes"]) == {"frames", "masks", "direct"}
+    best = max(scores["routes"], key=lambda r: scores["routes"][r]["iou"])
+    assert scores["routes"][scores["submitted_route"]]["iou"] == scores["routes"][best]["iou"]
+    assert scores["pipeline"] == scores["routes"][scores["submitted_route"]]
+    assert set(scores["temporal_iou"]) == {"masks", "true_masks"}
     submission = torch.load(results / "submission.pt", weights_only=True)
     assert submission.shape == (2, 32, 48) and int(submission.max()) <= 48
     check = subprocess.run(
@@ -81,14 +90,22 @@ def test_nothing_reruns_without_a_change(finished_run):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ({"segmenter": {"lr": 0.015}}, SEGMENTATION),
+        ({"segmenter": {"unet": {"lr": 0.015}}}, SEGMENTATION),
+        # the unselected models' settings shape nothing
+        ({"segmenter": {"maskrcnn": {"lr": 0.05}}}, set()),
+        ({"forecaster": {"convlstm": {"filter_size": 5}}}, set()),
+        # a route's setting reruns that route and the scoring only
+        ({"forecaster": {"lr": 0.002}}, MASKS_ROUTE | {"score", "submission", "all"}),
+        ({"direct": {"lr": 0.002}}, DIRECT_ROUTE | {"score", "submission", "all"}),
+        ({"eval": {"submit": "masks"}}, {"score", "submission", "all"}),
         ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
         ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
         ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, set()),
     ],
-    ids=["segmenter", "augment", "predictor", "report-only", "mean-std", "resources"],
+    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "forecaster", "direct", "submit", "augment",
+         "predictor", "report-only", "mean-std", "resources"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
     assert set(planned_jobs(finished_run, override=override)) == expected

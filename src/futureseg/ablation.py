@@ -14,10 +14,11 @@ from .io import atomic_path
 
 SCORES_FILE = Path("eval") / "scores.json"
 
-# (header, method, key) of each column after the run's label
+# (header, method, key) of each column after the run's label and its routes' IoU columns
 COLUMNS = (
     ("pipeline IoU", "pipeline", "iou"),
     ("oracle IoU", "oracle", "iou"),
+    ("segmented copy-last IoU", "segmented_copy_last", "iou"),
     ("copy-last IoU", "copy_last", "iou"),
     ("pipeline micro IoU", "pipeline", "iou_micro"),
     ("pipeline pixel acc", "pipeline", "pixel_acc"),
@@ -54,13 +55,21 @@ def _cell(scores: dict, method: str, key: str) -> str:
 
 
 def table(folders, labels=None) -> str:
-    """The Markdown table: one row per run, the metric columns of COLUMNS, then N videos."""
+    """The Markdown table: one row per run; the IoU of every route any run scored, the
+    submitted route, the metric columns of COLUMNS, then N videos."""
     names = run_labels(folders, labels)
     rows = [(name, read_scores(folder)) for name, folder in zip(names, folders)]
-    header = ["run", *(c[0] for c in COLUMNS), "val videos"]
+    routes = list(dict.fromkeys(r for _, scores in rows for r in scores.get("routes", {})))
+    # a reference no run has (segmented copy-last before routes existed) gets no column
+    columns = [c for c in COLUMNS if c[1] != "segmented_copy_last" or any(c[1] in scores for _, scores in rows)]
+    route_headers = [*(f"{r} IoU" for r in routes), "submitted"] if routes else []
+    header = ["run", *route_headers, *(c[0] for c in columns), "val videos"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, scores in rows:
-        cells = [name.replace("|", "\\|"), *(_cell(scores, m, k) for _, m, k in COLUMNS), str(scores.get("n_videos", "–"))]
+        route_cells = [*(_cell(scores.get("routes", {}), r, "iou") for r in routes),
+                       str(scores.get("submitted_route", "–"))] if routes else []
+        cells = [name.replace("|", "\\|"), *route_cells, *(_cell(scores, m, k) for _, m, k in columns),
+                 str(scores.get("n_videos", "–"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -308,6 +308,9 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
     routes = dict(routes or {})
     if bool(pred) == bool(routes):
         raise ConfigError("score: give either --pred or one --route NAME=MASKS or more")
+    taken = sorted(set(routes) & {"pipeline", *REFERENCES})
+    if taken:
+        raise ConfigError(f"--route {taken[0]}=...: {taken[0]!r} names a reference, not a route")
     files = {**({"pipeline": pred} if pred else routes), **({"oracle": oracle} if oracle else {}),
              **({"segmented_copy_last": segmented_copy_last} if segmented_copy_last else {})}
     result = score(root, files, batch_size)

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 RESULTS = config["results"]
-SYNTHETIC = "resources/synthetic"
+SYNTHETIC = config["data"]["synthetic"]["folder"]
 # The dataset every stage reads: a real Dataset_Student when data.root is set, else the
 # synthetic one (made by rule synth_dataset).
 DATA = config["data"]["root"] or SYNTHETIC

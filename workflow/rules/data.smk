@@ -13,7 +13,7 @@ rule synth_dataset:
     conda:
         "../../envs/futureseg.yaml"
     log:
-        "resources/logs/synth_dataset.log",
+        f"{SYNTHETIC}.log",
     shell:
         "futureseg synth --out {output} --seed {params.synthetic[seed]}"
         " --height {params.synthetic[height]} --width {params.synthetic[width]}"
