@@ -614,7 +614,7 @@ def _wait_for(condition, process, what, limit=120):
         time.sleep(0.01)
 
 
-def test_synth_killed_midway_leaves_only_its_temp_folder(tmp_path):
+def test_synth_killed_midway_leaves_only_its_temp_folder_which_the_next_run_removes(tmp_path):
     out = tmp_path / "dataset"
     process = subprocess.Popen(
         [sys.executable, "-m", "futureseg", "synth", "--out", str(out), "--height", "32", "--width", "48",
@@ -631,8 +631,16 @@ def test_synth_killed_midway_leaves_only_its_temp_folder(tmp_path):
     assert is_temp(temp.name) and temp.name.startswith(".dataset.") and not out.exists()
     assert 0 < len(list(temp.glob("train/video_*"))) < 400, "killed midway"
 
+    # the next run of the stage (smaller, for speed) removes the killed run's temp folder
+    rerun = subprocess.run(
+        [sys.executable, "-m", "futureseg", "synth", "--out", str(out), "--height", "32", "--width", "48",
+         "--train", "1", "--val", "1", "--unlabeled", "0", "--hidden", "1", "--workers", "1"],
+        capture_output=True, text=True, env=SUBPROCESS_ENV)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
 
-def test_cache_frames_killed_midway_leaves_only_its_temp_file(tiny_dataset, tmp_path):
+
+def test_cache_frames_killed_midway_leaves_only_its_temp_file_which_the_next_run_removes(tiny_dataset, tmp_path):
     # 600 train videos that are links to one tiny video: seconds of decoding, no rendering
     big = tmp_path / "big"
     (big / "train").mkdir(parents=True)
@@ -653,6 +661,14 @@ def test_cache_frames_killed_midway_leaves_only_its_temp_file(tiny_dataset, tmp_
     (temp,) = out.parent.iterdir()
     assert is_temp(temp.name) and temp.name.startswith(".train.npy.")
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+    # the next run of the stage removes the killed run's temp before writing its own
+    (big / "train" / "video_00599").unlink()  # a changed input, as when a rerun is due
+    rerun = subprocess.run(
+        [sys.executable, "-m", "futureseg", "cache-frames", "--root", str(big), "--split", "train", "--out", str(out)],
+        capture_output=True, text=True, env=SUBPROCESS_ENV)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train.json", "train.npy"]
 
 
 # ---------------------------------------------------------------- determinism
