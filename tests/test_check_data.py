@@ -77,3 +77,41 @@ def test_verb_fails_with_one_line_and_writes_nothing(dataset_copy, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"futureseg check-data: error: {video.mask_path}: mask dtype is float32, expected an integer type"]
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+# ---------------------------------------------------------------- when rule check_data reruns
+
+CHECK = "results/data/check.json"
+
+
+def test_rule_check_data_reruns_when_a_file_of_a_used_split_changes(dataset_copy, tmp_path):
+    """On a real dataset (data.root) Snakemake sees only the root folder's own mtime; the
+    rule's params hash every file's (path, size, mtime)."""
+    import os
+    import shutil
+
+    from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
+
+    config = tiny_config()
+    config["data"]["root"] = str(dataset_copy)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "1", CHECK)
+    assert planned_jobs(workdir, CHECK) == {}
+    # a setting of another stage leaves the check alone; a split no stage reads any more
+    # changes what it checks
+    assert planned_jobs(workdir, CHECK, override={"predictor": {"lr": 0.003}}) == {}
+    assert planned_jobs(workdir, CHECK, override={"predictor": {"train_splits": ["train"]},
+                                                  "data": {"mean_std_splits": ["train"]}}) == {"check_data": 1}
+
+    mask = _first(dataset_copy, "val").mask_path
+    stat = mask.stat()
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten, same size
+    assert planned_jobs(workdir, CHECK) == {"check_data": 1}
+    snakemake(workdir, "--cores", "1", CHECK)
+    assert planned_jobs(workdir, CHECK) == {}
+
+    video = _first(dataset_copy, "unlabeled").path
+    shutil.copytree(video, video.with_name("video_09999"))  # a video added
+    assert planned_jobs(workdir, CHECK) == {"check_data": 1}

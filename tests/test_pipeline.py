@@ -15,7 +15,7 @@ from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
 SCORING = {"score", "submission", "report_figures", "all"}
 SEGMENTATION = {"train_segmenter", "segment", "segment_hidden_shard", "gather_hidden_masks"} | SCORING
 PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION
-ALL_STAGES = {"synth_dataset", "mean_std", "cache_frames"} | PREDICTION
+ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames"} | PREDICTION
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 # Paths and helpers shared by the rule files.
 
+import functools
+import hashlib
+import os
 from pathlib import Path
 
 RESULTS = config["results"]
@@ -11,6 +14,15 @@ if config["data"]["root"] and not Path(DATA).is_dir():
     raise ValueError(f"config data.root: {DATA} does not exist or is not a folder")
 
 SPLITS = ["train", "val", "unlabeled", "hidden"]
+# The splits the stages read (mean/std's, the predictor's; train, val and hidden always: the
+# segmenter, the scores, the submission), in SPLITS order; rule check_data checks them.
+DATA_SPLITS = [
+    s for s in SPLITS
+    if s in {*config["data"]["mean_std_splits"], *config["predictor"]["train_splits"], "train", "val", "hidden"}
+]
+# The report of rule check_data: an input of every rule that reads the dataset, so that a
+# bad dataset stops the run before anything trains.
+DATA_CHECK = f"{RESULTS}/data/check.json"
 
 
 wildcard_constraints:
@@ -38,3 +50,33 @@ def shard_arg(wildcards):
     """Snakemake's scatter item 'i-of-K' (1-based) as the verbs' '--shard i/K' (0-based)."""
     index, count = wildcards.scatteritem.split("-of-")
     return f"{int(index) - 1}/{count}"
+
+
+@functools.lru_cache(maxsize=None)
+def _files_fingerprint(root, splits):
+    digest = hashlib.sha256()
+    pending = [os.path.join(root, split) for split in splits]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except FileNotFoundError:  # a missing split: check_data names it
+            continue
+        for entry in entries:
+            if entry.is_dir():
+                pending.append(entry.path)
+            else:
+                stat = entry.stat()
+                digest.update(f"{os.path.relpath(entry.path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(wildcards):
+    """A hash of (relative path, size, mtime) of every file of DATA_SPLITS, as rule check_data's
+    params: an added, removed, resized or rewritten file reruns the check (Snakemake compares
+    only the folder's own mtime, which sees its direct entries). The synthetic dataset is
+    Snakemake's own output, rewritten as a whole by synth_dataset: its mtime suffices, and
+    it does not exist yet when the first DAG is built. One pass of os.scandir per process."""
+    if not config["data"]["root"]:
+        return "synthetic"
+    return _files_fingerprint(DATA, tuple(DATA_SPLITS))

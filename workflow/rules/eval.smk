@@ -5,6 +5,7 @@
 rule score:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         pred=f"{RESULTS}/segmenter/masks_val.npy",
         oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
     output:
@@ -49,6 +50,7 @@ rule submission:
 rule report_figures:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         predictor_metrics=f"{RESULTS}/predictor/metrics.csv",
         segmenter_metrics=f"{RESULTS}/segmenter/metrics.csv",
         frames=f"{RESULTS}/predictor/frames_val.npy",

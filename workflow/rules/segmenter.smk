@@ -8,6 +8,7 @@ S = config["segmenter"]
 rule make_seg_frames:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         # the predictor's frames of train videos, unless the generated source is off
         frames=[f"{RESULTS}/predictor/frames_train.npy"] if A["generated"] else [],
     output:
@@ -36,6 +37,7 @@ rule make_seg_frames:
 rule train_segmenter:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         seg_frames=f"{RESULTS}/segframes",
         mean_std=f"{RESULTS}/data/mean_std.json",
     output:
@@ -88,6 +90,7 @@ rule train_segmenter:
 rule segment:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         model=f"{RESULTS}/segmenter/model.pt",
         val_frames=f"{RESULTS}/predictor/frames_val.npy",
     output:
