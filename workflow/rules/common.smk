@@ -54,20 +54,25 @@ def shard_arg(wildcards):
 
 @functools.lru_cache(maxsize=None)
 def _files_fingerprint(root, splits):
+    # The layout's two levels, <split>/<video>/<file>, and no deeper: a symlinked video
+    # folder counts, a symlink loop cannot trap the walk.
     digest = hashlib.sha256()
-    pending = [os.path.join(root, split) for split in splits]
-    while pending:
-        folder = pending.pop()
+
+    def entries(folder):
         try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except FileNotFoundError:  # a missing split: check_data names it
-            continue
-        for entry in entries:
-            if entry.is_dir():
-                pending.append(entry.path)
-            else:
-                stat = entry.stat()
-                digest.update(f"{os.path.relpath(entry.path, root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            return sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):  # a missing split: check_data names it
+            return []
+
+    for split in splits:
+        for video in entries(os.path.join(root, split)):
+            for entry in entries(video.path) if video.is_dir() else [video]:
+                try:
+                    stat = entry.stat()
+                    size, mtime = stat.st_size, stat.st_mtime_ns
+                except OSError:  # a dangling link: check_data names it
+                    size = mtime = -1
+                digest.update(f"{os.path.relpath(entry.path, root)}\t{size}\t{mtime}\n".encode())
     return digest.hexdigest()[:16]
 
 
