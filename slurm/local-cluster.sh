@@ -4,7 +4,7 @@
 #
 #   slurm/local-cluster.sh start    write the config, start munged, slurmctld and slurmd,
 #                                   wait until the node is idle (already running: nothing to do)
-#   slurm/local-cluster.sh stop     stop the daemons this script started
+#   slurm/local-cluster.sh stop     stop the daemons this script started (and no others)
 #   slurm/local-cluster.sh status   sinfo and squeue
 #   slurm/local-cluster.sh env      the `export SLURM_CONF=...` line, for a shell that cannot
 #                                   use /etc/slurm/slurm.conf (see below)
@@ -14,9 +14,15 @@
 #
 # The node "localhost" has all CPUs, ~90% of the memory and a fake GPU gres (gpu:N backed by
 # /dev/null, so SLURM does the bookkeeping and sets CUDA_VISIBLE_DEVICES, and torch sees
-# no GPU). Partitions: "main" (default) and "gpu", the same node in both. No accounting
-# database, so `sacct` does not work: run snakemake with `--slurm-status-command squeue`
+# no GPU). One partition, "debug" (the default): slurm/config.yaml names no partition, so
+# its jobs land in the cluster's default one, whatever its name. No accounting database,
+# so `sacct` does not work: run snakemake with `--slurm-status-command squeue`
 # (slurm/README.md).
+#
+# It never touches a process it did not start: it records the id and start time of each
+# daemon it starts in $FUTURESEG_SLURM_DIR/run/NAME.ours; `stop` ends only those. `start`
+# refuses (one line saying what and how to stop it) when a slurmctld or slurmd it did not
+# start runs, or a SLURM port (6817 slurmctld, 6818 slurmd, 6819 slurmdbd) is taken.
 #
 # Where the SLURM commands find the config: the script writes /etc/slurm/slurm.conf (marked
 # as ours), so sbatch/squeue/sinfo work in any shell. If /etc/slurm/slurm.conf already exists
@@ -58,10 +64,75 @@ require_tools() {
 # The slurm commands of this script read our config even when /etc/slurm is not ours.
 export SLURM_CONF="$CONF"
 
-pid_alive() { # pid_alive NAME: the daemon NAME whose id run/NAME.pid holds is running
-    local pidfile="$STATE_DIR/run/$1.pid"
-    # Compare the process name too: after a reboot the id may belong to another process.
-    [[ -s $pidfile ]] && [[ $(cat "/proc/$(cat "$pidfile")/comm" 2>/dev/null) == "$1" ]]
+start_time() { # start_time PID: the process's start time (clock ticks since boot); empty if gone
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # Field 22, counted after the command name in parentheses (which may hold spaces).
+    stat=${stat##*) }
+    echo "$stat" | awk '{print $20}'
+}
+
+record_pid() { # record_pid NAME PID: remember that this script started PID as daemon NAME
+    echo "$2 $(start_time "$2")" >"$STATE_DIR/run/$1.ours"
+}
+
+recorded_pid() { # recorded_pid NAME: the id in run/NAME.ours (empty when none)
+    local pidfile="$STATE_DIR/run/$1.ours"
+    [[ -s $pidfile ]] && read -r pid _ <"$pidfile" && echo "$pid"
+    return 0
+}
+
+pid_alive() { # pid_alive NAME: the daemon NAME that this script started is still running
+    local pidfile="$STATE_DIR/run/$1.ours" pid started
+    [[ -s $pidfile ]] || return 1
+    read -r pid started <"$pidfile"
+    # The same id, name and start time: after a reboot or a restart the id may belong to
+    # another process, even another daemon of the same name, which is not ours to touch.
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]] && [[ -n $started && $(start_time "$pid") == "$started" ]]
+}
+
+processes_named() { # processes_named NAME: ids of the running processes called NAME
+    local comm pid stat
+    for comm in /proc/[0-9]*/comm; do
+        [[ $(cat "$comm" 2>/dev/null) == "$1" ]] || continue
+        pid=${comm#/proc/}
+        pid=${pid%/comm}
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) }
+        [[ ${stat:0:1} == Z ]] || echo "$pid" # a zombie is an exited process not yet reaped
+    done
+    return 0
+}
+
+port_listening() { # port_listening PORT: some process listens on TCP PORT (IPv4 or IPv6)
+    local hex
+    hex=$(printf '%04X' "$1")
+    # /proc/net/tcp{,6}: local address "ADDR:PORT" in hex, state 0A = LISTEN.
+    awk -v port="$hex" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 3) == port {found = 1}
+        END {exit !found}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+refuse_if_taken() { # stop unless no SLURM daemon of someone else runs and the ports are free
+    local daemon pid foreign=() ours port
+    for daemon in slurmctld slurmd slurmdbd; do
+        ours=$(pid_alive "$daemon" && recorded_pid "$daemon" || true)
+        for pid in $(processes_named "$daemon"); do
+            [[ $pid == "$ours" ]] || foreign+=("$daemon (pid $pid)")
+        done
+    done
+    if ((${#foreign[@]})); then
+        die "another SLURM is running here, not started by this script (state in $STATE_DIR):" \
+            "${foreign[*]}; stop it first (its service: 'systemctl stop slurmctld slurmd'," \
+            "or 'kill PID'; a local cluster of another state folder: FUTURESEG_SLURM_DIR=... $0 stop)"
+    fi
+    # Ports of daemons of this script that still run are theirs; the rest must be free.
+    for port in 6817:slurmctld 6818:slurmd 6819:slurmdbd; do
+        pid_alive "${port#*:}" && continue
+        if port_listening "${port%%:*}"; then
+            die "port ${port%%:*} (${port#*:}) is in use by another program; stop it first" \
+                "('ss -ltnp sport = :${port%%:*}' shows which) or free the port"
+        fi
+    done
 }
 
 write_config() {
@@ -114,8 +185,8 @@ SlurmdLogFile=$STATE_DIR/log/slurmd.log
 StateSaveLocation=$STATE_DIR/spool/ctld
 SlurmdSpoolDir=$STATE_DIR/spool/d
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:$GPUS State=UNKNOWN
-PartitionName=main Nodes=$NODE Default=YES MaxTime=2-00:00:00 DefaultTime=01:00:00 State=UP
-PartitionName=gpu Nodes=$NODE MaxTime=2-00:00:00 DefaultTime=01:00:00 State=UP
+# One partition, named like no usual one, so a profile that names a partition fails here.
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=2-00:00:00 DefaultTime=01:00:00 State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
 
@@ -154,7 +225,7 @@ start_munge() {
     for _ in $(seq 50); do
         if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
             # 'stop' ends only a munged that this script started.
-            cp /run/munge/munged.pid "$STATE_DIR/run/munged.pid"
+            record_pid munged "$(cat /run/munge/munged.pid)"
             return
         fi
         sleep 0.1
@@ -175,7 +246,7 @@ start_daemon() { # start_daemon NAME ARGS...: run a SLURM daemon in the backgrou
     # In the foreground (-D) of a background process: its pid is ours to record at once, and
     # a daemon that dies at startup shows up in the wait loop below.
     setsid "$name" -D -f "$CONF" "$@" </dev/null >>"$STATE_DIR/log/$name.stdout" 2>&1 &
-    echo $! >"$STATE_DIR/run/$name.pid"
+    record_pid "$name" $!
 }
 
 node_state() { # the node's state as sinfo reports it; empty while slurmctld does not answer
@@ -189,6 +260,7 @@ start() {
         print_env_hint
         return
     fi
+    refuse_if_taken
     write_config
     start_munge
     # -i: ignore a state saved under another config (a changed CPU or GPU count).
@@ -198,7 +270,7 @@ start() {
     while ((SECONDS < deadline)); do
         for daemon in slurmctld slurmd; do
             # kill -0, not pid_alive: a process just forked may not show its daemon's name yet.
-            kill -0 "$(cat "$STATE_DIR/run/$daemon.pid")" 2>/dev/null \
+            kill -0 "$(recorded_pid "$daemon")" 2>/dev/null \
                 || { show_logs; die "$daemon exited; logs above"; }
         done
         state=$(node_state)
@@ -229,10 +301,10 @@ print_env_hint() {
 }
 
 stop_daemon() { # stop_daemon NAME: end the daemon whose pid file this script's config names
-    local pidfile="$STATE_DIR/run/$1.pid"
+    local pidfile="$STATE_DIR/run/$1.ours"
     pid_alive "$1" || { rm -f "$pidfile"; return 0; }
     local pid
-    pid=$(cat "$pidfile")
+    pid=$(recorded_pid "$1")
     kill "$pid"
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return 0; }

@@ -4,7 +4,12 @@ broken checkpoint, a full disk, a kill at the worst moment. Each must fail with 
 line naming the file or the config key and what is wrong, and leave no output behind.
 Then determinism: the same seed gives the same bytes at every stage (CPU, one thread).
 
-What other files already cover is not repeated here: the dataset matrix (test_data.py),
+A bad dataset runs the whole chain (`snakemake`, the default target): it must stop in the first
+rule, check_data, with the bad file named on the console (profiles/default's show-failed-logs)
+and nothing of a later rule written.
+
+What other files already cover is not repeated here: the dataset matrix (test_data.py,
+test_check_data.py),
 SIGKILL/SIGTERM resume and NaN (test_train_predictor.py, test_segmenter.py), the
 make-seg-frames bad inputs (test_seg_frames.py), synth's same-seed bytes (test_synth.py).
 """
@@ -16,6 +21,7 @@ import csv
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +38,7 @@ from futureseg.io import load_array, save_array
 from futureseg.synth import generate_dataset
 from futureseg.training import load_checkpoint
 from pipeline_helpers import snakemake, tiny_config, write_config
+from test_data import _mask_class_out_of_range, _mask_float, _mask_wrong_shape, _missing_frame, _truncated_png
 
 SPLITS = ("train", "val", "unlabeled", "hidden")
 # Tiny models and short runs (3 steps) so every stage takes about a second on one thread.
@@ -176,6 +183,55 @@ def test_bad_config_stops_snakemake_before_anything_runs(dry_runs, case):
     assert CONFIG_CASES[case][1] in output, output[-3000:]
     assert "Traceback" not in output
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+# ---------------------------------------------------------------- a bad dataset, through the whole chain
+
+
+def _short_hidden_video(root):
+    path = data.list_videos(root, "hidden")[-1].frame_path(10)
+    path.unlink()
+    return path, "frame is missing"
+
+
+# Each breaks a copy of the tiny dataset and returns (the file at fault, what the error says).
+BAD_DATA_CASES = [_truncated_png, _mask_wrong_shape, _mask_class_out_of_range, _missing_frame,
+                  _short_hidden_video, _mask_float]
+
+
+@pytest.fixture(scope="module")
+def bad_data_runs(tiny_dataset, tmp_path_factory):
+    """`snakemake --cores 2` (every rule, as the README's demo runs it) on each broken copy,
+    a few at a time: case → (workdir, bad file, what, result)."""
+
+    def run(breakage):
+        base = tmp_path_factory.mktemp(breakage.__name__.lstrip("_"))
+        root = base / "dataset"
+        shutil.copytree(tiny_dataset, root)
+        path, what = breakage(root)
+        workdir = base / "work"
+        workdir.mkdir()
+        write_config(workdir, tiny_config())
+        result = snakemake(workdir, "--cores", "2", override={"data": {"root": str(root)}}, check=False)
+        return workdir, path, what, result
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+        return dict(zip(BAD_DATA_CASES, pool.map(run, BAD_DATA_CASES)))
+
+
+@pytest.mark.parametrize("breakage", BAD_DATA_CASES, ids=lambda f: f.__name__.lstrip("_"))
+def test_bad_dataset_stops_the_chain_in_check_data_naming_the_file(bad_data_runs, breakage):
+    workdir, path, what, result = bad_data_runs[breakage]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    # the verb's one error line, as the default profile's show-failed-logs prints the log
+    assert f"futureseg check-data: error: {path}: " in output and what in output, output[-3000:]
+    assert "Error in rule check_data:" in output
+    # the first rule failed and nothing else ran: no output of any rule, only the check's log
+    started = set(re.findall(r"^(?:local)?rule (\w+):", output, flags=re.MULTILINE))
+    assert started == {"check_data"}, started
+    assert tree(workdir / "results") == ["logs", "logs/check_data.log"]
+    assert not (workdir / "resources").exists()
 
 
 # ---------------------------------------------------------------- options and inputs, through the verb
@@ -614,7 +670,7 @@ def _wait_for(condition, process, what, limit=120):
         time.sleep(0.01)
 
 
-def test_synth_killed_midway_leaves_only_its_temp_folder(tmp_path):
+def test_synth_killed_midway_leaves_only_its_temp_folder_which_the_next_run_removes(tmp_path):
     out = tmp_path / "dataset"
     process = subprocess.Popen(
         [sys.executable, "-m", "futureseg", "synth", "--out", str(out), "--height", "32", "--width", "48",
@@ -631,8 +687,16 @@ def test_synth_killed_midway_leaves_only_its_temp_folder(tmp_path):
     assert is_temp(temp.name) and temp.name.startswith(".dataset.") and not out.exists()
     assert 0 < len(list(temp.glob("train/video_*"))) < 400, "killed midway"
 
+    # the next run of the stage (smaller, for speed) removes the killed run's temp folder
+    rerun = subprocess.run(
+        [sys.executable, "-m", "futureseg", "synth", "--out", str(out), "--height", "32", "--width", "48",
+         "--train", "1", "--val", "1", "--unlabeled", "0", "--hidden", "1", "--workers", "1"],
+        capture_output=True, text=True, env=SUBPROCESS_ENV)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
 
-def test_cache_frames_killed_midway_leaves_only_its_temp_file(tiny_dataset, tmp_path):
+
+def test_cache_frames_killed_midway_leaves_only_its_temp_file_which_the_next_run_removes(tiny_dataset, tmp_path):
     # 600 train videos that are links to one tiny video: seconds of decoding, no rendering
     big = tmp_path / "big"
     (big / "train").mkdir(parents=True)
@@ -653,6 +717,14 @@ def test_cache_frames_killed_midway_leaves_only_its_temp_file(tiny_dataset, tmp_
     (temp,) = out.parent.iterdir()
     assert is_temp(temp.name) and temp.name.startswith(".train.npy.")
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+    # the next run of the stage removes the killed run's temp before writing its own
+    (big / "train" / "video_00599").unlink()  # a changed input, as when a rerun is due
+    rerun = subprocess.run(
+        [sys.executable, "-m", "futureseg", "cache-frames", "--root", str(big), "--split", "train", "--out", str(out)],
+        capture_output=True, text=True, env=SUBPROCESS_ENV)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train.json", "train.npy"]
 
 
 # ---------------------------------------------------------------- determinism

@@ -1,10 +1,6 @@
 import numpy as np
-import pytest
 
 from futureseg.instances import instances_to_mask, label_components, mask_to_instances
-
-ROUTES = [pytest.param(True, id="scipy"), pytest.param(False, id="numpy")]
-
 
 def semantic_mask() -> np.ndarray:
     """12×16 mask: class 3 in two pieces, class 5 in three (one a single pixel, one a
@@ -23,10 +19,9 @@ def semantic_mask() -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("use_scipy", ROUTES)
-def test_round_trip_reproduces_the_mask(use_scipy):
+def test_round_trip_reproduces_the_mask():
     mask = semantic_mask()
-    inst = mask_to_instances(mask, min_pixels=0, use_scipy=use_scipy)
+    inst = mask_to_instances(mask, min_pixels=0)
     assert inst["boxes"].dtype == np.float32 and inst["labels"].dtype == np.int64 and inst["masks"].dtype == np.uint8
     assert inst["labels"].tolist() == [3, 3, 5, 5, 5, 7, 9]
     assert inst["masks"].shape == (7, 12, 16)
@@ -34,9 +29,8 @@ def test_round_trip_reproduces_the_mask(use_scipy):
     np.testing.assert_array_equal(back, mask)
 
 
-@pytest.mark.parametrize("use_scipy", ROUTES)
-def test_boxes_are_pixel_edges_and_tight(use_scipy):
-    inst = mask_to_instances(semantic_mask(), use_scipy=use_scipy)
+def test_boxes_are_pixel_edges_and_tight():
+    inst = mask_to_instances(semantic_mask())
     boxes = {(int(label), tuple(box)) for label, box in zip(inst["labels"], inst["boxes"].tolist())}
     assert (3, (0, 0, 4, 3)) in boxes  # rows 0-2, columns 0-3
     assert (5, (5, 5, 6, 6)) in boxes  # the single pixel: width and height 1
@@ -47,9 +41,8 @@ def test_boxes_are_pixel_edges_and_tight(use_scipy):
         assert (box[0], box[1], box[2], box[3]) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
 
 
-@pytest.mark.parametrize("use_scipy", ROUTES)
-def test_small_fragments_are_dropped(use_scipy):
-    inst = mask_to_instances(semantic_mask(), min_pixels=4, use_scipy=use_scipy)
+def test_small_fragments_are_dropped():
+    inst = mask_to_instances(semantic_mask(), min_pixels=4)
     # class 5 keeps only its 6-pixel line; class 9 (2 pixels) disappears
     assert inst["labels"].tolist() == [3, 3, 5, 7]
     assert [int(m.sum()) for m in inst["masks"]] == [12, 16, 6, 8]
@@ -61,25 +54,14 @@ def test_empty_mask_gives_no_instances():
     assert instances_to_mask(inst["masks"], inst["labels"], np.zeros(0)).shape == (5, 7)
 
 
-def test_numpy_labelling_matches_scipy_on_random_masks():
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        binary = rng.random((17, 23)) < rng.uniform(0.2, 0.7)
-        ours, n_ours = label_components(binary, use_scipy=False)
-        theirs, n_theirs = label_components(binary, use_scipy=True)
-        assert n_ours == n_theirs
-        np.testing.assert_array_equal(ours, theirs)
-
-
-def test_numpy_labelling_follows_a_long_snake():
-    # one component winding through the whole array: label propagation alone would need
-    # hundreds of rounds; it must still come out as a single component
-    snake = np.zeros((41, 60), dtype=bool)
-    snake[::4] = True
-    snake[1::8, -1] = snake[2::8, -1] = snake[3::8, -1] = True
-    snake[5::8, 0] = snake[6::8, 0] = snake[7::8, 0] = True
-    labels, n = label_components(snake, use_scipy=False)
-    assert n == 1 and (labels[snake] == 1).all() and (labels[~snake] == 0).all()
+def test_components_are_8_connected_and_numbered_in_row_major_order():
+    binary = np.array([[0, 1, 0, 0],
+                       [0, 0, 1, 0],
+                       [1, 0, 0, 0],
+                       [1, 0, 1, 1]], dtype=bool)
+    labels, n = label_components(binary)
+    assert n == 3 and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, [[0, 1, 0, 0], [0, 0, 1, 0], [2, 0, 0, 0], [2, 0, 3, 3]])
 
 
 def test_highest_score_wins_where_instances_overlap():

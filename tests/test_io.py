@@ -1,4 +1,5 @@
-"""io.read_array: every verb's reader of an array with an ids sidecar names the file at fault."""
+"""io.read_array: every verb's reader of an array with an ids sidecar names the file at fault;
+atomic_path: a killed writer's temps are removed by the next writer of the same output."""
 
 import re
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from futureseg.errors import DataError
-from futureseg.io import read_array, save_array
+from futureseg.io import atomic_path, read_array, save_array, write_json
 
 
 @pytest.fixture
@@ -48,3 +49,30 @@ def test_names_the_file_and_what_is_wrong(array_file, spoil, at_fault, message):
     path = array_file if at_fault == "npy" else array_file.with_suffix(".json")
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: .*{re.escape(message)}"):
         read_array(array_file, "masks", mmap=False)
+
+
+def test_the_next_writer_removes_a_killed_writers_temps_of_its_output_only(tmp_path):
+    stale = [tmp_path / ".scores.json.k3v_9x0a.tmp", tmp_path / ".scores.json.00000000.tmp"]
+    stale[0].write_text("half a file")
+    stale[1].mkdir()  # a temp folder (atomic_path(..., is_dir=True)) with content
+    (stale[1] / "part").write_text("x")
+    others = [
+        tmp_path / ".scores.json.json.k3v_9x0a.tmp",  # another output's temp (scores.json.json)
+        tmp_path / ".per_class.csv.k3v_9x0a.tmp",  # another output's temp
+        tmp_path / ".scores.json.notatemp",  # not a name atomic_path makes
+        tmp_path / "scores.json.k3v_9x0a.tmp",
+    ]
+    for path in others:
+        path.write_text("keep")
+    write_json(tmp_path / "scores.json", {"iou": 0.5})
+    assert not any(path.exists() for path in stale)
+    assert all(path.read_text() == "keep" for path in others)
+    assert {p.name for p in tmp_path.iterdir()} == {"scores.json", *(p.name for p in others)}
+
+
+def test_a_writer_keeps_its_own_temp_until_it_renames_it(tmp_path):
+    out = tmp_path / "model.pt"
+    with atomic_path(out) as tmp:
+        tmp.write_text("weights")
+        assert tmp.exists() and tmp.name.startswith(".model.pt.")
+    assert out.read_text() == "weights" and list(tmp_path.iterdir()) == [out]

@@ -18,7 +18,7 @@ DIRECT_ROUTE = {"train_direct", "predict_direct_val", "predict_direct_hidden_sha
 SEGMENTATION = ({"train_segmenter", "segment", "segment_hidden_shard", "segment_references", "gather_hidden_masks",
                  "pseudo_label"} | MASKS_ROUTE | DIRECT_ROUTE | SCORING)
 PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION
-ALL_STAGES = {"synth_dataset", "mean_std", "cache_frames"} | PREDICTION
+ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames"} | PREDICTION
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ import torch
 from pipeline_helpers import planned_jobs, snakemake_command, tiny_config, write_config
 from test_slurm_cluster import (
     SlurmRun,
+    default_partition,
     finish_snakemake_on_slurm,
     slurm_cluster,  # noqa: F401  (the fixture)
     slurm_jobs,
@@ -113,12 +114,14 @@ def test_every_rule_but_the_local_one_ran_as_a_slurm_job(chains):
 
 def test_the_gpu_rules_asked_for_a_gpu_and_the_others_did_not(chains):
     assert GPU_RULES <= set(chains.run.jobs), chains.summary()
+    partition = default_partition()
     for rule, jobs in chains.run.jobs.items():
         for job in jobs:
             if rule in GPU_RULES:
-                assert job.gpus.endswith("gpu:1") and job.partition == "gpu", job
+                assert job.gpus.endswith("gpu:1"), job
             else:
-                assert job.gpus == "" and job.partition == "main", job
+                assert job.gpus == "", job
+            assert job.partition == partition, job  # the profile names none: the default
 
 
 def _weights(path):
@@ -230,7 +233,7 @@ def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(cha
     # FAILED: the job ended by itself, non-zero, within KillWait (SLURM did not kill it).
     assert first.state == "FAILED", summary
     assert [retry.state for retry in retries] == ["COMPLETED"], summary
-    assert retries[0].gpus.endswith("gpu:1") and retries[0].partition == "gpu", retries[0]
+    assert retries[0].gpus.endswith("gpu:1") and retries[0].partition == default_partition(), retries[0]
 
     # The stopped attempt's log, as Snakemake printed it: the SIGTERM handler wrote a checkpoint.
     stopped = re.findall(r"SIGTERM received at step (\d+); checkpoint written", result.output)

@@ -18,6 +18,7 @@ from .errors import FuturesegError
 # verb modules, in pipeline order
 VERB_MODULES = (
     "synth",
+    "check_data",
     "mean_std",
     "frame_cache",
     "train_predictor",

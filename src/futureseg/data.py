@@ -78,14 +78,52 @@ def read_frame(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
             array = np.asarray(image)
     except Exception as exc:  # PIL raises many types for truncated or non-image files
         raise DataError(f"{path}: unreadable image ({exc})") from None
+    _check_frame_format(path, mode, array.shape[:2], size)
+    return array
+
+
+# The last chunk of every PNG: IEND, empty, with its fixed CRC.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def frame_header(path: str | Path, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(H, W) of a frame from its PNG header, without decoding the pixels: the checks of
+    `read_frame` (present, an image, 8-bit RGB, of `size`) plus the PNG's closing IEND chunk,
+    which a truncated file (an interrupted copy or unzip) lacks. Damage inside the
+    compressed data shows only when the frame is decoded (read_frame)."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: frame is missing") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable image ({exc.strerror})") from None
+    with f:
+        try:
+            with Image.open(f) as image:
+                mode, (width, height) = image.mode, image.size
+                format_ = image.format
+            f.seek(0, 2)
+            end = f.tell()
+            f.seek(max(0, end - len(_PNG_END)))
+            tail = f.read()
+        except Exception as exc:  # PIL raises many types for truncated or non-image files
+            raise DataError(f"{path}: unreadable image ({exc})") from None
+    if format_ == "PNG" and tail != _PNG_END:
+        raise DataError(f"{path}: unreadable image (truncated PNG: no IEND chunk at the end of its {end} bytes)")
+    _check_frame_format(path, mode, (height, width), size)
+    return height, width
+
+
+def _check_frame_format(path: Path, mode: str, shape: tuple[int, int], size: tuple[int, int] | None) -> None:
+    """What read_frame and frame_header both require of a frame's mode and size."""
     if mode != "RGB":
         raise DataError(f"{path}: frame is {mode}, expected 8-bit RGB")
-    if size is not None and array.shape[:2] != tuple(size):
+    if size is not None and tuple(shape) != tuple(size):
         raise DataError(
-            f"{path}: frame is {array.shape[0]}x{array.shape[1]}, "
+            f"{path}: frame is {shape[0]}x{shape[1]}, "
             f"expected {size[0]}x{size[1]} like the rest of the dataset"
         )
-    return array
 
 
 def read_frames(video: Video, indices=None, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -102,11 +140,18 @@ def read_frames(video: Video, indices=None, size: tuple[int, int] | None = None)
 
 def read_mask(video: Video, size: tuple[int, int] | None = None) -> np.ndarray:
     """The (22, H, W) class-id mask of a labeled video, as uint8."""
-    path = video.mask_path
+    return load_mask(video.mask_path, size).astype(np.uint8)
+
+
+def load_mask(path: str | Path, size: tuple[int, int] | None = None, mmap: bool = False) -> np.ndarray:
+    """A mask.npy, checked: integer dtype, shape (22, H, W) (H, W = `size` when given), class
+    ids 0…48. With `mmap` the array stays on disk (memory-mapped, as stored): the dtype and
+    shape come from the .npy header, only the class range reads the data."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: mask is missing")
     try:
-        mask = np.load(path, allow_pickle=False)
+        mask = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:
         raise DataError(f"{path}: unreadable mask ({exc})") from None
     if not np.issubdtype(mask.dtype, np.integer):
@@ -120,7 +165,7 @@ def read_mask(video: Video, size: tuple[int, int] | None = None) -> np.ndarray:
             f"{path}: mask holds class ids {int(mask.min())}…{int(mask.max())}, "
             f"expected 0…{NUM_CLASSES - 1}"
         )
-    return mask.astype(np.uint8)
+    return mask
 
 
 def frame_size(root: str | Path, split: str) -> tuple[int, int]:
@@ -140,6 +185,11 @@ def validate_split(root: str | Path, split: str, size: tuple[int, int] | None = 
         read_frames(video, size=size)
         if split in LABELED_SPLITS:
             read_mask(video, size)
-        if split == "hidden" and video.frame_path(N_INPUT).exists():
-            warnings.warn(f"{video.path}: hidden video has more than 11 frames; only 0…10 are used")
+        warn_long_hidden(video)
     return size
+
+
+def warn_long_hidden(video: Video) -> None:
+    """A hidden video with all 22 frames is accepted; say that frames 11… go unused."""
+    if video.split == "hidden" and video.frame_path(N_INPUT).exists():
+        warnings.warn(f"{video.path}: hidden video has more than 11 frames; only 0…10 are used")

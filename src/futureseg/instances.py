@@ -13,12 +13,9 @@ convention of COCO boxes as torchvision's detection references feed them, and of
 detectron2's BitMasks.get_bounding_boxes; it also gives a one-pixel-wide piece a box of
 width 1, where "x2 = last column" would give a degenerate box that torchvision rejects.
 
-Connected components come from `scipy.ndimage.label`, a C implementation and a
-well-kept library, when scipy is importable (it is not a declared dependency of futureseg,
-but torchvision's detection stack and most scientific installs bring it). Without it, a
-numpy label propagation with pointer jumping gives the same components (same labels up
-to numbering; instances are sorted the same way either way). torchvision has no labelling
-op and scikit-image is heavier than scipy and not installed, so neither was used.
+Connected components come from `scipy.ndimage.label` (a declared dependency): a C
+implementation in a well-kept library. torchvision has no labelling op, and scikit-image
+is heavier than scipy, so neither was used.
 
 `instances_to_mask` paints predicted instances back into a class-id mask: instances
 scoring at least `score_threshold` are painted in ascending score order, so where masks
@@ -30,66 +27,22 @@ wins). Unpainted pixels are background (0).
 from __future__ import annotations
 
 import numpy as np
-
-try:
-    from scipy import ndimage as _ndimage
-except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
-    _ndimage = None
+from scipy import ndimage
 
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 
-def label_components(binary: np.ndarray, use_scipy: bool | None = None) -> tuple[np.ndarray, int]:
-    """8-connected components of a 2-D boolean array: (int32 labels 1…n, 0 outside; n).
-
-    `use_scipy=None` picks scipy when importable; False forces the numpy fallback.
-    """
+def label_components(binary: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a 2-D boolean array: (int32 labels 1…n, 0 outside; n),
+    numbered in row-major order of each component's first pixel."""
     binary = np.asarray(binary, dtype=bool)
     if binary.ndim != 2:
         raise ValueError(f"label_components: expected a 2-D array, got shape {binary.shape}")
-    if use_scipy is None:
-        use_scipy = _ndimage is not None
-    if use_scipy:
-        labels, n = _ndimage.label(binary, structure=_EIGHT_NEIGHBOURS)
-        return labels.astype(np.int32, copy=False), int(n)
-    return _label_numpy(binary)
+    labels, n = ndimage.label(binary, structure=_EIGHT_NEIGHBOURS)
+    return labels.astype(np.int32, copy=False), int(n)
 
 
-def _label_numpy(binary: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label propagation: every foreground pixel starts as its own flat index; repeatedly
-    take the minimum over the 8 neighbours in the foreground, then jump pointers
-    (label ← label[label]), until nothing changes. Each label is always the index of a
-    pixel of the same component, so at the fixed point a component holds one label.
-    Pointer jumping makes long thin shapes converge in far fewer rounds than their length."""
-    h, w = binary.shape
-    big = np.iinfo(np.int64).max
-    flat = np.where(binary.ravel(), np.arange(h * w, dtype=np.int64), big)
-    labels = flat.reshape(h, w)
-    padded = np.full((h + 2, w + 2), big, dtype=np.int64)
-    while True:
-        padded[1:-1, 1:-1] = labels
-        best = labels.copy()
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dy or dx:
-                    np.minimum(best, padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w], out=best)
-        best = np.where(binary, best, big)
-        fg = binary.ravel()
-        flat_best = best.ravel()
-        # pointer jumping: a pixel's label is a pixel index; adopt that pixel's label
-        jumped = flat_best.copy()
-        jumped[fg] = flat_best[flat_best[fg]]
-        jumped = jumped.reshape(h, w)
-        if np.array_equal(jumped, labels):
-            break
-        labels = jumped
-    roots = np.unique(labels[binary])
-    out = np.zeros((h, w), dtype=np.int32)
-    out[binary] = np.searchsorted(roots, labels[binary]) + 1
-    return out, len(roots)
-
-
-def mask_to_instances(mask: np.ndarray, min_pixels: int = 0, use_scipy: bool | None = None) -> dict:
+def mask_to_instances(mask: np.ndarray, min_pixels: int = 0) -> dict:
     """Instances of a (H, W) class-id mask (0 = background).
 
     Returns {"boxes": float32 (N, 4) xyxy pixel edges, "labels": int64 (N,),
@@ -107,11 +60,11 @@ def mask_to_instances(mask: np.ndarray, min_pixels: int = 0, use_scipy: bool | N
     for class_id in np.unique(mask):
         if class_id == 0:
             continue
-        components, n = label_components(mask == class_id, use_scipy)
+        components, n = label_components(mask == class_id)
         if n == 0:
             continue
         sizes = np.bincount(components.ravel(), minlength=n + 1)
-        # both labelling routes number components in row-major order of their first pixel
+        # components are numbered in row-major order of their first pixel
         for component in range(1, n + 1):
             if sizes[component] < max(min_pixels, 1):
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,10 +23,12 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
 
     On any exception (or KeyboardInterrupt) the temporary file or folder is removed and
-    `path` is left as it was.
+    `path` is left as it was. A writer killed outright (SIGKILL, a node lost) cannot remove
+    its temp; the next writer of the same output removes it first (remove_stale_temps).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     else:
@@ -48,6 +51,38 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _temp_name(name: str) -> re.Pattern:
+    """The names tempfile gives atomic_path's temps of output `name`: `.<name>.<8 random
+    characters>.tmp`. Exact, so that the temps of another output whose name starts with
+    this one's (`a.npy` and `a.npy.json`) never match."""
+    return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp$")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers of `path` left: its temps (files or folders) beside it.
+
+    Safe because an output has one writer at a time (Snakemake runs one job per output and
+    locks the working folder); a temp of `path` that exists when its writer starts is
+    therefore a dead writer's. Returns what was removed.
+    """
+    path = Path(path)
+    pattern = _temp_name(path.name)
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not pattern.match(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

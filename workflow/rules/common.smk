@@ -1,6 +1,9 @@
 # Paths and helpers shared by the rule files.
 
+import functools
+import hashlib
 import json
+import os
 from pathlib import Path
 
 RESULTS = config["results"]
@@ -12,6 +15,17 @@ if config["data"]["root"] and not Path(DATA).is_dir():
     raise ValueError(f"config data.root: {DATA} does not exist or is not a folder")
 
 SPLITS = ["train", "val", "unlabeled", "hidden"]
+# The splits the stages read (mean/std's, the predictor's; train, val and hidden always: the
+# segmenter, the scores, the submission), in SPLITS order; rule check_data checks them.
+DATA_SPLITS = [
+    s for s in SPLITS
+    if s in {*config["data"]["mean_std_splits"], *config["predictor"]["train_splits"], "train", "val", "hidden",
+             # the unlabeled frames that route masks pseudo-labels (and route direct may train on)
+             *config["forecaster"]["pseudo_splits"], *(["unlabeled"] if config["direct"]["pseudo_labels"] else [])}
+]
+# The report of rule check_data: an input of every rule that reads the dataset, so that a
+# bad dataset stops the run before anything trains.
+DATA_CHECK = f"{RESULTS}/data/check.json"
 
 # Routes to the mask of frame 21 (DESIGN.md §3b); each writes masks_{val,hidden}.npy here.
 ROUTES = config["routes"]
@@ -62,3 +76,38 @@ def shard_arg(wildcards):
     """Snakemake's scatter item 'i-of-K' (1-based) as the verbs' '--shard i/K' (0-based)."""
     index, count = wildcards.scatteritem.split("-of-")
     return f"{int(index) - 1}/{count}"
+
+
+@functools.lru_cache(maxsize=None)
+def _files_fingerprint(root, splits):
+    # The layout's two levels, <split>/<video>/<file>, and no deeper: a symlinked video
+    # folder counts, a symlink loop cannot trap the walk.
+    digest = hashlib.sha256()
+
+    def entries(folder):
+        try:
+            return sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):  # a missing split: check_data names it
+            return []
+
+    for split in splits:
+        for video in entries(os.path.join(root, split)):
+            for entry in entries(video.path) if video.is_dir() else [video]:
+                try:
+                    stat = entry.stat()
+                    size, mtime = stat.st_size, stat.st_mtime_ns
+                except OSError:  # a dangling link: check_data names it
+                    size = mtime = -1
+                digest.update(f"{os.path.relpath(entry.path, root)}\t{size}\t{mtime}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(wildcards):
+    """A hash of (relative path, size, mtime) of every file of DATA_SPLITS, as rule check_data's
+    params: an added, removed, resized or rewritten file reruns the check (Snakemake compares
+    only the folder's own mtime, which sees its direct entries). The synthetic dataset is
+    Snakemake's own output, rewritten as a whole by synth_dataset: its mtime suffices, and
+    it does not exist yet when the first DAG is built. One pass of os.scandir per process."""
+    if not config["data"]["root"]:
+        return "synthetic"
+    return _files_fingerprint(DATA, tuple(DATA_SPLITS))

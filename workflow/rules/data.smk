@@ -1,4 +1,5 @@
-# Stage 0-1: the synthetic dataset (when data.root is unset) and the per-channel mean/std.
+# Stage 0-1: the synthetic dataset (when data.root is unset), the check of the dataset, the
+# per-channel mean/std and the frame caches.
 
 
 rule synth_dataset:
@@ -22,9 +23,31 @@ rule synth_dataset:
         " --workers {threads} 2> {log}"
 
 
-rule mean_std:
+rule check_data:
     input:
         DATA,
+    output:
+        DATA_CHECK,
+    params:
+        splits=csv(DATA_SPLITS),
+        files=data_fingerprint,
+    threads: config["data"]["workers"]
+    resources:
+        runtime=res("check_data")["runtime"],
+        mem_mb=res("check_data")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/check_data.log",
+    shell:
+        "futureseg check-data --root {input} --splits {params.splits} --out {output}"
+        " --workers {threads} 2> {log}"
+
+
+rule mean_std:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
     output:
         f"{RESULTS}/data/mean_std.json",
     params:
@@ -38,13 +61,14 @@ rule mean_std:
     log:
         f"{RESULTS}/logs/mean_std.log",
     shell:
-        "futureseg mean-std --root {input} --out {output} --splits {params.splits}"
+        "futureseg mean-std --root {input.data} --out {output} --splits {params.splits}"
         " --workers {threads} 2> {log}"
 
 
 rule cache_frames:
     input:
-        DATA,
+        data=DATA,
+        checked=DATA_CHECK,
     output:
         frames=f"{RESULTS}/cache/{{split}}.npy",
         ids=f"{RESULTS}/cache/{{split}}.json",
@@ -57,5 +81,5 @@ rule cache_frames:
     log:
         f"{RESULTS}/logs/cache_frames_{{split}}.log",
     shell:
-        "futureseg cache-frames --root {input} --split {wildcards.split}"
+        "futureseg cache-frames --root {input.data} --split {wildcards.split}"
         " --out {output.frames} --workers {threads} 2> {log}"

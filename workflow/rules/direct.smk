@@ -6,6 +6,7 @@ D = config["direct"]
 rule train_direct:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         cache=f"{RESULTS}/cache/train.npy",
         val_cache=f"{RESULTS}/cache/val.npy",
         mean_std=f"{RESULTS}/data/mean_std.json",

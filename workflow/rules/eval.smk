@@ -9,6 +9,7 @@ SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy"}
 rule score:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         routes=[f"{ROUTE_DIRS[route]}/masks_val.npy" for route in ROUTES],
         sequences=[SEQUENCES[route] for route in ROUTES if route in SEQUENCES],
         oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
@@ -68,6 +69,7 @@ rule submission:
 rule report_figures:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         predictor_metrics=f"{RESULTS}/predictor/metrics.csv",
         segmenter_metrics=f"{RESULTS}/segmenter/metrics.csv",
         frames=f"{RESULTS}/predictor/frames_val.npy",

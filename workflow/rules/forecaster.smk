@@ -34,6 +34,7 @@ rule pseudo_label:
 rule train_forecaster:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         pseudo=expand(f"{RESULTS}/pseudo/{{split}}.npy", split=F["pseudo_splits"]),
         val_pseudo=f"{RESULTS}/pseudo/val.npy",
     output:

@@ -12,6 +12,7 @@ SCORE_THRESHOLD = SEGMENTER.get("score_threshold", 0.5)
 rule make_seg_frames:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         # the predictor's frames of train videos, unless the generated source is off
         frames=[f"{RESULTS}/predictor/frames_train.npy"] if A["generated"] else [],
     output:
@@ -40,6 +41,7 @@ rule make_seg_frames:
 rule train_segmenter:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         seg_frames=f"{RESULTS}/segframes",
         mean_std=f"{RESULTS}/data/mean_std.json",
     output:
@@ -101,6 +103,7 @@ rule segment:
 rule segment_references:
     input:
         data=DATA,
+        checked=DATA_CHECK,
         model=f"{RESULTS}/segmenter/model.pt",
     output:
         val_oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
