@@ -19,7 +19,8 @@ def tiny_config() -> dict:
     config["data"]["workers"] = 1
     config["predictor"].update(epochs=1, batch_size=2, checkpoint_every=50)
     config["predictor"]["simvp"].update(hid_S=8, hid_T=16, N_S=2, N_T=2)
-    config["augment"].update(frameskip=3)
+    # the demo trains its segmenter on real frames only; the tests exercise generated + blurred frames too
+    config["augment"].update(frameskip=3, generated=True, blur_prob=0.3)
     config["segmenter"]["checkpoint_every"] = 50
     config["segmenter"]["unet"].update(base_channels=4, depth=2, epochs=1, batch_size=8)
     config["segmenter"]["maskrcnn"].update(epochs=1, batch_size=2)

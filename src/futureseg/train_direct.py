@@ -97,7 +97,7 @@ def train(args) -> dict:
     optimizer, scheduler = adamw_one_cycle(model, args.lr, args.weight_decay, total_steps)
     settings = {"kind": "direct", "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
                 "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
-                "seed": args.seed, "training_videos": [len(f) for f, _ in sources],
+                "background_weight": args.background_weight, "seed": args.seed, "training_videos": [len(f) for f, _ in sources],
                 "pseudo": str(args.pseudo) if args.pseudo_cache else None}
 
     def step_losses(epoch, indices, step, total):
@@ -114,7 +114,7 @@ def train(args) -> dict:
         x, y = torch.from_numpy(np.stack(xs)).to(device), torch.from_numpy(np.stack(ys)).to(device)
         with autocast(device):
             logits = model(x)
-        return dense_losses(logits.float(), y, args.soft_iou_weight)
+        return dense_losses(logits.float(), y, args.soft_iou_weight, args.background_weight)
 
     def validate():
         return {"val_iou": macro_iou(predict_masks(model, val_frames, device, args.batch_size), val_truth)}
@@ -158,6 +158,8 @@ def add_arguments(parser) -> None:
     opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate")
     opt.add_argument("--weight-decay", type=float, default=0.01)
     opt.add_argument("--soft-iou-weight", type=float, default=0.0, help="weight of the soft-IoU term (0: CE only)")
+    opt.add_argument("--background-weight", type=float, default=1.0,
+                     help="weight of the background's pixels in the cross-entropy (objects: 1)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
     run = parser.add_argument_group("run")

@@ -53,7 +53,7 @@ def check_settings(args) -> None:
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
-    for name in ("iou_finetune_epochs", "max_steps", "threads", "soft_iou_weight", "weight_decay"):
+    for name in ("iou_finetune_epochs", "max_steps", "threads", "soft_iou_weight", "weight_decay", "background_weight"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
     if not args.lr > 0:
@@ -109,7 +109,7 @@ def train(args) -> dict:
     optimizer, scheduler = adamw_one_cycle(model, args.lr, args.weight_decay, total_steps)
     settings = {"kind": "mask_forecaster", "model": args.model, "model_config": config, "epochs": args.epochs,
                 "iou_finetune_epochs": args.iou_finetune_epochs, "soft_iou_weight": args.soft_iou_weight,
-                "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
+                "background_weight": args.background_weight, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                 "training_videos": len(sequences), "label_splits": list(args.label_splits),
                 "pseudo": [str(p) for p in args.pseudo]}
 
@@ -121,7 +121,7 @@ def train(args) -> dict:
             logits = model(batch[:, : data.N_INPUT])  # (B, 11, C, H, W)
         target = batch[:, data.N_INPUT :]
         weight = args.soft_iou_weight if epoch >= args.epochs else 0.0
-        return dense_losses(logits.float().flatten(0, 1), target.flatten(0, 1), weight)
+        return dense_losses(logits.float().flatten(0, 1), target.flatten(0, 1), weight, args.background_weight)
 
     def validate():
         predicted = forecast_masks(model, val_inputs, device, args.batch_size)[:, -1]
@@ -180,6 +180,8 @@ def add_arguments(parser) -> None:
     opt.add_argument("--epochs", type=int, required=True, help="epochs of cross-entropy")
     opt.add_argument("--iou-finetune-epochs", type=int, default=0, help="then epochs with the soft-IoU term")
     opt.add_argument("--soft-iou-weight", type=float, default=1.0, help="weight of the soft-IoU term in the fine-tune")
+    opt.add_argument("--background-weight", type=float, default=1.0,
+                     help="weight of the background's pixels in the cross-entropy (objects: 1)")
     opt.add_argument("--batch-size", type=int, required=True)
     opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate")
     opt.add_argument("--weight-decay", type=float, default=0.01)

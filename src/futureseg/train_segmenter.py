@@ -447,6 +447,9 @@ def train_unet(args) -> dict:
     from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
 
     check_settings(args)
+    for name in ("soft_iou_weight", "background_weight"):
+        if not getattr(args, name) >= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device()
@@ -463,7 +466,7 @@ def train_unet(args) -> dict:
     optimizer, scheduler = adamw_one_cycle(net, args.lr, args.weight_decay, total_steps)
     settings = {"segmenter": "unet", "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
                 "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
-                "seed": args.seed, "training_set": dataset.fingerprint()}
+                "background_weight": args.background_weight, "seed": args.seed, "training_set": dataset.fingerprint()}
 
     def step_losses(epoch, indices, step, total):
         pairs = [augment(np.asarray(images[i]), np.asarray(masks[i]), np.random.default_rng((args.seed, epoch, i)))
@@ -472,7 +475,7 @@ def train_unet(args) -> dict:
         y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(device)
         with autocast(device):
             logits = net(x)
-        return dense_losses(logits.float(), y, args.soft_iou_weight)
+        return dense_losses(logits.float(), y, args.soft_iou_weight, args.background_weight)
 
     def validate():
         return {"val_oracle_iou": oracle_iou(segmenter, val_frames, val_masks, args.val_batch_size, device)}
@@ -510,6 +513,8 @@ def add_arguments(parser) -> None:
     model.add_argument("--depth", type=int, default=4, help="U-Net: levels (poolings + 1)")
     model.add_argument("--soft-iou-weight", type=float, default=0.0,
                        help="U-Net: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
+    model.add_argument("--background-weight", type=float, default=1.0,
+                       help="U-Net: weight of the background's pixels in the cross-entropy (objects: 1)")
     model.add_argument("--backend", choices=("torchvision", "detectron2"), default="torchvision")
     model.add_argument("--backbone", default="resnet50",
                        help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: resnet50|resnet101)")
