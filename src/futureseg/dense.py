@@ -50,3 +50,39 @@ def macro_iou(predicted, target) -> float:
     return float(multiclass_jaccard_index(
         torch.from_numpy(np.asarray(predicted, dtype=np.int64)), torch.from_numpy(np.asarray(target, dtype=np.int64)),
         num_classes=data.NUM_CLASSES, validate_args=False))
+
+
+def predict_argmax(model, n: int, batch_of, device, batch_size: int, class_dim: int = 1) -> np.ndarray:
+    """uint8 class ids (argmax over `class_dim`) of a dense model's outputs for n samples;
+    `batch_of(start, stop)` gives the model's input tensor of those samples (on the CPU).
+    Runs in eval mode under inference mode and leaves the model's mode as it was."""
+    import torch
+
+    chunks = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            logits = model(batch_of(start, min(n, start + batch_size)).to(device))
+            chunks.append(logits.argmax(class_dim).to(torch.uint8).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0,), dtype=np.uint8)
+
+
+def add_training_arguments(parser, epochs_help: str = "epochs"):
+    """The optimisation and run flags of the dense trainers (forecaster, direct U-Net); the
+    rules pass every one of them from config.yaml."""
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, required=True, help=epochs_help)
+    opt.add_argument("--batch-size", type=int, required=True)
+    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate (AdamW)")
+    opt.add_argument("--weight-decay", type=float, default=0.01)
+    opt.add_argument("--soft-iou-weight", type=float, default=0.0, help="weight of the soft-IoU loss term")
+    opt.add_argument("--background-weight", type=float, default=1.0,
+                     help="weight of the background's pixels in the cross-entropy (objects: 1)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return opt

@@ -34,15 +34,9 @@ def predict_masks(model, clips, device, batch_size: int) -> np.ndarray:
     """uint8 (N, H, W) masks of frame 21 of uint8 clips (N, >=11, H, W, 3)."""
     import torch
 
-    out = np.zeros((len(clips), *clips.shape[2:4]), dtype=np.uint8)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(clips), batch_size):
-            x = torch.from_numpy(stack_inputs(clips[start : start + batch_size])).to(device)
-            out[start : start + len(x)] = model(x).argmax(1).to(torch.uint8).cpu().numpy()
-    model.train(was_training)
-    return out
+    from .dense import predict_argmax
+
+    return predict_argmax(model, len(clips), lambda a, b: torch.from_numpy(stack_inputs(clips[a:b])), device, batch_size)
 
 
 def train(args) -> dict:
@@ -137,6 +131,7 @@ HELP = "train the direct U-Net: 11 stacked frames → mask of frame 21 (route di
 
 def add_arguments(parser) -> None:
     from .cli import comma_list
+    from .dense import add_training_arguments
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root: true masks of --label-splits and of val")
@@ -152,19 +147,7 @@ def add_arguments(parser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--base-channels", type=int, required=True, help="U-Net: channels of the first level")
     model.add_argument("--depth", type=int, required=True, help="U-Net: levels (poolings + 1)")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, required=True)
-    opt.add_argument("--batch-size", type=int, required=True)
-    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate")
-    opt.add_argument("--weight-decay", type=float, default=0.01)
-    opt.add_argument("--soft-iou-weight", type=float, default=0.0, help="weight of the soft-IoU term (0: CE only)")
-    opt.add_argument("--background-weight", type=float, default=1.0,
-                     help="weight of the background's pixels in the cross-entropy (objects: 1)")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_training_arguments(parser)
 
 
 def main(args) -> None:

@@ -145,15 +145,10 @@ def forecast_masks(model, inputs, device, batch_size: int) -> np.ndarray:
     """uint8 (N, 11, H, W) forecast masks of frames 11…21 from masks (N, 11, H, W) of 0…10."""
     import torch
 
-    out = np.zeros(inputs.shape, dtype=np.uint8)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch_size):
-            batch = torch.from_numpy(np.asarray(inputs[start : start + batch_size], dtype=np.int64)).to(device)
-            out[start : start + len(batch)] = model(batch).argmax(2).to(torch.uint8).cpu().numpy()
-    model.train(was_training)
-    return out
+    from .dense import predict_argmax
+
+    return predict_argmax(model, len(inputs), lambda a, b: torch.from_numpy(np.asarray(inputs[a:b], dtype=np.int64)),
+                          device, batch_size, class_dim=2)
 
 
 VERB = "train-forecaster"
@@ -162,6 +157,7 @@ HELP = "train the mask forecaster (SimVP or ConvLSTM over class embeddings) on m
 
 def add_arguments(parser) -> None:
     from .cli import comma_list
+    from .dense import add_training_arguments
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root: true masks of --label-splits and of val")
@@ -176,20 +172,11 @@ def add_arguments(parser) -> None:
     model.add_argument("--model-config", type=parse_model_config, default={},
                        help='its settings as JSON, e.g. \'{"embed_dim": 16, "hid_S": 32, "N_T": 4}\' '
                             "(unset ones take the model's defaults)")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, required=True, help="epochs of cross-entropy")
-    opt.add_argument("--iou-finetune-epochs", type=int, default=0, help="then epochs with the soft-IoU term")
-    opt.add_argument("--soft-iou-weight", type=float, default=1.0, help="weight of the soft-IoU term in the fine-tune")
-    opt.add_argument("--background-weight", type=float, default=1.0,
-                     help="weight of the background's pixels in the cross-entropy (objects: 1)")
-    opt.add_argument("--batch-size", type=int, required=True)
-    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate")
-    opt.add_argument("--weight-decay", type=float, default=0.01)
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    opt = add_training_arguments(parser, "epochs of cross-entropy")
+    opt.add_argument("--iou-finetune-epochs", type=int, default=0,
+                     help="then epochs with the soft-IoU term added at --soft-iou-weight")
+    # the soft-IoU term is what the fine-tune epochs add: on by default here
+    parser.set_defaults(soft_iou_weight=1.0)
 
 
 def main(args) -> None:
