@@ -103,7 +103,9 @@ def test_rule_check_data_reruns_when_a_file_of_a_used_split_changes(dataset_copy
     # changes what it checks
     assert planned_jobs(workdir, CHECK, override={"predictor": {"lr": 0.003}}) == {}
     assert planned_jobs(workdir, CHECK, override={"predictor": {"train_splits": ["train"]},
-                                                  "data": {"mean_std_splits": ["train"]}}) == {"check_data": 1}
+                                                  "data": {"mean_std_splits": ["train"]},
+                                                  "forecaster": {"pseudo_splits": []},
+                                                  "direct": {"pseudo_labels": False}}) == {"check_data": 1}
 
     mask = _first(dataset_copy, "val").mask_path
     stat = mask.stat()

@@ -155,7 +155,9 @@ CONFIG_CASES = {
     "wrong-type": ({"predictor": {"lr": "fast"}}, "['predictor']['lr']"),
     "negative-epochs": ({"predictor": {"epochs": -1}}, "['predictor']['epochs']"),
     "odd-N_S": ({"predictor": {"simvp": {"N_S": 3}}}, "['predictor']['simvp']['N_S']"),
-    "unknown-backend": ({"segmenter": {"backend": "mmdet"}}, "['segmenter']['backend']"),
+    "unknown-backend": ({"segmenter": {"maskrcnn": {"backend": "mmdet"}}}, "['segmenter']['maskrcnn']['backend']"),
+    "unknown-route": ({"routes": ["frames", "teleport"]}, "['routes']"),
+    "submit-route-not-run": ({"routes": ["frames"], "eval": {"submit": "masks"}}, "eval.submit"),
     "data-root-nowhere": ({"data": {"root": NOWHERE}}, f"config data.root: {NOWHERE} does not exist"),
 }
 

@@ -13,8 +13,8 @@ from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
 
 # rules in pipeline order; a changed setting must rerun its stage and everything after it
 SCORING = {"score", "submission", "report_figures", "all"}
-MASKS_ROUTE = {"train_forecaster", "forecast_val", "forecast_hidden_shard", "gather_hidden_masks"}
-DIRECT_ROUTE = {"train_direct", "predict_direct_val", "predict_direct_hidden_shard", "gather_hidden_masks"}
+MASKS_ROUTE = {"train_forecaster", "forecast", "forecast_hidden_shard", "gather_hidden_masks"}
+DIRECT_ROUTE = {"train_direct", "predict_direct", "predict_direct_hidden_shard", "gather_hidden_masks"}
 SEGMENTATION = ({"train_segmenter", "segment", "segment_hidden_shard", "segment_references", "gather_hidden_masks",
                  "pseudo_label"} | MASKS_ROUTE | DIRECT_ROUTE | SCORING)
 PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION

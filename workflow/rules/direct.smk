@@ -41,21 +41,21 @@ rule train_direct:
         " --threads {threads} 2> {log}"
 
 
-rule predict_direct_val:
+rule predict_direct:
     input:
         model=f"{RESULTS}/direct/model.pt",
         cache=f"{RESULTS}/cache/val.npy",
     output:
         f"{RESULTS}/direct/masks_val.npy",
-    threads: res("forecast")["threads"]
+    threads: res("predict_direct")["threads"]
     resources:
-        runtime=res("forecast")["runtime"],
-        mem_mb=res("forecast")["mem_mb"],
-        gpu=res("forecast")["gpu"],
+        runtime=res("predict_direct")["runtime"],
+        mem_mb=res("predict_direct")["mem_mb"],
+        gpu=res("predict_direct")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
     log:
-        f"{RESULTS}/logs/predict_direct_val.log",
+        f"{RESULTS}/logs/predict_direct.log",
     shell:
         "futureseg predict-direct --model {input.model} --cache {input.cache} --out {output}"
         " --threads {threads} 2> {log}"
@@ -69,11 +69,11 @@ rule predict_direct_hidden_shard:
         f"{RESULTS}/direct/hidden_shards/masks_{{scatteritem}}.npy",
     params:
         shard=shard_arg,
-    threads: res("forecast")["threads"]
+    threads: res("predict_direct")["threads"]
     resources:
-        runtime=res("forecast")["runtime"],
-        mem_mb=res("forecast")["mem_mb"],
-        gpu=res("forecast")["gpu"],
+        runtime=res("predict_direct")["runtime"],
+        mem_mb=res("predict_direct")["mem_mb"],
+        gpu=res("predict_direct")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
     log:

@@ -71,7 +71,7 @@ rule train_forecaster:
         " --threads {threads} 2> {log}"
 
 
-rule forecast_val:
+rule forecast:
     input:
         model=f"{RESULTS}/forecaster/model.pt",
         masks=f"{RESULTS}/pseudo/val.npy",
@@ -86,7 +86,7 @@ rule forecast_val:
     conda:
         "../../envs/futureseg.yaml"
     log:
-        f"{RESULTS}/logs/forecast_val.log",
+        f"{RESULTS}/logs/forecast.log",
     shell:
         "futureseg forecast --model {input.model} --masks {input.masks} --out {output.masks}"
         " --out-sequence {output.sequence} --threads {threads} 2> {log}"
