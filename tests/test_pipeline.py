@@ -94,6 +94,7 @@ def test_nothing_reruns_without_a_change(finished_run):
         # the unselected models' settings shape nothing
         ({"segmenter": {"maskrcnn": {"lr": 0.05}}}, set()),
         ({"forecaster": {"convlstm": {"filter_size": 5}}}, set()),
+        ({"predictor": {"convlstm": {"filter_size": 5}}}, set()),
         # a route's setting reruns that route and the scoring only
         ({"forecaster": {"lr": 0.002}}, MASKS_ROUTE | {"score", "submission", "all"}),
         ({"direct": {"lr": 0.002}}, DIRECT_ROUTE | {"score", "submission", "all"}),
@@ -104,7 +105,7 @@ def test_nothing_reruns_without_a_change(finished_run):
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
         ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, set()),
     ],
-    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "forecaster", "direct", "submit", "augment",
+    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct", "submit", "augment",
          "predictor", "report-only", "mean-std", "resources"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):

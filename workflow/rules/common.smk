@@ -52,10 +52,10 @@ def csv(values):
 
 
 def flags(settings):
-    """A model's config section as the verb's command-line flags: key_name: v → --key-name v
+    """A model's config section as the verb's command-line flags: key_Name: v → --key-name v
     (lists comma-separated)."""
     return " ".join(
-        f"--{key.replace('_', '-')} {csv(value) if isinstance(value, list) else value}"
+        f"--{key.lower().replace('_', '-')} {csv(value) if isinstance(value, list) else value}"
         for key, value in settings.items()
     )
 

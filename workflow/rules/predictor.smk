@@ -24,9 +24,9 @@ rule train_predictor:
     params:
         launcher=TRAIN_LAUNCHER,
         model=P["model"],
-        simvp=P["simvp"],
-        convlstm=P["convlstm"],
-        num_hidden=csv(P["convlstm"]["num_hidden"]),
+        # only the selected model's section: editing the other one reruns nothing
+        settings=P[P["model"]],
+        flags=flags(P[P["model"]]),
         epochs=P["epochs"],
         batch_size=P["batch_size"],
         lr=P["lr"],
@@ -46,11 +46,8 @@ rule train_predictor:
     shell:
         "{params.launcher} train-predictor --cache {input.caches} --val-cache {input.val_cache}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
-        " --checkpoints {params.checkpoints} --model {params.model}"
-        " --translator {params.simvp[translator]} --hid-s {params.simvp[hid_S]}"
-        " --hid-t {params.simvp[hid_T]} --n-s {params.simvp[N_S]} --n-t {params.simvp[N_T]}"
-        " --patch-size {params.convlstm[patch_size]} --num-hidden {params.num_hidden}"
-        " --filter-size {params.convlstm[filter_size]} --epochs {params.epochs}"
+        " --checkpoints {params.checkpoints} --model {params.model} {params.flags}"
+        " --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
         " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
         " --threads {threads} 2> {log}"
