@@ -193,3 +193,10 @@ def warn_long_hidden(video: Video) -> None:
     """A hidden video with all 22 frames is accepted; say that frames 11… go unused."""
     if video.split == "hidden" and video.frame_path(N_INPUT).exists():
         warnings.warn(f"{video.path}: hidden video has more than 11 frames; only 0…10 are used")
+
+
+def read_split_masks(root, split: str) -> tuple[np.ndarray, list[int]]:
+    """uint8 (N, 22, H, W) true masks of a labeled split, and the video ids."""
+    videos = list_videos(root, split)
+    size = frame_size(root, split)
+    return np.stack([read_mask(v, size).astype(np.uint8) for v in videos]), [v.id for v in videos]

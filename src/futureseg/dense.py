@@ -1,9 +1,11 @@
 """Per-pixel classification, shared by the dense models (U-Net segmenter, mask forecaster,
-direct U-Net): the training loss and the validation IoU.
+direct U-Net) and their verbs: the loss, the IoU, their inputs (normalisation, mask
+caches, flips, stacked frames), their batched inference and their trainers' flags.
 
 The loss is cross-entropy (class 0, the background, weighted by `background_weight`:
 about 90% of the pixels are background, and at weight 1 a model first learns to paint
-everything background, then only slowly the 48 object classes), plus, when `soft_iou_weight` > 0, a soft-IoU term: 1 minus
+everything background, then only slowly the 48 object classes), plus, when
+`soft_iou_weight` > 0, a soft-IoU term: 1 minus
 the mean over the classes present in the batch's target of sum(p·t) / sum(p + t - p·t)
 with p the softmax. The competition metric is a macro IoU over classes, in which a small
 object's class weighs as much as the background; cross-entropy is dominated by the
@@ -13,9 +15,12 @@ published results on the task; Lovász-softmax is the other usual choice).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from . import data
+from .errors import ConfigError
 
 
 def dense_losses(logits, target, soft_iou_weight: float = 0.0, background_weight: float = 1.0) -> dict:
@@ -67,6 +72,85 @@ def predict_argmax(model, n: int, batch_of, device, batch_size: int, class_dim: 
             chunks.append(logits.argmax(class_dim).to(torch.uint8).cpu().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0,), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- inputs of the dense models
+
+
+def normalisation(mean_std_path) -> tuple[list[float], list[float]]:
+    """Mean and std per channel on the 0…1 scale: the dataset's (stage 1) when given,
+    else ImageNet's, the usual default."""
+    if mean_std_path is None:
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    from . import mean_std
+    from .errors import FuturesegError
+
+    path = Path(mean_std_path)
+    if not path.is_file():
+        raise FuturesegError(f"{path}: mean/std file does not exist")
+    mean, std = mean_std.load(path)
+    return [float(v) / 255 for v in mean], [float(v) / 255 for v in std]
+
+
+def load_mask_cache(path, frames_needed: int) -> tuple[np.ndarray, dict]:
+    """A mask cache (memory-mapped) and its sidecar, checked: uint8 (N, T, H, W) with at
+    least `frames_needed` frames per video."""
+    from .errors import DataError
+    from .io import read_array
+
+    masks, meta = read_array(path, "mask cache")
+    if masks.dtype != np.uint8 or masks.ndim != 4:
+        raise DataError(f"{path}: mask cache is {masks.dtype} {masks.shape}, expected uint8 (N, T, H, W)")
+    if masks.shape[1] < frames_needed:
+        raise DataError(f"{path}: mask cache holds {masks.shape[1]} frames per video, {frames_needed} are needed")
+    return masks, meta
+
+
+def flip_together(arrays, rng: np.random.Generator):
+    """Flip every array of one sample (last two axes H, W) alike, each flip with p = 1/2."""
+    flip_h, flip_v = rng.random(2) < 0.5
+    if flip_h:
+        arrays = [a[..., ::-1] for a in arrays]
+    if flip_v:
+        arrays = [a[..., ::-1, :] for a in arrays]
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def stack_frames(clips) -> np.ndarray:
+    """uint8 (B, >=11, H, W, 3) clips → float32 (B, 33, H, W) on the 0…1 scale, frame-major."""
+    x = np.asarray(clips[:, : data.N_INPUT], dtype=np.float32) / 255.0
+    b, t, h, w, c = x.shape
+    return x.transpose(0, 1, 4, 2, 3).reshape(b, t * c, h, w)
+
+
+# ---------------------------------------------------------------- inference and settings
+
+
+def direct_masks(model, clips, device, batch_size: int) -> np.ndarray:
+    """uint8 (N, H, W) masks of frame 21 of uint8 clips (N, >=11, H, W, 3)."""
+    import torch
+
+    return predict_argmax(model, len(clips), lambda a, b: torch.from_numpy(stack_frames(clips[a:b])), device, batch_size)
+
+
+def forecast_masks(model, inputs, device, batch_size: int) -> np.ndarray:
+    """uint8 (N, 11, H, W) forecast masks of frames 11…21 from masks (N, 11, H, W) of 0…10."""
+    import torch
+
+    return predict_argmax(model, len(inputs), lambda a, b: torch.from_numpy(np.asarray(inputs[a:b], dtype=np.int64)),
+                          device, batch_size, class_dim=2)
+
+
+def check_training_settings(args) -> None:
+    """The dense trainers' numeric flags, each error naming the flag."""
+    for name in ("epochs", "batch_size", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    for name in ("iou_finetune_epochs", "max_steps", "threads", "soft_iou_weight", "weight_decay", "background_weight"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise ConfigError(f"--lr: must be positive, got {args.lr}")
 
 
 def add_training_arguments(parser, epochs_help: str = "epochs"):

@@ -20,9 +20,8 @@ log = logging.getLogger("futureseg")
 
 
 def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16) -> int:
+    from .dense import forecast_masks, load_mask_cache
     from .models import forecasters
-    from .pseudo_label import load_mask_cache
-    from .train_forecaster import forecast_masks
     from .training import select_device
 
     if batch_size < 1:

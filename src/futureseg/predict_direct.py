@@ -15,7 +15,7 @@ from .shards import parse_shard, shard_rows
 def run(model_path, cache_path, out, shard=None, batch_size: int = 16) -> int:
     from .frame_cache import load_cache
     from .models.unet import UNet, UNetConfig
-    from .train_direct import predict_masks
+    from .dense import direct_masks
     from .training import load_checkpoint, select_device
 
     if batch_size < 1:
@@ -32,7 +32,7 @@ def run(model_path, cache_path, out, shard=None, batch_size: int = 16) -> int:
         raise DataError(f"{cache_path}: cache holds {frames.shape[1]} frames per video, needs {data.N_INPUT}")
     rows = shard_rows(len(frames), shard)
     ids = list(meta["ids"])[rows.start : rows.stop]
-    masks = predict_masks(model, frames[rows.start : rows.stop], device, batch_size)
+    masks = direct_masks(model, frames[rows.start : rows.stop], device, batch_size)
     save_array(out, masks, ids, frame_index=data.TARGET_FRAME, split=meta.get("split"), model=str(model_path),
                **({"shard": list(shard)} if shard else {}))
     return len(ids)

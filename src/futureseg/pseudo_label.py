@@ -50,19 +50,6 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64) ->
     return {"n_videos": n, "n_frames": n_frames}
 
 
-def load_mask_cache(path, frames_needed: int) -> tuple[np.ndarray, dict]:
-    """A mask cache (memory-mapped) and its sidecar, checked: uint8 (N, T, H, W) with at
-    least `frames_needed` frames per video."""
-    from .io import read_array
-
-    masks, meta = read_array(path, "mask cache")
-    if masks.dtype != np.uint8 or masks.ndim != 4:
-        raise DataError(f"{path}: mask cache is {masks.dtype} {masks.shape}, expected uint8 (N, T, H, W)")
-    if masks.shape[1] < frames_needed:
-        raise DataError(f"{path}: mask cache holds {masks.shape[1]} frames per video, {frames_needed} are needed")
-    return masks, meta
-
-
 VERB = "pseudo-label"
 HELP = "the segmenter's masks of every frame of a split, as a uint8 mask cache (route masks)"
 

@@ -23,37 +23,19 @@ log = logging.getLogger("futureseg")
 BRIGHTNESS = (0.8, 1.2)
 
 
-def stack_inputs(clips) -> np.ndarray:
-    """uint8 (B, >=11, H, W, 3) clips → float32 (B, 33, H, W) on the 0…1 scale, frame-major."""
-    x = np.asarray(clips[:, : data.N_INPUT], dtype=np.float32) / 255.0
-    b, t, h, w, c = x.shape
-    return x.transpose(0, 1, 4, 2, 3).reshape(b, t * c, h, w)
-
-
-def predict_masks(model, clips, device, batch_size: int) -> np.ndarray:
-    """uint8 (N, H, W) masks of frame 21 of uint8 clips (N, >=11, H, W, 3)."""
-    import torch
-
-    from .dense import predict_argmax
-
-    return predict_argmax(model, len(clips), lambda a, b: torch.from_numpy(stack_inputs(clips[a:b])), device, batch_size)
-
-
 def train(args) -> dict:
     from dataclasses import asdict
 
     import torch
 
-    from .dense import dense_losses, macro_iou
+    from .dense import (check_training_settings, dense_losses, direct_masks, flip_together, load_mask_cache,
+                        macro_iou, normalisation)
     from .frame_cache import load_cache
     from .models.unet import UNet, UNetConfig
-    from .pseudo_label import load_mask_cache
-    from .train_forecaster import check_settings, flip_sequences, true_masks
-    from .train_segmenter import normalisation
     from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
 
     args.iou_finetune_epochs = 0
-    check_settings(args)
+    check_training_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device()
@@ -61,7 +43,7 @@ def train(args) -> dict:
     sources = []
     for path, split in zip(args.cache, args.label_splits):
         frames, meta = load_cache(path)
-        masks, ids = true_masks(args.root, split)
+        masks, ids = data.read_split_masks(args.root, split)
         if [int(i) for i in meta["ids"]] != ids:
             raise DataError(f"{path}: its videos are not those of {args.root}/{split}")
         sources.append((frames, masks[:, data.TARGET_FRAME]))
@@ -76,7 +58,7 @@ def train(args) -> dict:
         raise DataError(f"training frames have different sizes {sorted(sizes)}")
     samples = [(s, row) for s, (frames, _) in enumerate(sources) for row in range(len(frames))]
     val_frames, val_meta = load_cache(args.val_cache)
-    val_truth, val_ids = true_masks(args.root, "val")
+    val_truth, val_ids = data.read_split_masks(args.root, "val")
     if [int(i) for i in val_meta["ids"]] != val_ids:
         raise DataError(f"{args.val_cache}: its videos are not those of {args.root}/val")
     val_truth = val_truth[:, data.TARGET_FRAME]
@@ -101,7 +83,7 @@ def train(args) -> dict:
             frames, targets = sources[source]
             rng = np.random.default_rng((args.seed, epoch, i))
             clip, mask = np.asarray(frames[row, : data.N_INPUT]), np.asarray(targets[row])
-            clip, mask = flip_sequences([clip.transpose(0, 3, 1, 2), mask], rng)  # (11, 3, H, W): H, W last
+            clip, mask = flip_together([clip.transpose(0, 3, 1, 2), mask], rng)  # (11, 3, H, W): H, W last
             brightness = rng.uniform(*BRIGHTNESS)
             xs.append(np.clip(clip.astype(np.float32) * (brightness / 255.0), 0, 1).reshape(-1, *mask.shape))
             ys.append(mask.astype(np.int64))
@@ -111,7 +93,7 @@ def train(args) -> dict:
         return dense_losses(logits.float(), y, args.soft_iou_weight, args.background_weight)
 
     def validate():
-        return {"val_iou": macro_iou(predict_masks(model, val_frames, device, args.batch_size), val_truth)}
+        return {"val_iou": macro_iou(direct_masks(model, val_frames, device, args.batch_size), val_truth)}
 
     saved, last_val = fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
                           checkpoints=args.checkpoints, metrics_out=args.metrics, n_samples=len(samples),

@@ -32,34 +32,6 @@ from .errors import ConfigError, DataError
 log = logging.getLogger("futureseg")
 
 
-def true_masks(root, split: str) -> tuple[np.ndarray, list[int]]:
-    """uint8 (N, 22, H, W) true masks of a labeled split, and the video ids."""
-    videos = data.list_videos(root, split)
-    size = data.frame_size(root, split)
-    return np.stack([data.read_mask(v, size).astype(np.uint8) for v in videos]), [v.id for v in videos]
-
-
-def flip_sequences(arrays, rng: np.random.Generator):
-    """Flip every array of one sample (last two axes H, W) alike, each flip with p = 1/2."""
-    flip_h, flip_v = rng.random(2) < 0.5
-    if flip_h:
-        arrays = [a[..., ::-1] for a in arrays]
-    if flip_v:
-        arrays = [a[..., ::-1, :] for a in arrays]
-    return [np.ascontiguousarray(a) for a in arrays]
-
-
-def check_settings(args) -> None:
-    for name in ("epochs", "batch_size", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
-    for name in ("iou_finetune_epochs", "max_steps", "threads", "soft_iou_weight", "weight_decay", "background_weight"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise ConfigError(f"--lr: must be positive, got {args.lr}")
-
-
 def parse_model_config(text: str) -> dict:
     """argparse type of --model-config: a JSON object."""
     import argparse
@@ -76,16 +48,15 @@ def parse_model_config(text: str) -> dict:
 def train(args) -> dict:
     import torch
 
-    from .dense import dense_losses, macro_iou
+    from .dense import check_training_settings, dense_losses, flip_together, forecast_masks, load_mask_cache, macro_iou
     from .models import forecasters
-    from .pseudo_label import load_mask_cache
     from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
 
-    check_settings(args)
+    check_training_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device()
-    sources = [true_masks(args.root, split)[0] for split in args.label_splits]
+    sources = [data.read_split_masks(args.root, split)[0] for split in args.label_splits]
     sources += [load_mask_cache(path, data.N_FRAMES)[0] for path in args.pseudo]
     sizes = {tuple(s.shape[2:]) for s in sources}
     if len(sizes) != 1:
@@ -94,7 +65,7 @@ def train(args) -> dict:
     sequences = np.concatenate([np.asarray(s[:, : data.N_FRAMES]) for s in sources])
     size = sizes.pop()
     val_inputs, val_meta = load_mask_cache(args.val_pseudo, data.N_INPUT)
-    val_truth, val_ids = true_masks(args.root, "val")
+    val_truth, val_ids = data.read_split_masks(args.root, "val")
     if [int(i) for i in val_meta["ids"]] != val_ids or val_inputs.shape[2:] != size:
         raise DataError(f"{args.val_pseudo}: its videos or size ({val_inputs.shape[2:]}) are not those of "
                         f"{args.root}/val ({len(val_ids)} videos, {size})")
@@ -114,7 +85,7 @@ def train(args) -> dict:
                 "pseudo": [str(p) for p in args.pseudo]}
 
     def step_losses(epoch, indices, step, total):
-        batch = np.stack([flip_sequences([sequences[i]], np.random.default_rng((args.seed, epoch, i)))[0]
+        batch = np.stack([flip_together([sequences[i]], np.random.default_rng((args.seed, epoch, i)))[0]
                           for i in indices])
         batch = torch.from_numpy(batch.astype(np.int64)).to(device)
         with autocast(device):
@@ -139,16 +110,6 @@ def train(args) -> dict:
     log.info("wrote %s (step %d): val IoU %.4f (segmented copy-last %.4f)", args.out, saved["step"],
              last_val["val_iou"], last_val["val_pseudo_copy_last_iou"])
     return last_val
-
-
-def forecast_masks(model, inputs, device, batch_size: int) -> np.ndarray:
-    """uint8 (N, 11, H, W) forecast masks of frames 11…21 from masks (N, 11, H, W) of 0…10."""
-    import torch
-
-    from .dense import predict_argmax
-
-    return predict_argmax(model, len(inputs), lambda a, b: torch.from_numpy(np.asarray(inputs[a:b], dtype=np.int64)),
-                          device, batch_size, class_dim=2)
 
 
 VERB = "train-forecaster"

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import data, dense
 from .errors import ConfigError, DataError, FuturesegError
 from .io import atomic_path
 
@@ -298,20 +298,6 @@ def check_settings(args) -> None:
                           "start it without torchrun / WORLD_SIZE > 1")
 
 
-def normalisation(mean_std_path) -> tuple[list[float], list[float]]:
-    """Mean and std per channel on the 0…1 scale: the dataset's (stage 1) when given,
-    else ImageNet's, the usual default."""
-    if mean_std_path is None:
-        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    from . import mean_std
-
-    path = Path(mean_std_path)
-    if not path.is_file():
-        raise FuturesegError(f"{path}: mean/std file does not exist")
-    mean, std = mean_std.load(path)
-    return [float(v) / 255 for v in mean], [float(v) / 255 for v in std]
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -330,7 +316,7 @@ def train(args) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every batch has the frame size: tune the convolutions once
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
-    mean01, std01 = normalisation(args.mean_std)
+    mean01, std01 = dense.normalisation(args.mean_std)
     config = model_config(args, dataset.size, mean01, std01)
     val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
 
@@ -455,7 +441,7 @@ def train_unet(args) -> dict:
     device = select_device()
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
     images, masks = dataset._open()
-    mean01, std01 = normalisation(args.mean_std)
+    mean01, std01 = dense.normalisation(args.mean_std)
     config = asdict(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=args.base_channels,
                                depth=args.depth, image_mean=tuple(mean01), image_std=tuple(std01)))
     val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
