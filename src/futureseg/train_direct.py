@@ -32,7 +32,7 @@ def train(args) -> dict:
                         macro_iou, normalisation)
     from .frame_cache import load_cache
     from .models.unet import UNet, UNetConfig
-    from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
+    from .training import adamw_one_cycle, autocast, fit, plan_steps, seed_everything, select_device
 
     args.iou_finetune_epochs = 0
     check_training_settings(args)
@@ -95,16 +95,11 @@ def train(args) -> dict:
     def validate():
         return {"val_iou": macro_iou(direct_masks(model, val_frames, device, args.batch_size), val_truth)}
 
-    saved, last_val = fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
-                          checkpoints=args.checkpoints, metrics_out=args.metrics, n_samples=len(samples),
-                          batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                          checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-                          max_steps=args.max_steps, desc="direct U-Net")
-    save_checkpoint(args.out, {"kind": "direct", "model_config": config, "model": model.state_dict(),
-                               "fingerprint": saved["fingerprint"], "settings": saved, "step": saved["step"],
-                               "val_metrics": last_val})
-    log.info("wrote %s (step %d): val IoU %.4f", args.out, saved["step"], last_val["val_iou"])
-    return last_val
+    return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
+               metrics_out=args.metrics, out=args.out, model_file={"kind": "direct", "model_config": config},
+               n_samples=len(samples), batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
+               max_steps=args.max_steps, desc="direct U-Net")
 
 
 VERB = "train-direct"

@@ -50,7 +50,7 @@ def train(args) -> dict:
 
     from .dense import check_training_settings, dense_losses, flip_together, forecast_masks, load_mask_cache, macro_iou
     from .models import forecasters
-    from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
+    from .training import adamw_one_cycle, autocast, fit, plan_steps, seed_everything, select_device
 
     check_training_settings(args)
     if args.threads:
@@ -99,17 +99,11 @@ def train(args) -> dict:
         return {"val_iou": macro_iou(predicted, val_truth),
                 "val_pseudo_copy_last_iou": macro_iou(val_inputs[:, -1], val_truth)}
 
-    saved, last_val = fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
-                          checkpoints=args.checkpoints, metrics_out=args.metrics, n_samples=len(sequences),
-                          batch_size=args.batch_size, epochs=epochs, seed=args.seed,
-                          checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-                          max_steps=args.max_steps, desc="mask forecaster")
-    save_checkpoint(args.out, {"kind": "mask_forecaster", "model_config": config, "model": model.state_dict(),
-                               "fingerprint": saved["fingerprint"], "settings": saved, "step": saved["step"],
-                               "val_metrics": last_val})
-    log.info("wrote %s (step %d): val IoU %.4f (segmented copy-last %.4f)", args.out, saved["step"],
-             last_val["val_iou"], last_val["val_pseudo_copy_last_iou"])
-    return last_val
+    return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
+               metrics_out=args.metrics, out=args.out, model_file={"kind": "mask_forecaster", "model_config": config},
+               n_samples=len(sequences), batch_size=args.batch_size, epochs=epochs, seed=args.seed,
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
+               max_steps=args.max_steps, desc="mask forecaster")
 
 
 VERB = "train-forecaster"

@@ -430,7 +430,7 @@ def train_unet(args) -> dict:
     from .dense import dense_losses
     from .models.segmenters import build
     from .models.unet import UNetConfig
-    from .training import adamw_one_cycle, autocast, fit, plan_steps, save_checkpoint, seed_everything, select_device
+    from .training import adamw_one_cycle, autocast, fit, plan_steps, seed_everything, select_device
 
     check_settings(args)
     for name in ("soft_iou_weight", "background_weight"):
@@ -466,16 +466,11 @@ def train_unet(args) -> dict:
     def validate():
         return {"val_oracle_iou": oracle_iou(segmenter, val_frames, val_masks, args.val_batch_size, device)}
 
-    saved, last_val = fit(model=net, optimizer=optimizer, scheduler=scheduler, settings=settings,
-                          checkpoints=args.checkpoints, metrics_out=args.metrics, n_samples=len(dataset),
-                          batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                          checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-                          max_steps=args.max_steps, desc="U-Net segmenter")
-    save_checkpoint(args.out, {"segmenter": "unet", "model_config": config, "model": net.state_dict(),
-                               "fingerprint": saved["fingerprint"], "settings": saved, "step": saved["step"],
-                               "val_metrics": last_val})
-    log.info("wrote %s (step %d): val oracle IoU %.4f", args.out, saved["step"], last_val.get("val_oracle_iou", float("nan")))
-    return last_val
+    return fit(model=net, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
+               metrics_out=args.metrics, out=args.out, model_file={"segmenter": "unet", "model_config": config},
+               n_samples=len(dataset), batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
+               max_steps=args.max_steps, desc="U-Net segmenter")
 
 
 # ---------------------------------------------------------------- CLI

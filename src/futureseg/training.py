@@ -291,9 +291,9 @@ def plan_steps(n_samples: int, batch_size: int, epochs: int, max_steps: int = 0)
     return steps_per_epoch, min(total_steps, max_steps) if max_steps else total_steps
 
 
-def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out, n_samples: int,
-        batch_size: int, epochs: int, seed: int, checkpoint_every: int, step_losses, validate,
-        max_steps: int = 0, desc: str = "train") -> tuple[dict, dict]:
+def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out, out, model_file: dict,
+        n_samples: int, batch_size: int, epochs: int, seed: int, checkpoint_every: int, step_losses, validate,
+        max_steps: int = 0, desc: str = "train") -> dict:
     """The resumable training loop of the dense models (U-Net segmenter, mask forecaster,
     direct U-Net); each brings its own `step_losses` and `validate`.
 
@@ -303,8 +303,9 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     epoch end. The checkpoint (`<checkpoints>/<fingerprint of settings>/last.pt`) holds the
     model, optimizer, scheduler, every RNG and the running loss sums, so a resumed run ends
     with the weights of an uninterrupted one. SIGTERM/SIGUSR1 write it and stop; a NaN loss
-    stops with the last good one kept. Returns (settings with "fingerprint" and "step"
-    added, the last validation metrics); the caller writes its model file.
+    stops with the last good one kept. At the end it writes the model file `out`:
+    `model_file` (what rebuilds the model: its kind, its config) with the weights, the
+    fingerprint, the settings, the step and the last validation metrics, which it returns.
     """
     steps_per_epoch, total_steps = plan_steps(n_samples, batch_size, epochs, max_steps)
     settings = {**settings, "total_steps": total_steps}
@@ -363,7 +364,10 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
         metrics.log(step, epoch=epochs, **last_val)
     with atomic_path(metrics_out) as tmp:
         shutil.copyfile(run_dir / "metrics.csv", tmp)
-    return {**settings, "fingerprint": fp, "step": step}, last_val
+    save_checkpoint(out, {**model_file, "model": model.state_dict(), "fingerprint": fp, "settings": settings,
+                          "step": step, "val_metrics": last_val})
+    log.info("wrote %s (step %d): %s", out, step, " ".join(f"{k}={v:.4g}" for k, v in last_val.items()))
+    return last_val
 
 
 def adamw_one_cycle(model, lr: float, weight_decay: float, total_steps: int):
