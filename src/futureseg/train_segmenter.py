@@ -207,8 +207,9 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tu
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
     """The batches of one epoch, as (epoch, sample) keys: a permutation seeded by
     (seed, epoch), cut into batches (the last may be short)."""
-    order = np.random.default_rng((seed, epoch, 1)).permutation(n)
-    return [[(epoch, int(i)) for i in order[s : s + batch_size]] for s in range(0, n, batch_size)]
+    from .training import epoch_order
+
+    return [[(epoch, i) for i in batch] for batch in epoch_order(n, batch_size, seed, epoch)]
 
 
 def collate(samples):
