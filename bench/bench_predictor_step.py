@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from futureseg.models import build_predictor, count_parameters
+from futureseg.models.predictors import build, count_parameters
 
 
 def main():
@@ -37,13 +37,11 @@ def main():
     torch.manual_seed(0)
     in_shape = (11, 3, args.height, args.width)
     if args.model == "simvp":
-        model = build_predictor(
-            "simvp", in_shape, hid_S=64, hid_T=256, N_S=4, N_T=8, translator=args.translator
-        )
+        model = build("simvp", in_shape, dict(hid_S=64, hid_T=256, N_S=4, N_T=8, translator=args.translator))
         label = f"simvp-{args.translator}"
     else:
         num_hidden = tuple(int(n) for n in args.num_hidden.split(","))
-        model = build_predictor("convlstm", in_shape, patch_size=4, num_hidden=num_hidden)
+        model = build("convlstm", in_shape, dict(patch_size=4, num_hidden=num_hidden))
         label = "convlstm"
     device = torch.device(args.device)
     model.to(device).train()

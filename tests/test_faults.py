@@ -42,7 +42,9 @@ from test_data import _mask_class_out_of_range, _mask_float, _mask_wrong_shape, 
 
 SPLITS = ("train", "val", "unlabeled", "hidden")
 # Tiny models and short runs (3 steps) so every stage takes about a second on one thread.
-TINY_PREDICTOR = ["--hid-s", "8", "--hid-t", "16", "--n-s", "2", "--n-t", "2", "--batch-size", "2",
+TINY_SIMVP = {"hid_S": 8, "hid_T": 16, "N_S": 2, "N_T": 2}
+TINY_PREDICTOR = ["--model", "simvp", "--model-config", json.dumps(TINY_SIMVP), "--epochs", "4", "--lr", "0.002",
+                  "--weight-decay", "0.05", "--batch-size", "2",
                   "--max-steps", "3", "--checkpoint-every", "1", "--log-every", "1", "--seed", "5",
                   "--threads", "1", "--loader-workers", "0"]
 TINY_SEGMENTER = ["--backbone", "resnet18", "--fpn-channels", "32", "--box-head-dim", "64",
@@ -284,7 +286,8 @@ def _epochs_negative(chain, odd, tmp, out):
 def _frame_size_not_divisible(chain, odd, tmp, out):
     argv = ["train-predictor", "--cache", odd / "train.npy", "--val-cache", odd / "val.npy",
             "--mean-std", odd / "mean_std.json", "--out", out / "model.pt", "--metrics", out / "metrics.csv",
-            "--checkpoints", out / "checkpoints", *TINY_PREDICTOR, "--n-s", "4", "--batch-size", "1"]
+            "--checkpoints", out / "checkpoints", *TINY_PREDICTOR,
+            "--model-config", json.dumps({**TINY_SIMVP, "N_S": 4}), "--batch-size", "1"]
     return argv, "predictor.simvp.N_S=4", "downsamples by 4, which must divide the frame size (H, W) = (30, 46)"
 
 

@@ -2,13 +2,14 @@ import pytest
 import torch
 
 from futureseg.errors import ConfigError
-from futureseg.models import (
-    ConvLSTMConfig,
-    SimVPConfig,
-    build_predictor,
-    count_parameters,
-    scheduled_sampling_ratio,
-)
+from futureseg.models import predictors
+from futureseg.models.predictors import count_parameters, scheduled_sampling_ratio
+from futureseg.models.predictors.convlstm import ConvLSTMConfig
+from futureseg.models.predictors.simvp import SimVPConfig
+
+
+def build_predictor(name, in_shape, **settings):
+    return predictors.build(name, in_shape, settings)
 
 TINY = (11, 3, 32, 48)
 SMALL_SIMVP = dict(hid_S=8, hid_T=32, N_S=2, N_T=2, mlp_ratio=4.0)

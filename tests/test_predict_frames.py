@@ -3,7 +3,6 @@ frame_indices, sharded or whole, and GIFs of input → true | predicted."""
 
 import argparse
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -27,7 +26,8 @@ def trained(tiny_dataset, tmp_path_factory):
         "--cache", str(folder / "train.npy"), "--val-cache", str(folder / "val.npy"),
         "--mean-std", str(folder / "mean_std.json"), "--out", str(folder / "model.pt"),
         "--metrics", str(folder / "metrics.csv"), "--checkpoints", str(folder / "checkpoints"),
-        "--hid-s", "8", "--hid-t", "16", "--n-s", "2", "--n-t", "2", "--batch-size", "1", "--max-steps", "2",
+        "--model", "simvp", "--model-config", '{"hid_S": 8, "hid_T": 16, "N_S": 2, "N_T": 2}',
+        "--epochs", "4", "--lr", "0.002", "--weight-decay", "0.05", "--batch-size", "1", "--max-steps", "2",
         "--threads", "1", "--loader-workers", "0",
     ]))
     torch.set_num_threads(threads)

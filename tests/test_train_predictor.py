@@ -20,7 +20,8 @@ from futureseg.training import NonFiniteLoss, load_checkpoint
 
 # A tiny SimVP (IncepU translator: GroupNorm only, so DDP and one process see the same batch
 # statistics) and settings that keep every run to a few seconds on 2 cores.
-TINY = ["--translator", "incepu", "--hid-s", "8", "--hid-t", "16", "--n-s", "2", "--n-t", "2",
+TINY = ["--model", "simvp", "--model-config", json.dumps({"translator": "incepu", "hid_S": 8, "hid_T": 16, "N_S": 2, "N_T": 2}),
+        "--epochs", "4", "--batch-size", "8", "--lr", "0.002", "--weight-decay", "0.05",
         "--threads", "1", "--loader-workers", "0", "--log-every", "1"]
 
 VERB = [sys.executable, "-m", "futureseg", "train-predictor"]
@@ -48,10 +49,11 @@ def _args(caches, out, *extra, cache=("unlabeled", "train")):
 def _argv(args) -> list[str]:
     """The command line of a parsed Namespace (for the subprocess runs)."""
     argv = ["--cache", *args.cache]
-    for key in ("val_cache", "mean_std", "out", "metrics", "checkpoints", "model", "translator", "hid_s",
-                "hid_t", "n_s", "n_t", "epochs", "batch_size", "lr", "seed", "max_steps", "checkpoint_every",
-                "log_every", "val_limit", "threads", "loader_workers"):
-        argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    for key in ("val_cache", "mean_std", "out", "metrics", "checkpoints", "model", "model_config", "epochs",
+                "batch_size", "lr", "weight_decay", "seed", "max_steps", "checkpoint_every", "log_every",
+                "val_limit", "threads", "loader_workers"):
+        value = getattr(args, key)
+        argv += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else str(value)]
     return argv
 
 
@@ -112,18 +114,18 @@ def test_training_lowers_the_loss_and_logs_the_baseline(caches, tmp_path, one_th
 
 
 def test_convlstm_trains_with_scheduled_sampling(caches, tmp_path, one_thread, monkeypatch):
-    from futureseg.models import convlstm
+    from futureseg.models import predictors
 
     ratios = []
-    real_ratio = convlstm.scheduled_sampling_ratio
+    real_ratio = predictors.scheduled_sampling_ratio
 
     def recording_ratio(step, total_steps, *a, **kw):
         ratios.append(real_ratio(step, total_steps, *a, **kw))
         return ratios[-1]
 
-    monkeypatch.setattr(convlstm, "scheduled_sampling_ratio", recording_ratio)
-    args = _args(caches, tmp_path, "--model", "convlstm", "--patch-size", "4", "--num-hidden", "8,8",
-                 "--filter-size", "3", "--epochs", "6", "--batch-size", "2", "--lr", "0.01", cache=("val",))
+    monkeypatch.setattr(predictors, "scheduled_sampling_ratio", recording_ratio)
+    args = _args(caches, tmp_path, "--model", "convlstm",
+                 "--model-config", json.dumps({"patch_size": 4, "num_hidden": [8, 8], "filter_size": 3}), "--epochs", "6", "--batch-size", "2", "--lr", "0.01", cache=("val",))
     train_predictor.train(args)
     losses = [float(r["train_loss"]) for r in _rows(tmp_path / "metrics.csv")]
     assert losses[-1] < losses[0], losses

@@ -70,5 +70,18 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(s for s in text.split(",") if s)
 
 
+def json_object(text: str) -> dict:
+    """argparse type of --model-config: a JSON object (a model's config section)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of settings, got {text!r}")
+    return value
+
+
 if __name__ == "__main__":
     sys.exit(main())

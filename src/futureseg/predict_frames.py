@@ -46,16 +46,9 @@ def parse_frames(text: str) -> list[int]:
 
 def load_predictor(path: str | Path, device):
     """The model and the dict saved by `train-predictor` (read weights-only)."""
-    from .train_predictor import build_model
-    from .training import load_checkpoint
+    from .models import predictors
 
-    saved = load_checkpoint(path)
-    missing = [k for k in ("model_name", "model_config", "in_shape", "mean", "std") if k not in saved]
-    if missing:
-        raise FuturesegError(f"{path}: not a predictor model file (no {', '.join(missing)}); "
-                             "expected the --out of `futureseg train-predictor`")
-    model = build_model(saved["model_name"], saved["in_shape"], saved["model_config"])
-    model.load_state_dict(saved["model"])
+    model, saved = predictors.load(path)
     return model.to(device).eval(), saved
 
 

@@ -11,6 +11,7 @@ Validation at each epoch end: `val_iou` of frame 21 over the val videos (`--val-
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -32,7 +33,7 @@ def train(args) -> dict:
                         macro_iou, normalisation)
     from .frame_cache import load_cache
     from .models.unet import UNet, UNetConfig
-    from .training import adamw_one_cycle, autocast, fit, plan_steps, seed_everything, select_device
+    from .training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     args.iou_finetune_epochs = 0
     check_training_settings(args)
@@ -97,9 +98,9 @@ def train(args) -> dict:
 
     return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
                metrics_out=args.metrics, out=args.out, model_file={"kind": "direct", "model_config": config},
-               n_samples=len(samples), batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-               max_steps=args.max_steps, desc="direct U-Net")
+               epochs=args.epochs, total_steps=total_steps,
+               epoch_batches=functools.partial(epoch_order, len(samples), args.batch_size, args.seed),
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="direct U-Net")
 
 
 VERB = "train-direct"

@@ -21,28 +21,15 @@ and score it against val's true mask 21 (`val_iou`, the competition metric), nex
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 
 import numpy as np
 
 from . import data
-from .errors import ConfigError, DataError
+from .errors import DataError
 
 log = logging.getLogger("futureseg")
-
-
-def parse_model_config(text: str) -> dict:
-    """argparse type of --model-config: a JSON object."""
-    import argparse
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object of settings, got {text!r}")
-    return value
 
 
 def train(args) -> dict:
@@ -50,7 +37,7 @@ def train(args) -> dict:
 
     from .dense import check_training_settings, dense_losses, flip_together, forecast_masks, load_mask_cache, macro_iou
     from .models import forecasters
-    from .training import adamw_one_cycle, autocast, fit, plan_steps, seed_everything, select_device
+    from .training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     check_training_settings(args)
     if args.threads:
@@ -101,18 +88,19 @@ def train(args) -> dict:
 
     return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
                metrics_out=args.metrics, out=args.out, model_file={"kind": "mask_forecaster", "model_config": config},
-               n_samples=len(sequences), batch_size=args.batch_size, epochs=epochs, seed=args.seed,
-               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-               max_steps=args.max_steps, desc="mask forecaster")
+               epochs=epochs, total_steps=total_steps,
+               epoch_batches=functools.partial(epoch_order, len(sequences), args.batch_size, args.seed),
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="mask forecaster")
 
 
 VERB = "train-forecaster"
-HELP = "train the mask forecaster (SimVP or ConvLSTM over class embeddings) on mask sequences (route masks)"
+HELP = "train the mask forecaster (a frame predictor over class embeddings) on mask sequences (route masks)"
 
 
 def add_arguments(parser) -> None:
-    from .cli import comma_list
+    from .cli import comma_list, json_object
     from .dense import add_training_arguments
+    from .models import forecasters
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root: true masks of --label-splits and of val")
@@ -123,8 +111,8 @@ def add_arguments(parser) -> None:
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("simvp", "convlstm"), required=True, help="the predictor run over the embeddings")
-    model.add_argument("--model-config", type=parse_model_config, default={},
+    model.add_argument("--model", choices=forecasters.names(), required=True, help="the predictor run over the embeddings")
+    model.add_argument("--model-config", type=json_object, default={},
                        help='its settings as JSON, e.g. \'{"embed_dim": 16, "hid_S": 32, "N_T": 4}\' '
                             "(unset ones take the model's defaults)")
     opt = add_training_arguments(parser, "epochs of cross-entropy")

@@ -1,4 +1,5 @@
-"""Stage 2: train the frame predictor (SimVP or ConvLSTM), self-supervised on whole videos.
+"""Stage 2: train the frame predictor (any of `futureseg.models.predictors`), self-supervised on
+whole videos.
 
 Input frames 0…10, target frames 11…21, both normalised with the dataset's per-channel
 mean/std; MSE loss; AdamW under one OneCycleLR schedule spanning every step of the run.
@@ -31,51 +32,26 @@ draw differently from one process (same distribution, other samples).
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import data
 from .errors import ConfigError, DataError
-from .io import atomic_path
 
 log = logging.getLogger("futureseg")
 
-MODEL_NAMES = ("simvp", "convlstm")
-TRANSLATORS = ("gsta", "incepu")
 N_FUTURE = data.N_FRAMES - data.N_INPUT  # frames 11…21
 
 
 # ---------------------------------------------------------------- settings
 
 
-def model_config(args) -> dict:
-    """The chosen model's settings given on the command line (only its own: the other
-    model's sizes do not matter to it)."""
-    if args.model == "simvp":
-        return {"hid_S": args.hid_s, "hid_T": args.hid_t, "N_S": args.n_s, "N_T": args.n_t,
-                "translator": args.translator, "drop_path": args.drop_path}
-    if args.model == "convlstm":
-        return {"patch_size": args.patch_size, "num_hidden": list(args.num_hidden), "filter_size": args.filter_size}
-    raise ConfigError(f"--model {args.model!r}: expected one of {', '.join(MODEL_NAMES)}")
-
-
-def full_model_config(model) -> dict:
-    """Every field of the built model's config dataclass (defaults included, so a saved
-    model rebuilds the same even if a default changes later), as a plain dict."""
-    import dataclasses
-
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(model.config).items() if k != "in_shape"}
-
-
 def build_model(model_name: str, in_shape, config: dict):
-    """The predictor from a plain config dict (lists become the tuples the configs hold)."""
-    from .models import build_predictor
+    """The predictor from the registry (a seam the tests wrap to inject faults)."""
+    from .models import predictors
 
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return build_predictor(model_name, in_shape=tuple(in_shape), **kwargs)
+    return predictors.build(model_name, in_shape, config)
 
 
 def check_settings(args) -> None:
@@ -250,23 +226,17 @@ def evaluate(model, videos: CachedVideos, rows, mean, std, device, batch_size: i
     return result
 
 
-# ---------------------------------------------------------------- RNG state (weights-only)
-
-
 # ---------------------------------------------------------------- training
 
 
 def train(args) -> dict:
     """Train (or resume, or just re-export a finished run); return the final val metrics."""
     import torch
-    import torch.distributed as dist
     import torch.nn.functional as F
 
     from . import mean_std as mean_std_module
-    from .training import (MetricsLog, StopFlag, TrainingInterrupted, autocast, check_finite,
-                           checkpoint_path, cleanup_distributed, fingerprint, progress, resume,
-                           rng_state, save_checkpoint, seed_everything, select_device,
-                           setup_distributed)
+    from .models import predictors
+    from .training import autocast, cleanup_distributed, fit, seed_everything, select_device, setup_distributed
 
     check_settings(args)
     if args.threads:
@@ -294,8 +264,8 @@ def train(args) -> dict:
         mean_values, std_values = mean_std_module.load(args.mean_std)
         in_shape = (data.N_INPUT, 3, *train_videos.frame_size)
         seed_everything(args.seed)  # the same initial weights on every rank
-        model = build_model(args.model, in_shape, model_config(args))
-        config = full_model_config(model)
+        model = build_model(args.model, in_shape, args.model_config)
+        config = predictors.model_config(model)
 
         steps_per_epoch = len(train_videos) // args.batch_size
         total_steps = args.epochs * steps_per_epoch
@@ -309,10 +279,6 @@ def train(args) -> dict:
             "train_caches": [[p.name, list(s)] for p, s in zip(train_videos.paths, train_videos.shapes)],
             "val_cache": [val_videos.paths[0].name, list(val_videos.shapes[0])],
         }
-        fp = fingerprint(settings)
-        ckpt_path = checkpoint_path(args.checkpoints, fp)
-        run_dir = ckpt_path.parent
-
         if world > 1 and device.type == "cuda":
             # batch statistics over the global batch, as in a one-process run (SyncBatchNorm
             # exists only for GPUs: on CPU each rank normalises over its own share)
@@ -320,17 +286,6 @@ def train(args) -> dict:
         model = model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
-        step, tally, last_val = 0, {"window_sum": 0.0, "window_steps": 0, "epoch_sum": 0.0, "epoch_steps": 0}, {}
-        resumed = resume(ckpt_path, fp, model.load_state_dict, optimizer, scheduler)
-        if resumed:
-            step, tally, last_val = resumed
-            if rank == 0:
-                log.info("resuming from %s at step %d (epoch %d, batch %d of %d)", ckpt_path, step,
-                         step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
-        elif rank == 0:
-            log.info("training %s from scratch: %d steps (%d epochs × %d), checkpoints in %s",
-                     args.model, total_steps, args.epochs, steps_per_epoch, run_dir)
-
         train_model = model
         if world > 1:
             train_model = torch.nn.parallel.DistributedDataParallel(
@@ -338,95 +293,36 @@ def train(args) -> dict:
         mean = torch.as_tensor(mean_values, device=device).view(1, 1, 3, 1, 1)
         std = torch.as_tensor(std_values, device=device).view(1, 1, 3, 1, 1)
         val_rows = list(range(len(val_videos)))[: args.val_limit or None][rank::world]
-        metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step,
-                             tensorboard_dir=run_dir / "tensorboard") if rank == 0 else None
-        copy_last = {k: v for k, v in last_val.items() if k.startswith("copy_last_")}
+        copy_last = {}  # the baseline's figures: the same at every validation, computed once
 
-        def save():
-            if rank == 0:
-                save_checkpoint(ckpt_path, {
-                    "fingerprint": fp, "settings": settings, "step": step,
-                    "epoch": step // steps_per_epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "tally": tally, "val_metrics": last_val,
-                })
+        def step_losses(epoch, frames, step, total):
+            x = normalise(frames, mean, std, device)
+            inputs, targets = x[:, : data.N_INPUT], x[:, data.N_INPUT :]
+            ratio = predictors.scheduled_sampling_ratio(step, total)
+            with autocast(device):
+                predicted = train_model(inputs, target=targets, sampling_ratio=ratio)
+            return {"loss": F.mse_loss(predicted.float(), targets)}
 
-        if args.model == "convlstm":
-            from .models.convlstm import scheduled_sampling_ratio
+        def validate():
+            scores = evaluate(model, val_videos, val_rows, mean, std, device, args.batch_size,
+                              args.loader_workers, with_copy_last=not copy_last)
+            copy_last.update({k: v for k, v in scores.items() if k.startswith("copy_last_")})
+            return {**scores, **copy_last}
 
-        train_model.train()
-        with StopFlag() as stop:
-            while step < total_steps:
-                epoch, done_in_epoch = divmod(step, steps_per_epoch)
-                batches = epoch_batches(len(train_videos), args.batch_size, args.seed, epoch)
-                batches = batches[done_in_epoch : done_in_epoch + total_steps - step]
-                local = [rank_slice(b, rank, world) for b in batches]
-                frames_iter = loader(train_videos, local, args.loader_workers, device.type == "cuda")
-                if rank == 0:
-                    frames_iter = progress(frames_iter, total=steps_per_epoch, initial=done_in_epoch,
-                                           desc=f"epoch {epoch + 1}/{args.epochs}")
-                for frames in frames_iter:
-                    x = normalise(frames, mean, std, device)
-                    inputs, targets = x[:, : data.N_INPUT], x[:, data.N_INPUT :]
-                    with autocast(device):
-                        if args.model == "convlstm":
-                            ratio = scheduled_sampling_ratio(step, total_steps)
-                            predicted = train_model(inputs, target=targets, sampling_ratio=ratio)
-                        else:
-                            predicted = train_model(inputs)
-                    loss = F.mse_loss(predicted.float(), targets)
-                    # One collective per step carries the loss (for the log and the NaN check)
-                    # and the stop flag, so every rank stops, or fails, at the same step.
-                    status = torch.stack([loss.detach(), torch.tensor(float(stop.raised), device=device)])
-                    if world > 1:
-                        dist.all_reduce(status)
-                    loss_sum, stop_requests = status.tolist()  # the step's one device sync
-                    loss_value = loss_sum / world
-                    check_finite(torch.tensor(loss_value), step + 1, ckpt_path)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    lr = scheduler.get_last_lr()[0]  # the rate this step used
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                    for key in ("window", "epoch"):
-                        tally[f"{key}_sum"] += loss_value
-                        tally[f"{key}_steps"] += 1
-                    epoch_end = step % steps_per_epoch == 0 or step == total_steps
-                    if metrics is not None and args.log_every and step % args.log_every == 0 and not epoch_end:
-                        metrics.log(step, epoch=epoch + 1, lr=lr,
-                                    train_loss=tally["window_sum"] / tally["window_steps"])
-                    if args.log_every and step % args.log_every == 0:
-                        tally["window_sum"], tally["window_steps"] = 0.0, 0
-                    if epoch_end:
-                        last_val = evaluate(model, val_videos, val_rows, mean, std, device, args.batch_size,
-                                            args.loader_workers, with_copy_last=not copy_last)
-                        copy_last = copy_last or {k: v for k, v in last_val.items() if k.startswith("copy_last_")}
-                        last_val.update(copy_last)
-                        if metrics is not None:
-                            metrics.log(step, epoch=epoch + 1, lr=lr,
-                                        train_loss=tally["epoch_sum"] / tally["epoch_steps"], **last_val)
-                        tally = {"window_sum": 0.0, "window_steps": 0, "epoch_sum": 0.0, "epoch_steps": 0}
-                    if step % args.checkpoint_every == 0 or epoch_end or stop_requests:
-                        save()
-                    if stop_requests:
-                        if stop.raised:
-                            stop.interrupt(ckpt_path, step)
-                        raise TrainingInterrupted(f"{ckpt_path}: another process received a stop signal "
-                                                  f"at step {step}; checkpoint written, rerun to resume")
+        def epoch_batches_of(epoch):
+            return epoch_batches(len(train_videos), args.batch_size, args.seed, epoch)
 
-        if rank == 0:
-            save_checkpoint(args.out, {
-                "model": model.state_dict(), "model_name": args.model, "model_config": config,
-                "in_shape": list(in_shape), "mean": settings["mean"], "std": settings["std"],
-                "fingerprint": fp, "settings": settings, "step": step, "val_metrics": last_val,
-            })
-            with atomic_path(args.metrics) as tmp:
-                shutil.copyfile(run_dir / "metrics.csv", tmp)
-            log.info("wrote %s (step %d): val SSIM f21 %.4f (copy-last %.4f), PSNR f21 %.2f (copy-last %.2f)",
-                     args.out, step, last_val["val_ssim_f21"], last_val["copy_last_ssim_f21"],
-                     last_val["val_psnr_f21"], last_val["copy_last_psnr_f21"])
-        return last_val
+        def read_batches(batches):
+            local = [rank_slice(b, rank, world) for b in batches]
+            return loader(train_videos, local, args.loader_workers, device.type == "cuda")
+
+        return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
+                   checkpoints=args.checkpoints, metrics_out=args.metrics, out=args.out,
+                   model_file={"model_name": args.model, "model_config": config, "in_shape": list(in_shape),
+                               "mean": settings["mean"], "std": settings["std"]},
+                   epochs=args.epochs, total_steps=total_steps, epoch_batches=epoch_batches_of,
+                   read_batches=read_batches, checkpoint_every=args.checkpoint_every, step_losses=step_losses,
+                   validate=validate, log_every=args.log_every, rank=rank, world=world, desc=args.model)
     finally:
         cleanup_distributed()
 
@@ -434,19 +330,12 @@ def train(args) -> dict:
 # ---------------------------------------------------------------- CLI
 
 VERB = "train-predictor"
-HELP = "train the frame predictor (SimVP or ConvLSTM) on cached frames (stage 2)"
+HELP = "train the frame predictor (SimVP, ConvLSTM, ConvGRU) on cached frames (stage 2)"
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    from .cli import comma_list
-
-    def int_list(text):
-        try:
-            return tuple(int(v) for v in comma_list(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 32,32") from None
+    from .cli import json_object
+    from .models import predictors
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--cache", nargs="+", required=True, help="frame caches (.npy) of the training splits")
@@ -457,21 +346,16 @@ def add_arguments(parser) -> None:
     io.add_argument("--checkpoints", required=True,
                     help="folder of per-config checkpoint folders (last.pt, live metrics.csv, tensorboard/)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=MODEL_NAMES, default="simvp")
-    model.add_argument("--translator", choices=TRANSLATORS, default="gsta", help="SimVP's temporal module")
-    model.add_argument("--hid-s", type=int, default=16, help="SimVP spatial channels")
-    model.add_argument("--hid-t", type=int, default=64, help="SimVP temporal channels")
-    model.add_argument("--n-s", type=int, default=2, help="SimVP encoder/decoder blocks")
-    model.add_argument("--n-t", type=int, default=4, help="SimVP translator blocks")
-    model.add_argument("--drop-path", type=float, default=0.0, help="SimVP stochastic depth rate")
-    model.add_argument("--patch-size", type=int, default=4, help="ConvLSTM space-to-depth patch")
-    model.add_argument("--num-hidden", type=int_list, default=(32, 32), help="ConvLSTM channels per layer, e.g. 32,32")
-    model.add_argument("--filter-size", type=int, default=3, help="ConvLSTM kernel size")
+    model.add_argument("--model", choices=predictors.names(), required=True, help="the predictor (its module name)")
+    model.add_argument("--model-config", type=json_object, default={},
+                       help='its settings as JSON (its config section), e.g. \'{"hid_S": 16, "N_S": 2}\'; '
+                            "unset ones take the defaults of its Config dataclass")
+    # No defaults of its own for what shapes the weights: the rule passes config.yaml's.
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=4)
-    opt.add_argument("--batch-size", type=int, default=8, help="global batch (split across DDP ranks)")
-    opt.add_argument("--lr", type=float, default=2e-3, help="OneCycleLR peak learning rate")
-    opt.add_argument("--weight-decay", type=float, default=0.05)
+    opt.add_argument("--epochs", type=int, required=True)
+    opt.add_argument("--batch-size", type=int, required=True, help="global batch (split across DDP ranks)")
+    opt.add_argument("--lr", type=float, required=True, help="OneCycleLR peak learning rate")
+    opt.add_argument("--weight-decay", type=float, required=True)
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
     run = parser.add_argument_group("run")

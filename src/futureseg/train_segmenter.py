@@ -41,19 +41,18 @@ whole set: `val_oracle_iou`, the ceiling a perfect frame predictor would reach.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import data, dense
-from .errors import ConfigError, DataError, FuturesegError
-from .io import atomic_path
+from .errors import ConfigError, DataError
 
 log = logging.getLogger("futureseg")
 
@@ -263,6 +262,18 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> flo
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
 
 
+def warmup_cosine(optimizer, base_lr: float, warmup_steps: int, total_steps: int):
+    """`lr_at` as the torch scheduler `training.fit` steps: it sets every group's rate to
+    lr_at(step) itself (not a factor of it), the rates of the loop this replaced."""
+    import torch
+
+    class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
+        def get_lr(self):
+            return [lr_at(self.last_epoch, base_lr, warmup_steps, total_steps) for _ in self.optimizer.param_groups]
+
+    return WarmupCosine(optimizer)
+
+
 def make_optimizer(model, lr: float, weight_decay: float):
     """SGD with momentum; no weight decay on 1-D parameters (norm weights, biases).
     The fused implementation (CPU and CUDA) updates each parameter in one pass instead of
@@ -307,8 +318,7 @@ def train(args) -> dict:
     import torch
 
     from .models.segmenters import Segmenter, build_backend
-    from .training import (MetricsLog, StopFlag, autocast, check_finite, checkpoint_path, fingerprint,
-                           progress, resume, rng_state, save_checkpoint, seed_everything, select_device)
+    from .training import autocast, fit, plan_steps, seed_everything, select_device
 
     check_settings(args)
     if args.threads:
@@ -320,104 +330,49 @@ def train(args) -> dict:
     mean01, std01 = dense.normalisation(args.mean_std)
     config = model_config(args, dataset.size, mean01, std01)
     val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
-
-    steps_per_epoch = math.ceil(len(dataset) / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    if args.max_steps:
-        total_steps = min(total_steps, args.max_steps)
+    _, total_steps = plan_steps(len(dataset), args.batch_size, args.epochs, args.max_steps)
     settings = {
         "backend": args.backend, "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
-        "seed": args.seed, "min_fragment": args.min_fragment, "total_steps": total_steps,
-        "training_set": dataset.fingerprint(),
+        "seed": args.seed, "min_fragment": args.min_fragment, "training_set": dataset.fingerprint(),
     }
-    fp = fingerprint(settings)
-    ckpt_path = checkpoint_path(args.checkpoints, fp)
-    run_dir = ckpt_path.parent
-
     seed_everything(args.seed)
     backend = build_backend(args.backend, config)
     model = backend.model.to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    step, tally, last_val = 0, {}, {}
-    resumed = resume(ckpt_path, fp, backend.load_state_dict, optimizer)
-    if resumed:
-        step, tally, last_val = resumed
-        log.info("resuming from %s at step %d of %d (epoch %d, batch %d of %d)", ckpt_path, step, total_steps,
-                 step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
-    else:
-        log.info("training %s Mask R-CNN (%s) from scratch: %d steps (%d epochs × %d batches of %d), "
-                 "checkpoints in %s", args.backend, args.backbone, total_steps, args.epochs, steps_per_epoch,
-                 args.batch_size, run_dir)
-    metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step, tensorboard_dir=run_dir / "tensorboard")
+    scheduler = warmup_cosine(optimizer, args.lr, args.warmup_steps, total_steps)
+    clock = {}  # the first and latest step since the last validation, and when the first began
 
-    def save():
-        save_checkpoint(ckpt_path, {
-            "fingerprint": fp, "settings": settings, "step": step, "model": backend.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": rng_state(), "tally": tally,
-            "val_metrics": last_val,
-        })
+    def step_losses(epoch, batch, step, total):
+        clock.setdefault("started", time.perf_counter())
+        clock.setdefault("first", step)
+        clock["last"] = step
+        images, targets = batch
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        with autocast(device):
+            losses = backend.losses(images, targets)
+        return {"loss": sum(losses.values()), **losses}
 
     def validate() -> dict:
         started = time.perf_counter()
+        timing = {}
+        if clock:
+            steps = clock["last"] - clock["first"] + 1
+            timing = {"seconds_per_step": round((started - clock["started"]) / steps, 4)}
+            clock.clear()
         iou = oracle_iou(Segmenter("maskrcnn", backend, args.score_threshold), val_frames, val_masks,
                          args.val_batch_size, device)
-        model.train()
-        return {"val_oracle_iou": iou, "val_seconds": round(time.perf_counter() - started, 3)}
+        return {**timing, "val_oracle_iou": iou, "val_seconds": round(time.perf_counter() - started, 3)}
 
-    model.train()
-    with StopFlag() as stop:
-        while step < total_steps:
-            epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
-            batches = batches[done_in_epoch : done_in_epoch + total_steps - step]
-            started, first_step = time.perf_counter(), step
-            for images, targets in progress(loader(dataset, batches, args.workers, args.seed),
-                                            total=steps_per_epoch, initial=done_in_epoch,
-                                            desc=f"epoch {epoch + 1}/{args.epochs}"):
-                images = [image.to(device, non_blocking=True) for image in images]
-                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-                lr = lr_at(step, args.lr, args.warmup_steps, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast(device):
-                    losses = backend.losses(images, targets)
-                loss = sum(losses.values())
-                check_finite(loss.detach(), step + 1, ckpt_path)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                for name, value in (("loss", loss), *losses.items()):
-                    tally[name] = tally.get(name, 0.0) + float(value.detach())
-                tally["steps"] = tally.get("steps", 0) + 1
-                epoch_end = step % steps_per_epoch == 0 or step == total_steps
-                if epoch_end:
-                    last_val = validate()
-                    n = tally.pop("steps")
-                    train_seconds = time.perf_counter() - started - last_val["val_seconds"]
-                    metrics.log(step, epoch=epoch + 1, lr=lr, **{k: v / n for k, v in tally.items()},
-                                seconds_per_step=round(train_seconds / (step - first_step), 4), **last_val)
-                    tally = {}
-                if epoch_end or step % args.checkpoint_every == 0 or stop.raised:
-                    save()
-                if stop.raised:
-                    stop.interrupt(ckpt_path, step)
-
-    save_checkpoint(args.out, {
-        "fingerprint": fp, "segmenter": "maskrcnn", "backend": args.backend, "model_config": config, "model": backend.state_dict(),
-        "settings": settings, "step": step, "val_metrics": last_val,
-    })
-    if (run_dir / "metrics.csv").exists():
-        with atomic_path(args.metrics) as tmp:
-            shutil.copyfile(run_dir / "metrics.csv", tmp)
-    else:  # a finished run whose live CSV was removed: validate once more to write it
-        last_val = validate()
-        metrics.log(step, epoch=args.epochs, **last_val)
-        with atomic_path(args.metrics) as tmp:
-            shutil.copyfile(run_dir / "metrics.csv", tmp)
-    log.info("wrote %s (step %d): val oracle IoU %.4f", args.out, step, last_val.get("val_oracle_iou", float("nan")))
-    return last_val
+    return fit(model=model, weights=backend, optimizer=optimizer, scheduler=scheduler, settings=settings,
+               checkpoints=args.checkpoints, metrics_out=args.metrics, out=args.out,
+               model_file={"segmenter": "maskrcnn", "backend": args.backend, "model_config": config},
+               epochs=args.epochs, total_steps=total_steps,
+               epoch_batches=functools.partial(epoch_batches, len(dataset), args.batch_size, args.seed),
+               read_batches=lambda batches: loader(dataset, batches, args.workers, args.seed),
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
+               loss_prefix="", desc=f"{args.backend} Mask R-CNN ({args.backbone})")
 
 
 def train_unet(args) -> dict:
@@ -431,7 +386,7 @@ def train_unet(args) -> dict:
     from .dense import dense_losses
     from .models.segmenters import build
     from .models.unet import UNetConfig
-    from .training import adamw_one_cycle, autocast, fit, plan_steps, seed_everything, select_device
+    from .training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     check_settings(args)
     for name in ("soft_iou_weight", "background_weight"):
@@ -469,9 +424,9 @@ def train_unet(args) -> dict:
 
     return fit(model=net, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
                metrics_out=args.metrics, out=args.out, model_file={"segmenter": "unet", "model_config": config},
-               n_samples=len(dataset), batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-               max_steps=args.max_steps, desc="U-Net segmenter")
+               epochs=args.epochs, total_steps=total_steps,
+               epoch_batches=functools.partial(epoch_order, len(dataset), args.batch_size, args.seed),
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="U-Net segmenter")
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,4 +1,4 @@
-"""What both training stages share: checkpoints, stop signals, metrics, progress, devices, DDP.
+"""What every trainer shares: the training loop `fit`, checkpoints, stop signals, metrics, progress, devices, DDP.
 
 Contract (DESIGN.md §6): checkpoints are written atomically every N steps and at the end;
 a rerun resumes from the last checkpoint of the same config; SIGTERM/SIGUSR1 (SLURM time
@@ -273,7 +273,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------- the dense trainers' loop
+# ---------------------------------------------------------------- the training loop
 
 
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -292,81 +292,122 @@ def plan_steps(n_samples: int, batch_size: int, epochs: int, max_steps: int = 0)
 
 
 def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out, out, model_file: dict,
-        n_samples: int, batch_size: int, epochs: int, seed: int, checkpoint_every: int, step_losses, validate,
-        max_steps: int = 0, desc: str = "train") -> dict:
-    """The resumable training loop of the dense models (U-Net segmenter, mask forecaster,
-    direct U-Net); each brings its own `step_losses` and `validate`.
+        epochs: int, epoch_batches, total_steps: int, checkpoint_every: int, step_losses, validate,
+        read_batches=None, weights=None, log_every: int = 0, loss_prefix: str = "train_", rank: int = 0,
+        world: int = 1, desc: str = "train") -> dict:
+    """The one resumable training loop; every trainer (frame predictor, both segmenters, mask
+    forecaster, direct U-Net) brings its own batches, step and validation.
 
-    step_losses(epoch, indices, step, total_steps) -> dict of scalar loss tensors whose
-    "loss" entry is minimised (the others are logged); indices are the batch's sample
-    numbers, epoch seeds their augmentation. validate() -> dict of floats, run at each
-    epoch end. The checkpoint (`<checkpoints>/<fingerprint of settings>/last.pt`) holds the
-    model, optimizer, scheduler, every RNG and the running loss sums, so a resumed run ends
-    with the weights of an uninterrupted one. SIGTERM/SIGUSR1 write it and stop; a NaN loss
-    stops with the last good one kept. At the end it writes the model file `out`:
-    `model_file` (what rebuilds the model: its kind, its config) with the weights, the
-    fingerprint, the settings, the step and the last validation metrics, which it returns.
+    epoch_batches(epoch) -> the epoch's batches (a list whose length, the steps per epoch,
+    is the same every epoch), drawn from (seed, epoch) alone so that a resumed run draws the
+    batches an uninterrupted one would. read_batches(batches) -> an iterable of what
+    step_losses gets per batch (a DataLoader; default: the batches themselves).
+    step_losses(epoch, batch, step, total_steps) -> dict of scalar loss tensors whose "loss"
+    entry is minimised (all are logged, named `loss_prefix` + key). validate() -> dict of
+    floats, run at each epoch end. `weights` (default: `model`) is what the checkpoint
+    saves and restores (state_dict / load_state_dict).
+
+    The checkpoint (`<checkpoints>/<fingerprint of settings>/last.pt`) holds the weights,
+    optimizer, scheduler, every RNG and the running loss sums, so a resumed run ends with the
+    weights of an uninterrupted one. It is written every `checkpoint_every` steps and at
+    each epoch end; SIGTERM/SIGUSR1 write it and stop; a NaN loss stops with the last good
+    one kept. `log_every` > 0 adds a training-loss row every that many steps. Under DDP
+    (world > 1) one all-reduce per step carries the losses and the stop flag, so every rank
+    logs the global mean and stops, or fails, at the same step; rank 0 alone writes files.
+    At the end it writes the model file `out`: `model_file` (what rebuilds the model: its
+    kind, its config) with the weights, the fingerprint, the settings, the step and the last
+    validation metrics, which it returns.
     """
-    steps_per_epoch, total_steps = plan_steps(n_samples, batch_size, epochs, max_steps)
+    weights = model if weights is None else weights
+    steps_per_epoch = len(epoch_batches(0))
     settings = {**settings, "total_steps": total_steps}
     fp = fingerprint(settings)
     ckpt_path = checkpoint_path(checkpoints, fp)
     run_dir = ckpt_path.parent
-    step, tally, last_val = 0, {}, {}
-    resumed = resume(ckpt_path, fp, model.load_state_dict, optimizer, scheduler)
+    step, tally, last_val = 0, {"epoch": {}, "window": {}}, {}
+    resumed = resume(ckpt_path, fp, weights.load_state_dict, optimizer, scheduler)
     if resumed:
         step, tally, last_val = resumed
-        log.info("resuming from %s at step %d of %d", ckpt_path, step, total_steps)
-    else:
-        log.info("%s from scratch: %d steps (%d epochs × %d batches of %d), checkpoints in %s",
-                 desc, total_steps, epochs, steps_per_epoch, batch_size, run_dir)
-    metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step, tensorboard_dir=run_dir / "tensorboard")
+        if rank == 0:
+            log.info("resuming from %s at step %d of %d (epoch %d, batch %d of %d)", ckpt_path, step, total_steps,
+                     step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
+    elif rank == 0:
+        log.info("%s from scratch: %d steps (%d epochs × %d batches), checkpoints in %s",
+                 desc, total_steps, epochs, steps_per_epoch, run_dir)
+    metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step,
+                         tensorboard_dir=run_dir / "tensorboard") if rank == 0 else None
 
     def save():
-        save_checkpoint(ckpt_path, {
-            "fingerprint": fp, "settings": settings, "step": step, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-            "tally": tally, "val_metrics": last_val,
-        })
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "fingerprint": fp, "settings": settings, "step": step, "model": weights.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "tally": tally, "val_metrics": last_val,
+            })
+
+    def means(sums: dict) -> dict:
+        n = sums.get("steps", 0)
+        return {f"{loss_prefix}{k}": v / n for k, v in sums.items() if k != "steps"}
 
     model.train()
     with StopFlag() as stop:
         while step < total_steps:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            batches = epoch_order(n_samples, batch_size, seed, epoch)[done_in_epoch : done_in_epoch + total_steps - step]
-            for indices in progress(batches, total=steps_per_epoch, initial=done_in_epoch,
-                                    desc=f"{desc} epoch {epoch + 1}/{epochs}"):
-                losses = step_losses(epoch, indices, step, total_steps)
-                check_finite(losses["loss"].detach(), step + 1, ckpt_path)
+            batches = epoch_batches(epoch)[done_in_epoch : done_in_epoch + total_steps - step]
+            items = batches if read_batches is None else read_batches(batches)
+            if rank == 0:
+                items = progress(items, total=steps_per_epoch, initial=done_in_epoch,
+                                 desc=f"{desc} epoch {epoch + 1}/{epochs}")
+            for batch in items:
+                losses = step_losses(epoch, batch, step, total_steps)
+                # One device sync (and, under DDP, one collective) per step carries the
+                # losses for the log and the NaN check, and the stop flag.
+                status = torch.stack([*(v.detach().float() for v in losses.values()),
+                                      torch.tensor(float(stop.raised), device=losses["loss"].device)])
+                if world > 1:
+                    dist.all_reduce(status)
+                *values, stop_requests = status.tolist()
+                values = dict(zip(losses, (v / world for v in values)))
+                check_finite(torch.tensor(values["loss"]), step + 1, ckpt_path)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 lr = scheduler.get_last_lr()[0]  # the rate this step used
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                for name, value in losses.items():
-                    tally[name] = tally.get(name, 0.0) + float(value.detach())
-                tally["steps"] = tally.get("steps", 0) + 1
+                for sums in tally.values():
+                    for name, value in values.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    sums["steps"] = sums.get("steps", 0) + 1
                 epoch_end = step % steps_per_epoch == 0 or step == total_steps
+                window_end = log_every and step % log_every == 0
+                if window_end and not epoch_end and metrics is not None:
+                    metrics.log(step, epoch=epoch + 1, lr=lr, **means(tally["window"]))
+                if window_end:
+                    tally["window"] = {}
                 if epoch_end:
                     last_val = validate()
                     model.train()
-                    n = tally.pop("steps")
-                    metrics.log(step, epoch=epoch + 1, lr=lr, **{f"train_{k}": v / n for k, v in tally.items()},
-                                **last_val)
-                    tally = {}
-                if epoch_end or step % checkpoint_every == 0 or stop.raised:
+                    if metrics is not None:
+                        metrics.log(step, epoch=epoch + 1, lr=lr, **means(tally["epoch"]), **last_val)
+                    tally["epoch"] = {}
+                if epoch_end or step % checkpoint_every == 0 or stop_requests:
                     save()
-                if stop.raised:
-                    stop.interrupt(ckpt_path, step)
+                if stop_requests:
+                    if stop.raised:
+                        stop.interrupt(ckpt_path, step)
+                    raise TrainingInterrupted(f"{ckpt_path}: another process received a stop signal at step "
+                                              f"{step}; checkpoint written, rerun to resume")
     if not (run_dir / "metrics.csv").exists():  # a finished run whose live CSV was removed
         last_val = validate()
-        metrics.log(step, epoch=epochs, **last_val)
-    with atomic_path(metrics_out) as tmp:
-        shutil.copyfile(run_dir / "metrics.csv", tmp)
-    save_checkpoint(out, {**model_file, "model": model.state_dict(), "fingerprint": fp, "settings": settings,
-                          "step": step, "val_metrics": last_val})
-    log.info("wrote %s (step %d): %s", out, step, " ".join(f"{k}={v:.4g}" for k, v in last_val.items()))
+        if metrics is not None:
+            metrics.log(step, epoch=epochs, **last_val)
+    if rank == 0:
+        with atomic_path(metrics_out) as tmp:
+            shutil.copyfile(run_dir / "metrics.csv", tmp)
+        save_checkpoint(out, {**model_file, "model": weights.state_dict(), "fingerprint": fp,
+                              "settings": settings, "step": step, "val_metrics": last_val})
+        log.info("wrote %s (step %d): %s", out, step, " ".join(f"{k}={v:.4g}" for k, v in last_val.items()))
     return last_val
 
 

@@ -60,10 +60,11 @@ def flags(settings):
     )
 
 
-def selected(section, models):
-    """A config section with only the selected model's sub-section (`model: name` picks it),
-    so editing an unselected model's settings reruns nothing."""
-    return {key: value for key, value in section.items() if key not in models or key == section["model"]}
+def selected(section):
+    """A config section with only the selected model's sub-section (`model: name` picks it;
+    the models' sub-sections are its only mappings), so editing an unselected model's
+    settings reruns nothing."""
+    return {key: value for key, value in section.items() if not isinstance(value, dict) or key == section["model"]}
 
 
 def kept_frames(wildcards):

@@ -2,7 +2,6 @@
 # trained on mask sequences, and its forecasts of val and hidden (hidden in shards).
 
 F = config["forecaster"]
-FORECASTERS = ["simvp", "convlstm"]
 
 
 rule pseudo_label:
@@ -46,7 +45,7 @@ rule train_forecaster:
         ),
     params:
         # only the selected model's section: editing the other one reruns nothing
-        settings=selected(F, FORECASTERS),
+        settings=selected(F),
         model_config=json.dumps(F[F["model"]]),
         checkpoints=f"{RESULTS}/forecaster/checkpoints",
     threads: res("train_forecaster")["threads"]

@@ -1,4 +1,5 @@
-# Stage 2: self-supervised frame prediction (SimVP or ConvLSTM), then predicted frames.
+# Stage 2: self-supervised frame prediction (a model of futureseg.models.predictors), then
+# predicted frames.
 
 P = config["predictor"]
 # More than one GPU for training: one process per GPU under torchrun (torch DDP); the
@@ -25,8 +26,7 @@ rule train_predictor:
         launcher=TRAIN_LAUNCHER,
         model=P["model"],
         # only the selected model's section: editing the other one reruns nothing
-        settings=P[P["model"]],
-        flags=flags(P[P["model"]]),
+        model_config=json.dumps(P[P["model"]]),
         epochs=P["epochs"],
         batch_size=P["batch_size"],
         lr=P["lr"],
@@ -46,7 +46,7 @@ rule train_predictor:
     shell:
         "{params.launcher} train-predictor --cache {input.caches} --val-cache {input.val_cache}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
-        " --checkpoints {params.checkpoints} --model {params.model} {params.flags}"
+        " --checkpoints {params.checkpoints} --model {params.model} --model-config '{params.model_config}'"
         " --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
         " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"

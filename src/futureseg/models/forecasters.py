@@ -1,10 +1,10 @@
-"""The mask-forecaster registry (route `masks`): `forecaster.model: simvp | convlstm`.
+"""The mask-forecaster registry (route `masks`): `forecaster.model` names the frame predictor
+(of `futureseg.models.predictors`) the forecaster runs over its mask embeddings.
 
     build(name, size, settings)  a MaskForecaster over (H, W) masks; `settings` is the
                                  forecaster's config section for that model: its own
                                  keys (embed_dim, residual_scale) and the frame
-                                 predictor's (SimVP: hid_S, hid_T, N_S, N_T, translator;
-                                 ConvLSTM: patch_size, num_hidden, filter_size)
+                                 predictor's (its Config fields)
     load(path)                   (model with its weights, model file contents) of a file
                                  written by `train-forecaster`
 """
@@ -16,7 +16,11 @@ from pathlib import Path
 
 from futureseg.errors import FuturesegError
 
-FORECASTERS = ("simvp", "convlstm")
+
+def names() -> tuple[str, ...]:
+    from futureseg.models import predictors
+
+    return predictors.names()
 
 
 def build(name: str, size, settings: dict):

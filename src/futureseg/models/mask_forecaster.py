@@ -3,7 +3,7 @@
 The best published results on this task forecast in mask space: segment the input
 frames, then run a frame predictor over the mask sequence. Here every class id becomes a
 learnt embedding (`embed_dim` channels), the sequence of embeddings goes through one of
-the frame predictors of `futureseg.models` (SimVP or ConvLSTM, with their own configs),
+the frame predictors of `futureseg.models.predictors` (SimVP, ConvLSTM, ConvGRU, with their own configs),
 and a 1x1 conv reads 49 logits out of each predicted embedding.
 
 Residual on the last mask: the logits are `delta + residual_scale * onehot(mask 10)`
@@ -35,7 +35,7 @@ KEY = "forecaster"
 @dataclass
 class MaskForecasterConfig:
     size: tuple[int, int]  # (H, W) of the masks
-    core: str = "simvp"  # simvp | convlstm: the frame predictor run over the embeddings
+    core: str = "simvp"  # a predictor of futureseg.models.predictors: the one run over the embeddings
     core_config: dict = field(default_factory=dict)  # that predictor's own settings
     n_input: int = 11
     num_classes: int = 49
@@ -44,8 +44,10 @@ class MaskForecasterConfig:
 
     def __post_init__(self):
         self.size = tuple(self.size)
-        if self.core not in ("simvp", "convlstm"):
-            raise ConfigError(f"{KEY}.model must be simvp or convlstm, got {self.core!r}")
+        from futureseg.models import predictors
+
+        if self.core not in predictors.names():
+            raise ConfigError(f"{KEY}.model must be one of {', '.join(predictors.names())}, got {self.core!r}")
         for name in ("embed_dim", "num_classes", "n_input"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -57,13 +59,13 @@ class MaskForecasterConfig:
 class MaskForecaster(nn.Module):
     def __init__(self, config: MaskForecasterConfig):
         super().__init__()
-        from futureseg.models import build_predictor
+        from futureseg.models import predictors
 
         self.config = config
         self.embed = nn.Embedding(config.num_classes, config.embed_dim)
-        core_config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.core_config.items()}
         try:
-            self.core = build_predictor(config.core, (config.n_input, config.embed_dim, *config.size), **core_config)
+            self.core = predictors.build(config.core, (config.n_input, config.embed_dim, *config.size),
+                                         config.core_config)
         except ConfigError as exc:  # name the forecaster's section, not the predictor's
             raise ConfigError(str(exc).replace("predictor.", f"{KEY}.")) from None
         self.read_out = nn.Conv2d(config.embed_dim, config.num_classes, 1)

@@ -46,6 +46,7 @@ import torch
 
 from ..data import NUM_CLASSES
 from ..errors import ConfigError, DataError, FuturesegError
+from .checks import is_int
 
 BACKEND = "detectron2"
 INSTALL_HINT = (
@@ -77,10 +78,6 @@ def require_detectron2():
             f"segmenter.backend: detectron2 is not installed ({INSTALL_HINT}); import failed: {exc}"
         ) from exc
     return detectron2
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -134,17 +131,17 @@ class Detectron2MaskRCNNConfig:
             "box_batch_size_per_image", "box_head_dim", "mask_head_channels", "detections_per_img",
         ):
             value = getattr(self, key)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"segmenter.{key}: must be an integer >= 1, got {value!r}")
-        if not _is_int(self.num_classes) or self.num_classes < 2:
+        if not is_int(self.num_classes) or self.num_classes < 2:
             raise ConfigError(f"segmenter.num_classes: must be an integer >= 2 (background + objects), got {self.num_classes!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"segmenter.norm: must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.depth not in DEPTHS:
             raise ConfigError(f"segmenter.depth: the detectron2 backend has ResNet {', '.join(map(str, DEPTHS))}, got {self.depth!r}")
-        if not _is_int(self.trainable_layers) or not 0 <= self.trainable_layers <= N_STAGES:
+        if not is_int(self.trainable_layers) or not 0 <= self.trainable_layers <= N_STAGES:
             raise ConfigError(f"segmenter.trainable_layers: must be an integer in 0..{N_STAGES}, got {self.trainable_layers!r}")
-        if len(self.anchor_sizes) != 5 or not all(_is_int(s) and s >= 1 for s in self.anchor_sizes):
+        if len(self.anchor_sizes) != 5 or not all(is_int(s) and s >= 1 for s in self.anchor_sizes):
             raise ConfigError(f"segmenter.anchor_sizes: expected 5 positive integers (one per FPN level), got {self.anchor_sizes!r}")
         if not self.aspect_ratios or not all(isinstance(r, (int, float)) and r > 0 for r in self.aspect_ratios):
             raise ConfigError(f"segmenter.aspect_ratios: expected positive numbers, got {self.aspect_ratios!r}")

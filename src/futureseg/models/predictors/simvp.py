@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from futureseg.errors import ConfigError
+from futureseg.models.checks import is_int
 
 TRANSLATORS = ("gsta", "incepu")
 KEY = "predictor.simvp"
@@ -41,11 +42,11 @@ class SimVPConfig:
 
     def __post_init__(self):
         self.in_shape = tuple(self.in_shape)
-        if len(self.in_shape) != 4 or not all(_is_int(v) and v > 0 for v in self.in_shape):
+        if len(self.in_shape) != 4 or not all(is_int(v) and v > 0 for v in self.in_shape):
             raise ConfigError(f"{KEY}.in_shape must be 4 positive ints (T, C, H, W), got {self.in_shape}")
         for key in ("hid_S", "hid_T", "N_S", "N_T", "spatio_kernel_enc", "spatio_kernel_dec"):
             value = getattr(self, key)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{KEY}.{key} must be a positive integer, got {value!r}")
         if self.translator not in TRANSLATORS:
             raise ConfigError(f"{KEY}.translator must be one of {', '.join(TRANSLATORS)}, got {self.translator!r}")
@@ -79,10 +80,6 @@ class SimVPConfig:
                     f"{KEY}.hid_S={self.hid_S} times T={T} must be divisible by {groups} "
                     f"(the incepu translator's group count)"
                 )
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------- encoder / decoder
@@ -335,3 +332,6 @@ class SimVP(nn.Module):
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
+
+
+Config, Model = SimVPConfig, SimVP
