@@ -47,6 +47,7 @@ def clip(batch=2, shape=TINY, seed=0):
         ("simvp", dict(translator="gsta")),
         ("simvp", dict(translator="incepu")),
         ("convlstm", dict()),
+        ("convgru", dict()),
     ],
 )
 def test_output_shape(name, kwargs):
@@ -72,6 +73,7 @@ def test_parameter_count_matches_openstl(translator):
         ("simvp", dict(translator="gsta", **SMALL_SIMVP)),
         ("simvp", dict(translator="incepu", **SMALL_SIMVP)),
         ("convlstm", dict(num_hidden=(16, 16), filter_size=3)),
+        ("convgru", dict(num_hidden=(16, 16), filter_size=3)),
     ],
 )
 def test_training_lowers_loss(name, kwargs):
@@ -97,9 +99,10 @@ def test_simvp_ignores_target_and_sampling_ratio():
         assert torch.equal(model(x), model(x, target=y, sampling_ratio=1.0))
 
 
-def test_convlstm_teacher_forcing_uses_targets():
+@pytest.mark.parametrize("name", ["convlstm", "convgru"])
+def test_recurrent_teacher_forcing_uses_targets(name):
     torch.manual_seed(0)
-    model = build_predictor("convlstm", TINY, num_hidden=(8,), filter_size=3)
+    model = build_predictor(name, TINY, num_hidden=(8,), filter_size=3)
     x, y = clip()
     with torch.no_grad():
         torch.manual_seed(1)
@@ -130,6 +133,25 @@ def test_convlstm_mixed_sampling_is_per_sample_and_seeded():
         free = model(x, target=y, sampling_ratio=0.0)
     assert torch.equal(a, b)
     assert not torch.allclose(a, forced) and not torch.allclose(a, free)
+
+
+def test_convgru_is_the_lighter_cell_and_its_own_config():
+    lstm = build_predictor("convlstm", TINY, num_hidden=(16, 16), filter_size=3)
+    gru = build_predictor("convgru", TINY, num_hidden=(16, 16), filter_size=3)
+    # three gates to the LSTM's four: 3/4 of the recurrent convolutions' weights
+    assert count_parameters(gru) < count_parameters(lstm)
+    assert gru.cells[1].conv_h.weight.shape[0] == 3 * 16 and lstm.cells[1].conv_h.weight.shape[0] == 4 * 16
+    with pytest.raises(ConfigError, match=r"^predictor\.convgru\.patch_size"):
+        build_predictor("convgru", TINY, patch_size=5)
+    with pytest.raises(ConfigError, match=r"^unknown setting predictor\.convgru\.layer_norm"):
+        build_predictor("convgru", TINY, layer_norm=True)
+
+
+def test_every_predictor_module_is_registered():
+    assert predictors.names() == ("convgru", "convlstm", "simvp")
+    for name in predictors.names():
+        module = predictors.module(name)
+        assert module.Config.__dataclass_fields__["in_shape"] and issubclass(module.Model, torch.nn.Module)
 
 
 def test_scheduled_sampling_ratio_decays_linearly():

@@ -134,6 +134,21 @@ def test_convlstm_trains_with_scheduled_sampling(caches, tmp_path, one_thread, m
     assert saved["model_name"] == "convlstm" and saved["model_config"]["num_hidden"] == [8, 8]
 
 
+def test_convgru_trains_through_the_same_verb(caches, tmp_path, one_thread):
+    # the third predictor needs no flag of its own: its config section goes in as JSON
+    args = _args(caches, tmp_path, "--model", "convgru",
+                 "--model-config", json.dumps({"patch_size": 4, "num_hidden": [8, 8], "filter_size": 3}),
+                 "--epochs", "6", "--batch-size", "2", "--lr", "0.01", cache=("val",))
+    train_predictor.train(args)
+    losses = [float(r["train_loss"]) for r in _rows(tmp_path / "metrics.csv")]
+    assert losses[-1] < losses[0], losses
+    from futureseg.models import predictors
+
+    model, saved = predictors.load(tmp_path / "model.pt")
+    assert saved["model_name"] == "convgru" and saved["model_config"]["num_hidden"] == [8, 8]
+    assert type(model).__name__ == "ConvGRU"
+
+
 # ---------------------------------------------------------------- resume, signals, configs
 
 

@@ -68,54 +68,54 @@ _FINGERPRINT_SAMPLES = 32
 # ---------------------------------------------------------------- backends
 
 
+# The Mask R-CNN flags (config keys of segmenter.maskrcnn) and the config field each sets, per
+# backend; a flag left out takes the backend config dataclass's default.
+MASKRCNN_FIELDS = {
+    "torchvision": {"backbone": "backbone", "norm": "norm", "fpn_channels": "fpn_channels",
+                    "box_head_dim": "box_head_dim", "mask_head_channels": "mask_head_channels",
+                    "rpn_post_nms_train": "rpn_post_nms_top_n_train",
+                    "box_batch_per_image": "box_batch_size_per_image",
+                    "detections_per_image": "box_detections_per_img"},
+    "detectron2": {"backbone": "depth", "norm": "norm", "fpn_channels": "fpn_channels",
+                   "box_head_dim": "box_head_dim", "mask_head_channels": "mask_head_channels",
+                   "rpn_post_nms_train": "rpn_post_nms_top_n_train",
+                   "box_batch_per_image": "box_batch_size_per_image",
+                   "detections_per_image": "detections_per_img"},
+}
+DETECTRON2_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
 def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
     """The backend's model config as plain values (what model.pt stores)."""
     from dataclasses import asdict
 
     from .models.segmenters import BACKENDS, _detectron2_module
 
+    if args.backend not in BACKENDS:
+        raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
+    given = {field: getattr(args, flag) for flag, field in MASKRCNN_FIELDS[args.backend].items()
+             if getattr(args, flag) is not None}
     height, width = size
     if args.backend == "torchvision":
         from .models.maskrcnn_torchvision import MaskRCNNConfig
 
-        config = MaskRCNNConfig(
-            num_classes=data.NUM_CLASSES,
-            backbone=args.backbone,
-            norm=args.norm,
-            min_size=min(size),
-            max_size=max(size),
-            image_mean=tuple(mean01),
-            image_std=tuple(std01),
-            fpn_channels=args.fpn_channels,
-            rpn_post_nms_top_n_train=args.rpn_post_nms_train,
-            box_batch_size_per_image=args.box_batch_per_image,
-            box_head_dim=args.box_head_dim,
-            mask_head_channels=args.mask_head_channels,
-            box_detections_per_img=args.detections_per_image,
-        )
+        config = MaskRCNNConfig(num_classes=data.NUM_CLASSES, min_size=min(size), max_size=max(size),
+                                image_mean=tuple(mean01), image_std=tuple(std01), **given)
         config.validate()
         return asdict(config)
-    if args.backend == "detectron2":
-        # detectron2's R-FPN has fixed head sizes: the torchvision-only knobs must stay at
-        # their defaults rather than be silently ignored
-        for key, default in (("fpn_channels", 256), ("box_batch_per_image", 512), ("box_head_dim", 1024),
-                             ("mask_head_channels", 256)):
-            if getattr(args, key) != default:
-                raise ConfigError(f"segmenter.{key}: the detectron2 backend supports only {default}, "
-                                  f"got {getattr(args, key)}")
-        depths = {"resnet50": 50, "resnet101": 101}
-        if args.backbone not in depths:
-            raise ConfigError(f"segmenter.backbone: the detectron2 backend offers {', '.join(depths)}, "
-                              f"got {args.backbone!r}")
-        d2 = _detectron2_module()
-        config = d2.Detectron2MaskRCNNConfig(
-            height=height, width=width, num_classes=data.NUM_CLASSES, norm=args.norm.upper(),
-            depth=depths[args.backbone], rpn_post_nms_top_n_train=args.rpn_post_nms_train,
-            detections_per_img=args.detections_per_image,
-            pixel_mean=tuple(255.0 * float(v) for v in mean01), pixel_std=tuple(255.0 * float(v) for v in std01),
-        )
-        return asdict(config)
-    raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
+    if "depth" in given:
+        if given["depth"] not in DETECTRON2_DEPTHS:
+            raise ConfigError(f"segmenter.backbone: the detectron2 backend offers {', '.join(DETECTRON2_DEPTHS)}, "
+                              f"got {given['depth']!r}")
+        given["depth"] = DETECTRON2_DEPTHS[given["depth"]]
+    if "norm" in given:
+        given["norm"] = given["norm"].upper()
+    d2 = _detectron2_module()
+    config = d2.Detectron2MaskRCNNConfig(
+        height=height, width=width, num_classes=data.NUM_CLASSES,
+        pixel_mean=tuple(255.0 * float(v) for v in mean01), pixel_std=tuple(255.0 * float(v) for v in std01),
+        **given)
+    return asdict(config)
 
 
 # ---------------------------------------------------------------- training set
@@ -294,9 +294,13 @@ def check_settings(args) -> None:
     for name in ("epochs", "batch_size", "checkpoint_every", "val_batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
-    for name in ("min_fragment", "warmup_steps", "max_steps", "val_limit", "workers", "threads"):
+    if args.model == "maskrcnn" and args.warmup_steps is None:
+        raise ConfigError("--warmup-steps: Mask R-CNN needs it (segmenter.maskrcnn.warmup_steps)")
+    for name in ("min_fragment", "max_steps", "val_limit", "workers", "threads"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
+    if (args.warmup_steps or 0) < 0:
+        raise ConfigError(f"--warmup-steps: must be 0 or more, got {args.warmup_steps}")
     if not args.lr > 0 or not math.isfinite(args.lr):
         raise ConfigError(f"--lr: must be a positive number, got {args.lr}")
     if not 0 <= args.score_threshold <= 1:
@@ -398,8 +402,9 @@ def train_unet(args) -> dict:
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
     images, masks = dataset._open()
     mean01, std01 = dense.normalisation(args.mean_std)
-    config = asdict(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=args.base_channels,
-                               depth=args.depth, image_mean=tuple(mean01), image_std=tuple(std01)))
+    sizes = {k: getattr(args, k) for k in ("base_channels", "depth") if getattr(args, k) is not None}
+    config = asdict(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
+                               image_std=tuple(std01), **sizes))
     val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
     seed_everything(args.seed)
     segmenter = build("unet", config)
@@ -446,28 +451,29 @@ def add_arguments(parser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=("unet", "maskrcnn"), default="maskrcnn",
                        help="unet (semantic, per-pixel loss) or maskrcnn (instances)")
-    model.add_argument("--base-channels", type=int, default=32, help="U-Net: channels of the first level")
-    model.add_argument("--depth", type=int, default=4, help="U-Net: levels (poolings + 1)")
+    # No defaults here for what shapes the model: the rule passes config.yaml's section, and a
+    # flag left out takes the model config dataclass's default (UNetConfig, MaskRCNNConfig).
+    model.add_argument("--base-channels", type=int, help="U-Net: channels of the first level")
+    model.add_argument("--depth", type=int, help="U-Net: levels (poolings + 1)")
     model.add_argument("--soft-iou-weight", type=float, default=0.0,
                        help="U-Net: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
     model.add_argument("--background-weight", type=float, default=1.0,
                        help="U-Net: weight of the background's pixels in the cross-entropy (objects: 1)")
     model.add_argument("--backend", choices=("torchvision", "detectron2"), default="torchvision")
-    model.add_argument("--backbone", default="resnet50",
-                       help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: resnet50|resnet101)")
-    model.add_argument("--norm", choices=("bn", "gn"), default="bn", help="trainable normalisation in the backbone")
-    model.add_argument("--fpn-channels", type=int, default=256)
-    model.add_argument("--box-head-dim", type=int, default=1024, help="width of the box head's two FC layers")
-    model.add_argument("--mask-head-channels", type=int, default=256, help="width of the mask head's convolutions")
-    model.add_argument("--rpn-post-nms-train", type=int, default=1000, help="proposals per image kept in training")
-    model.add_argument("--box-batch-per-image", type=int, default=512, help="ROIs sampled per image for the box head")
-    model.add_argument("--detections-per-image", type=int, default=100)
+    model.add_argument("--backbone", help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: the resnets)")
+    model.add_argument("--norm", choices=("bn", "gn"), help="trainable normalisation in the backbone")
+    model.add_argument("--fpn-channels", type=int)
+    model.add_argument("--box-head-dim", type=int, help="width of the box head's two FC layers")
+    model.add_argument("--mask-head-channels", type=int, help="width of the mask head's convolutions")
+    model.add_argument("--rpn-post-nms-train", type=int, help="proposals per image kept in training")
+    model.add_argument("--box-batch-per-image", type=int, help="ROIs sampled per image for the box head")
+    model.add_argument("--detections-per-image", type=int)
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=3)
-    opt.add_argument("--batch-size", type=int, default=4)
-    opt.add_argument("--lr", type=float, default=0.01, help="SGD peak learning rate")
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps before the cosine decay")
+    opt.add_argument("--epochs", type=int, required=True)
+    opt.add_argument("--batch-size", type=int, required=True)
+    opt.add_argument("--lr", type=float, required=True, help="peak learning rate (Mask R-CNN: SGD; U-Net: AdamW)")
+    opt.add_argument("--weight-decay", type=float, default=1e-4, help="(the U-Net's section sets its own)")
+    opt.add_argument("--warmup-steps", type=int, help="Mask R-CNN: linear warm-up steps before the cosine decay")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--min-fragment", type=int, default=4, help="object pieces smaller than this many pixels are dropped")
     opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
