@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data import N_FRAMES, N_INPUT, NUM_CLASSES, SPLITS
 from .errors import ConfigError, DataError
 from .io import atomic_path
 
@@ -37,11 +38,9 @@ log = logging.getLogger(__name__)
 SHAPES = ("cube", "sphere", "cylinder")
 MATERIALS = ("metal", "rubber")
 COLORS = ("gray", "red", "blue", "green", "brown", "cyan", "purple", "yellow")
-NUM_CLASSES = 1 + len(SHAPES) * len(MATERIALS) * len(COLORS)  # 49 with background
-
-SPLITS = ("train", "val", "unlabeled", "hidden")
-N_FRAMES = 22  # frames simulated per video (hidden videos keep only the first 11)
-N_INPUT = 11
+# the dataset's constants (SPLITS, N_FRAMES, N_INPUT, NUM_CLASSES) are data.py's; the classes
+# above are what makes its 48 object classes
+assert NUM_CLASSES == 1 + len(SHAPES) * len(MATERIALS) * len(COLORS)
 FORMAT_VERSION = 1
 
 # The CLEVR colour table: what the base (fully lit, diffuse) colour of each object is.

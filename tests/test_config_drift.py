@@ -1,0 +1,122 @@
+"""config.yaml, its schema, the model config dataclasses and the verbs' flags name the same
+settings and allow the same values: a default lives in one place, and nothing drifts."""
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from futureseg import train_predictor, train_segmenter
+from futureseg.models import predictors
+from futureseg.models.mask_forecaster import MaskForecasterConfig
+from futureseg.models.maskrcnn_torchvision import BACKBONES, NORMS, MaskRCNNConfig
+from futureseg.models.predictors.simvp import TRANSLATORS
+from futureseg.models.segmenters import BACKENDS
+from futureseg.models.unet import UNetConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["properties"]
+
+
+def fields(config_class) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class)}
+
+
+def schema_section(*path) -> dict:
+    node = SCHEMA[path[0]]
+    for key in path[1:]:
+        node = node["properties"][key]
+    return node
+
+
+def parse(verb, argv):
+    parser = argparse.ArgumentParser()
+    verb.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("kind", ["predictor", "forecaster"])
+def test_every_predictor_has_its_section_and_no_other(kind):
+    assert set(schema_section(kind, "model")["enum"]) == set(predictors.names())
+    sections = {k for k, v in CONFIG[kind].items() if isinstance(v, dict)}
+    assert sections == set(predictors.names()) or kind == "forecaster" and sections <= set(predictors.names())
+    for name in sections:
+        # the schema names exactly the keys config.yaml sets, and requires them all
+        schema = schema_section(kind, name)
+        assert set(schema["properties"]) == set(schema["required"]) == set(CONFIG[kind][name]), (kind, name)
+
+
+@pytest.mark.parametrize("name", predictors.names())
+def test_predictor_sections_are_config_fields(name):
+    own = fields(predictors.module(name).Config) - {"in_shape"}
+    assert set(CONFIG["predictor"][name]) <= own, name
+    forecaster_own = fields(MaskForecasterConfig) - {"size", "core", "core_config"}
+    if name in CONFIG["forecaster"]:
+        assert set(CONFIG["forecaster"][name]) <= own | forecaster_own, name
+
+
+def test_allowed_values_agree():
+    for kind in ("predictor", "forecaster"):
+        assert schema_section(kind, "simvp", "translator")["enum"] == list(TRANSLATORS)
+    maskrcnn = schema_section("segmenter", "maskrcnn")["properties"]
+    assert maskrcnn["backbone"]["enum"] == list(BACKBONES)
+    assert maskrcnn["backend"]["enum"] == list(BACKENDS)
+    assert set(train_segmenter.DETECTRON2_DEPTHS) <= set(BACKBONES)
+    assert set(NORMS) == {"bn", "gn"}
+
+
+def test_segmenter_sections_are_config_fields_or_training_settings():
+    unet = set(CONFIG["segmenter"]["unet"])
+    assert {"base_channels", "depth"} <= unet and unet - fields(UNetConfig) <= {
+        "epochs", "batch_size", "lr", "weight_decay", "soft_iou_weight", "background_weight"}
+    maskrcnn = set(CONFIG["segmenter"]["maskrcnn"])
+    model_keys = maskrcnn & set(train_segmenter.MASKRCNN_FIELDS["torchvision"])
+    assert maskrcnn - model_keys == {"backend", "epochs", "batch_size", "lr", "warmup_steps", "min_fragment",
+                                     "score_threshold"}
+    for backend, mapping in train_segmenter.MASKRCNN_FIELDS.items():
+        assert set(mapping) == set(train_segmenter.MASKRCNN_FIELDS["torchvision"]), backend
+    assert set(train_segmenter.MASKRCNN_FIELDS["torchvision"].values()) <= fields(MaskRCNNConfig)
+
+
+def _flags(section: dict) -> list[str]:
+    """What the rules pass (workflow/rules/common.smk: flags)."""
+    argv = []
+    for key, value in section.items():
+        argv += [f"--{key.lower().replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else value]
+    return argv
+
+
+@pytest.mark.parametrize("model", ["unet", "maskrcnn"])
+def test_the_segmenter_verb_takes_every_key_of_its_section(model):
+    section = CONFIG["segmenter"][model]
+    args = parse(train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m",
+                                   "--checkpoints", "c", "--model", model, *_flags(section)])
+    for key, value in section.items():
+        assert getattr(args, key) == value, key
+
+
+def test_the_predictor_verb_builds_the_configured_model():
+    for name in predictors.names():
+        args = parse(train_predictor, ["--cache", "c", "--val-cache", "v", "--mean-std", "m", "--out", "o",
+                                       "--metrics", "x", "--checkpoints", "k", "--model", name,
+                                       "--model-config", json.dumps(CONFIG["predictor"][name]),
+                                       "--epochs", 1, "--batch-size", 1, "--lr", 0.1, "--weight-decay", 0])
+        model = train_predictor.build_model(name, (11, 3, 32, 48), args.model_config)
+        built = predictors.model_config(model)
+        assert {k: built[k] for k in CONFIG["predictor"][name]} == CONFIG["predictor"][name], name
+
+
+@pytest.mark.parametrize("verb, required", [
+    (train_predictor, ["--cache", "c", "--val-cache", "v", "--mean-std", "m", "--out", "o", "--metrics", "x",
+                       "--checkpoints", "k", "--model", "simvp"]),
+    (train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m", "--checkpoints", "c"]),
+])
+def test_weight_shaping_settings_have_no_verb_defaults(verb, required, capsys):
+    # a verb run by hand without them is refused, rather than train with values of its own
+    with pytest.raises(SystemExit):
+        parse(verb, required)
+    assert "the following arguments are required: --epochs, --batch-size, --lr" in capsys.readouterr().err
