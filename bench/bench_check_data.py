@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from futureseg import check_data, data, frame_cache
+from futureseg import check_data, data, cache_frames as frame_cache
 from futureseg.synth import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]

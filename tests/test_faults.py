@@ -11,7 +11,7 @@ and nothing of a later rule written.
 What other files already cover is not repeated here: the dataset matrix (test_data.py,
 test_check_data.py),
 SIGKILL/SIGTERM resume and NaN (test_train_predictor.py, test_segmenter.py), the
-make-seg-frames bad inputs (test_seg_frames.py), synth's same-seed bytes (test_synth.py).
+make-seg-frames bad inputs (test_make_seg_frames.py), synth's same-seed bytes (test_synth.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from futureseg import frame_cache, mean_std, predict_frames, train_predictor
+from futureseg import cache_frames as frame_cache, mean_std, predict_frames, train_predictor
 from futureseg.errors import DataError
 from futureseg.io import load_array
 

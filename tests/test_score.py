@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
 
-from futureseg import cli, data, plots, score
+from futureseg import cli, data, report_figures as plots, score
 from futureseg.errors import FuturesegError
 from futureseg.io import save_array
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from futureseg import ablation, check_submission, cli, data, submission
+from futureseg import gather_scores as ablation, check_submission, cli, data, submission
 from futureseg.errors import ConfigError, FuturesegError
 from futureseg.io import save_array
 

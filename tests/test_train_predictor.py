@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from futureseg import frame_cache, mean_std, train_predictor
+from futureseg import cache_frames as frame_cache, mean_std, train_predictor
 from futureseg.errors import ConfigError, DataError, FuturesegError
 from futureseg.training import NonFiniteLoss, load_checkpoint
 

@@ -1,4 +1,5 @@
-"""The `futureseg` command: one verb per pipeline stage, each the thin front of one module.
+"""The `futureseg` command: one verb per pipeline stage, each the thin front of the module named
+like it (verb cache-frames: module cache_frames).
 
 Every Snakemake rule calls one verb with all its inputs, outputs and settings spelled out,
 so any stage can also be run by hand. A verb module defines `VERB`, `HELP`,
@@ -20,10 +21,10 @@ VERB_MODULES = (
     "synth",
     "check_data",
     "mean_std",
-    "frame_cache",
+    "cache_frames",
     "train_predictor",
     "predict_frames",
-    "seg_frames",
+    "make_seg_frames",
     "train_segmenter",
     "segment",
     "pseudo_label",
@@ -31,12 +32,12 @@ VERB_MODULES = (
     "forecast",
     "train_direct",
     "predict_direct",
-    "shards",
+    "gather_shards",
     "score",
     "submission",
     "check_submission",
-    "ablation",
-    "plots",
+    "gather_scores",
+    "report_figures",
 )
 
 

@@ -13,7 +13,7 @@ from .shards import parse_shard, shard_rows
 
 
 def run(model_path, cache_path, out, shard=None, batch_size: int = 16) -> int:
-    from .frame_cache import load_cache
+    from .cache_frames import load_cache
     from .models.unet import UNet, UNetConfig
     from .dense import direct_masks
     from .training import load_checkpoint, select_device

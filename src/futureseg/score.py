@@ -328,14 +328,14 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
     if table:
         write_scores_html(table, scores)
     if plot_per_class or plot_confusion:
-        from . import plots
+        from . import report_figures
 
         names = [class_name(i) for i in range(data.NUM_CLASSES)]
         if plot_per_class:
-            plots.per_class_iou({m: result[m]["per_class_iou"] for m in methods}, names, result["support"],
+            report_figures.per_class_iou({m: result[m]["per_class_iou"] for m in methods}, names, result["support"],
                                 plot_per_class)
         if plot_confusion:
-            plots.confusion_heatmap(result["pipeline"]["confusion"], names, plot_confusion)
+            report_figures.confusion_heatmap(result["pipeline"]["confusion"], names, plot_confusion)
     # scores.json last: it is the rule's main output, so it appears only when the rest is done
     write_json(out, scores)
     return scores

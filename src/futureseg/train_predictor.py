@@ -79,7 +79,7 @@ class CachedVideos:
     """
 
     def __init__(self, paths, frames_needed: int):
-        from .frame_cache import load_cache
+        from .cache_frames import load_cache
 
         self.paths = [Path(p) for p in paths]
         self.shapes = []

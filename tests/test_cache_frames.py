@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import data, frame_cache
+from futureseg import data, cache_frames as frame_cache
 from futureseg.errors import DataError
 from futureseg.io import load_array
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import data, seg_frames
+from futureseg import data, make_seg_frames as seg_frames
 from futureseg.errors import ConfigError, DataError, FuturesegError
 from futureseg.io import load_array, save_array
 

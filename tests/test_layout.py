@@ -1,0 +1,59 @@
+"""The package's shape: each verb lives in the module named like it, and no module imports,
+directly or through others, one that imports it back."""
+
+import ast
+import importlib
+from pathlib import Path
+
+from futureseg import cli
+
+PACKAGE = Path(cli.__file__).parent
+
+
+def test_each_verb_lives_in_the_module_named_like_it():
+    for name in cli.VERB_MODULES:
+        assert importlib.import_module(f"futureseg.{name}").VERB.replace("-", "_") == name
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The futureseg modules `path` imports anywhere in it (functions' lazy imports too)."""
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found - {here}
+
+
+def test_the_import_graph_has_no_cycle():
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: imports_of(path, set(paths)) for name, path in paths.items()}
+    # a package importing its own submodules (a registry) is no cycle: drop parent→child edges
+    graph = {name: {m for m in deps if not m.startswith(name + ".")} for name, deps in graph.items()}
+    state = {}
+
+    def visit(name, trail):
+        if state.get(name) == "done":
+            return
+        assert state.get(name) != "open", "import cycle: " + " -> ".join(trail + [name])
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            visit(dep, trail + [name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        visit(name, [])
