@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from futureseg import check_data, data, cache_frames as frame_cache
-from futureseg.synth import generate_dataset
+from futureseg.data import check_data, cache_frames as frame_cache
+from futureseg.core import data
+from futureseg.data.synth import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from futureseg.dense import dense_losses
+from futureseg.core.dense import dense_losses
 from futureseg.models import forecasters
 from futureseg.models.unet import UNet, UNetConfig
 

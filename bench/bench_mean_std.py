@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from futureseg import data, mean_std
-from futureseg.synth import generate_dataset
+from futureseg.core import data
+from futureseg.data import mean_std
+from futureseg.data.synth import generate_dataset
 
 
 def bare_decode(root, splits) -> int:

@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 
-from futureseg.instances import mask_to_instances
-from futureseg.train_segmenter import make_optimizer
+from futureseg.core.instances import mask_to_instances
+from futureseg.segment.train_segmenter import make_optimizer
 
 HEIGHT, WIDTH, BATCH = 160, 240, 4
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from futureseg.synth import N_FRAMES, generate_dataset
+from futureseg.data.synth import N_FRAMES, generate_dataset
 
 
 def folder_bytes(root: Path) -> int:

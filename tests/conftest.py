@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from futureseg.synth import generate_dataset
+from futureseg.data.synth import generate_dataset
 
 TINY_COUNTS = {"train": 3, "val": 2, "unlabeled": 2, "hidden": 2}
 TINY_SIZE = (32, 48)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import data, cache_frames as frame_cache
-from futureseg.errors import DataError
-from futureseg.io import load_array
+from futureseg.core import data
+from futureseg.data import cache_frames as frame_cache
+from futureseg.core.errors import DataError
+from futureseg.core.io import load_array
 
 
 def _cache(root, split, out, workers=1):

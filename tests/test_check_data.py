@@ -1,5 +1,5 @@
 """`futureseg check-data`: the cheap check of every file, run first in the DAG. It must catch
-every bad input the full readers of futureseg.data catch, with the same message, without
+every bad input the full readers of futureseg.core.data catch, with the same message, without
 decoding the frames."""
 
 import json
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import check_data, cli, data
+from futureseg.data import check_data
+from futureseg import cli
+from futureseg.core import data
 from test_data import BAD_DATASETS, TINY_COUNTS, TINY_SIZE, _first
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from futureseg import train_predictor, train_segmenter
+from futureseg.predict import train_predictor
+from futureseg.segment import train_segmenter
 from futureseg.models import predictors
 from futureseg.models.mask_forecaster import MaskForecasterConfig
 from futureseg.models.maskrcnn_torchvision import BACKBONES, NORMS, MaskRCNNConfig

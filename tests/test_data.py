@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import cli, data
-from futureseg.errors import DataError
+from futureseg import cli
+from futureseg.core import data
+from futureseg.core.errors import DataError
 
 TINY_COUNTS = {"train": 3, "val": 2, "unlabeled": 2, "hidden": 2}  # as in conftest.tiny_dataset
 TINY_SIZE = (32, 48)

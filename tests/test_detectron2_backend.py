@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import futureseg.models
-from futureseg.errors import ConfigError
-from futureseg.instances import mask_to_instances
+from futureseg.core.errors import ConfigError
+from futureseg.core.instances import mask_to_instances
 from futureseg.models import maskrcnn_detectron2 as d2
 from futureseg.models.maskrcnn_detectron2 import Detectron2MaskRCNN, Detectron2MaskRCNNConfig
 from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig
-from futureseg.synth import class_name
+from futureseg.data.synth import class_name
 
 needs_detectron2 = pytest.mark.skipif(
     importlib.util.find_spec("detectron2") is None, reason="detectron2 is not installed (see envs/detectron2.yaml)"
@@ -253,7 +253,7 @@ def test_converts_inputs_to_detectron2_convention():
 
 @needs_detectron2
 def test_labels_outside_the_classes_are_rejected():
-    from futureseg.errors import FuturesegError
+    from futureseg.core.errors import FuturesegError
 
     backend = Detectron2MaskRCNN(Detectron2MaskRCNNConfig(height=H, width=W, **SMALL))
     images, targets = fixed_batch()
@@ -342,7 +342,7 @@ def test_registered_training_set_maps_to_model_inputs(seg_frames):
 
 @needs_detectron2
 def test_registering_a_broken_folder_names_the_file(tmp_path):
-    from futureseg.errors import DataError
+    from futureseg.core.errors import DataError
 
     np.save(tmp_path / "images.npy", np.zeros((2, H, W, 3), np.uint8))
     np.save(tmp_path / "masks.npy", np.zeros((2, H, W + 1), np.uint8))

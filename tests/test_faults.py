@@ -33,10 +33,11 @@ import numpy as np
 import pytest
 import torch
 
-from futureseg import cli, data
-from futureseg.io import load_array, save_array
-from futureseg.synth import generate_dataset
-from futureseg.training import load_checkpoint
+from futureseg import cli
+from futureseg.core import data
+from futureseg.core.io import load_array, save_array
+from futureseg.data.synth import generate_dataset
+from futureseg.core.training import load_checkpoint
 from pipeline_helpers import snakemake, tiny_config, write_config
 from test_data import _mask_class_out_of_range, _mask_float, _mask_wrong_shape, _missing_frame, _truncated_png
 
@@ -144,7 +145,7 @@ def tree(folder: Path) -> list[str]:
 
 
 def is_temp(name: str) -> bool:
-    """The temporary names of futureseg.io.atomic_path: `.<output name>.<random>.tmp`."""
+    """The temporary names of futureseg.core.io.atomic_path: `.<output name>.<random>.tmp`."""
     return name.startswith(".") and name.endswith(".tmp")
 
 

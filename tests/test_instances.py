@@ -1,6 +1,6 @@
 import numpy as np
 
-from futureseg.instances import instances_to_mask, label_components, mask_to_instances
+from futureseg.core.instances import instances_to_mask, label_components, mask_to_instances
 
 def semantic_mask() -> np.ndarray:
     """12×16 mask: class 3 in two pieces, class 5 in three (one a single pixel, one a

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from futureseg.errors import DataError
-from futureseg.io import atomic_path, read_array, save_array, write_json
+from futureseg.core.errors import DataError
+from futureseg.core.io import atomic_path, read_array, save_array, write_json
 
 
 @pytest.fixture

@@ -12,7 +12,15 @@ PACKAGE = Path(cli.__file__).parent
 
 def test_each_verb_lives_in_the_module_named_like_it():
     for name in cli.VERB_MODULES:
-        assert importlib.import_module(f"futureseg.{name}").VERB.replace("-", "_") == name
+        assert importlib.import_module(f"futureseg.{name}").VERB.replace("-", "_") == name.split(".")[-1]
+
+
+def test_verbs_live_in_the_stage_packages_and_the_core_holds_none():
+    stages = [name.split(".")[0] for name in cli.VERB_MODULES]
+    assert list(dict.fromkeys(stages)) == ["data", "predict", "segment", "forecast", "evaluate"]
+    core = {p.stem for p in (PACKAGE / "core").glob("*.py")} - {"__init__"}
+    assert core == {"data", "io", "errors", "training", "dense", "instances", "shards"}
+    assert not any(hasattr(importlib.import_module(f"futureseg.core.{m}"), "VERB") for m in core)
 
 
 def module_name(path: Path) -> str:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import data, make_seg_frames as seg_frames
-from futureseg.errors import ConfigError, DataError, FuturesegError
-from futureseg.io import load_array, save_array
+from futureseg.core import data
+from futureseg.segment import make_seg_frames as seg_frames
+from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.core.io import load_array, save_array
 
 SIZE = (32, 48)
 TRAIN_IDS = (0, 1, 2)

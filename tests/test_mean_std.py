@@ -2,7 +2,9 @@ import json
 
 import numpy as np
 
-from futureseg import cli, data, mean_std
+from futureseg import cli
+from futureseg.core import data
+from futureseg.data import mean_std
 
 
 def _reference(root, splits):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from futureseg.errors import ConfigError
+from futureseg.core.errors import ConfigError
 from futureseg.models import predictors
 from futureseg.models.predictors import count_parameters, scheduled_sampling_ratio
 from futureseg.models.predictors.convlstm import ConvLSTMConfig

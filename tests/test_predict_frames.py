@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from futureseg import cache_frames as frame_cache, mean_std, predict_frames, train_predictor
-from futureseg.errors import DataError
-from futureseg.io import load_array
+from futureseg.data import cache_frames as frame_cache, mean_std
+from futureseg.predict import predict_frames, train_predictor
+from futureseg.core.errors import DataError
+from futureseg.core.io import load_array
 
 
 @pytest.fixture(scope="module")

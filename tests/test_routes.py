@@ -18,14 +18,16 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.functional.classification import multiclass_jaccard_index
 
-from futureseg import cli, data, score
-from futureseg.dense import dense_losses, macro_iou
-from futureseg.errors import ConfigError, FuturesegError
-from futureseg.io import load_array, save_array
+from futureseg import cli
+from futureseg.core import data
+from futureseg.evaluate import score
+from futureseg.core.dense import dense_losses, macro_iou
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import load_array, save_array
 from futureseg.models import forecasters, segmenters
 from futureseg.models.mask_forecaster import MaskForecaster, MaskForecasterConfig
 from futureseg.models.unet import UNet, UNetConfig
-from futureseg.training import adamw_one_cycle, epoch_order, load_checkpoint, plan_steps, save_checkpoint
+from futureseg.core.training import adamw_one_cycle, epoch_order, load_checkpoint, plan_steps, save_checkpoint
 
 from conftest import TINY_COUNTS, TINY_SIZE
 from test_score import full_masks, write_val_split

@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
 
-from futureseg import cli, data, report_figures as plots, score
-from futureseg.errors import FuturesegError
-from futureseg.io import save_array
+from futureseg import cli
+from futureseg.core import data
+from futureseg.evaluate import report_figures as plots, score
+from futureseg.core.errors import FuturesegError
+from futureseg.core.io import save_array
 
 FIRST_VAL_ID = 1000
 
@@ -248,7 +250,7 @@ def test_palette_has_49_distinct_colours():
 
 def run_cli(monkeypatch, argv):
     """The real `futureseg` entry point with this stage's verbs registered."""
-    monkeypatch.setattr(cli, "VERB_MODULES", ("score", "plots", "submission", "check_submission", "ablation"))
+    monkeypatch.setattr(cli, "VERB_MODULES", tuple(m for m in cli.VERB_MODULES if m.startswith("evaluate.")))
     return cli.main(argv)
 
 

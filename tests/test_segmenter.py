@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from futureseg import data, segment, train_segmenter
-from futureseg.errors import ConfigError, DataError, FuturesegError
-from futureseg.instances import mask_to_instances
-from futureseg.io import load_array, save_array
+from futureseg.core import data
+from futureseg.segment import segment, train_segmenter
+from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.core.instances import mask_to_instances
+from futureseg.core.io import load_array, save_array
 from futureseg.models import segmenters
 from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig, TorchvisionMaskRCNN
-from futureseg.training import load_checkpoint
+from futureseg.core.training import load_checkpoint
 
 # A Mask R-CNN small enough for 32×48 frames on two cores.
 TINY_MODEL = dict(
@@ -34,8 +35,8 @@ N_SAMPLES, BATCH, EPOCHS = 10, 2, 2  # 5 steps per epoch, 10 in all
 # What the `futureseg` CLI does with a verb, for a subprocess (independent of cli.py's list).
 RUNNER = """
 import argparse, logging, sys
-from futureseg import train_segmenter as verb
-from futureseg.errors import FuturesegError
+from futureseg.segment import train_segmenter as verb
+from futureseg.core.errors import FuturesegError
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 parser = argparse.ArgumentParser()
 verb.add_arguments(parser)

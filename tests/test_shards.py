@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from futureseg import cli
-from futureseg.io import load_array, save_array
+from futureseg.core.io import load_array, save_array
 
 
 def _shards(tmp_path, parts):

@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from futureseg import gather_scores as ablation, check_submission, cli, data, submission
-from futureseg.errors import ConfigError, FuturesegError
-from futureseg.io import save_array
+from futureseg.evaluate import gather_scores as ablation, check_submission, submission
+from futureseg import cli
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import save_array
 
 SIZE = (8, 12)
 HIDDEN_IDS = [15000, 15001, 15002, 15003]
@@ -148,7 +150,7 @@ def parse(module, argv):
 
 def run_cli(monkeypatch, argv):
     """The real `futureseg` entry point with this stage's verbs registered."""
-    monkeypatch.setattr(cli, "VERB_MODULES", ("score", "plots", "submission", "check_submission", "ablation"))
+    monkeypatch.setattr(cli, "VERB_MODULES", tuple(m for m in cli.VERB_MODULES if m.startswith("evaluate.")))
     return cli.main(argv)
 
 

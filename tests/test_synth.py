@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg import synth
-from futureseg.errors import ConfigError
-from futureseg.synth import (
+from futureseg.data import synth
+from futureseg.core.errors import ConfigError
+from futureseg.data.synth import (
     COLORS,
     MATERIALS,
     PALETTE,

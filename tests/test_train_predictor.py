@@ -14,9 +14,10 @@ import time
 import pytest
 import torch
 
-from futureseg import cache_frames as frame_cache, mean_std, train_predictor
-from futureseg.errors import ConfigError, DataError, FuturesegError
-from futureseg.training import NonFiniteLoss, load_checkpoint
+from futureseg.data import cache_frames as frame_cache, mean_std
+from futureseg.predict import train_predictor
+from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.core.training import NonFiniteLoss, load_checkpoint
 
 # A tiny SimVP (IncepU translator: GroupNorm only, so DDP and one process see the same batch
 # statistics) and settings that keep every run to a few seconds on 2 cores.

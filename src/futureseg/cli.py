@@ -1,5 +1,7 @@
-"""The `futureseg` command: one verb per pipeline stage, each the thin front of the module named
-like it (verb cache-frames: module cache_frames).
+"""The `futureseg` command: one verb per pipeline stage, each in the module named like it.
+
+Verb cache-frames is module data/cache_frames.py: the verbs are grouped in packages by
+stage of the DAG (data, predict, segment, forecast, evaluate) above the core and models.
 
 Every Snakemake rule calls one verb with all its inputs, outputs and settings spelled out,
 so any stage can also be run by hand. A verb module defines `VERB`, `HELP`,
@@ -14,30 +16,31 @@ import importlib
 import logging
 import sys
 
-from .errors import FuturesegError
+from futureseg.core.errors import FuturesegError
 
-# verb modules, in pipeline order
+# verb modules by stage of the DAG, in pipeline order (package.module; the verb is the
+# module's name with dashes)
 VERB_MODULES = (
-    "synth",
-    "check_data",
-    "mean_std",
-    "cache_frames",
-    "train_predictor",
-    "predict_frames",
-    "make_seg_frames",
-    "train_segmenter",
-    "segment",
-    "pseudo_label",
-    "train_forecaster",
-    "forecast",
-    "train_direct",
-    "predict_direct",
-    "gather_shards",
-    "score",
-    "submission",
-    "check_submission",
-    "gather_scores",
-    "report_figures",
+    "data.synth",
+    "data.check_data",
+    "data.mean_std",
+    "data.cache_frames",
+    "predict.train_predictor",
+    "predict.predict_frames",
+    "segment.make_seg_frames",
+    "segment.train_segmenter",
+    "segment.segment",
+    "segment.pseudo_label",
+    "forecast.train_forecaster",
+    "forecast.forecast",
+    "forecast.train_direct",
+    "forecast.predict_direct",
+    "evaluate.gather_shards",
+    "evaluate.score",
+    "evaluate.submission",
+    "evaluate.check_submission",
+    "evaluate.gather_scores",
+    "evaluate.report_figures",
 )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from futureseg.errors import FuturesegError
+from futureseg.core.errors import FuturesegError
 
 
 def names() -> tuple[str, ...]:
@@ -42,7 +42,7 @@ def model_config(model) -> dict:
 
 def load(path: str | Path):
     from futureseg.models.mask_forecaster import MaskForecaster, MaskForecasterConfig
-    from futureseg.training import load_checkpoint
+    from futureseg.core.training import load_checkpoint
 
     state = load_checkpoint(path)
     if state.get("kind") != "mask_forecaster" or "model_config" not in state:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from futureseg.errors import ConfigError
+from futureseg.core.errors import ConfigError
 
 KEY = "forecaster"
 

@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import NUM_CLASSES
-from ..errors import ConfigError, DataError, FuturesegError
-from .checks import is_int
+from futureseg.core.data import NUM_CLASSES
+from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.models.checks import is_int
 
 BACKEND = "detectron2"
 INSTALL_HINT = (
@@ -90,7 +90,7 @@ class Detectron2MaskRCNNConfig:
 
     height: int  # frame size: detectron2's DatasetMapper resize bounds keep frames at it
     width: int
-    num_classes: int = 49  # with background, as in futureseg.data.NUM_CLASSES: detectron2 gets 48
+    num_classes: int = 49  # with background, as in futureseg.core.data.NUM_CLASSES: detectron2 gets 48
     norm: str = "BN"  # "BN" | "GN" (either case), in the ResNet and the FPN
     depth: int = 50  # ResNet depth of the R-FPN backbone: 18, 34, 50, 101
     trainable_layers: int = N_STAGES  # ResNet stages that train, from the top; 5 = all
@@ -415,7 +415,7 @@ def training_records(seg_frames_dir: str | os.PathLike, min_pixels: int = 0) -> 
     import pycocotools.mask as mask_util
     from detectron2.structures import BoxMode
 
-    from ..instances import mask_to_instances
+    from futureseg.core.instances import mask_to_instances
 
     folder = Path(seg_frames_dir)
     images, masks = _read_training_arrays(folder)
@@ -459,7 +459,7 @@ def register_training_set(name: str, seg_frames_dir: str | os.PathLike, min_pixe
     require_detectron2()
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from ..synth import class_name
+    from futureseg.data.synth import class_name
 
     folder = Path(seg_frames_dir)
     _read_training_arrays(folder)

@@ -23,14 +23,14 @@ on small frames:
   Anchors are 16…256 px (stock: 32…512), since the objects of a 160×240 frame are 10–60 px
   and a 512-px anchor would not fit in the frame.
 
-Backend interface (what `futureseg.train_segmenter` and `futureseg.segment` use; the
+Backend interface (what `futureseg.segment.train_segmenter` and `futureseg.segment.segment` use; the
 detectron2 backend, `futureseg.models.maskrcnn_detectron2`, provides the same):
 
     Backend(config)                  constructor; `config` is the backend's own small config
                                      dataclass of plain values (here MaskRCNNConfig)
     backend.config                   that config; checkpoints store `dataclasses.asdict` of
                                      it beside the backend's name, and
-                                     `futureseg.train_segmenter.build_backend(name, dict)`
+                                     `futureseg.segment.train_segmenter.build_backend(name, dict)`
                                      rebuilds either backend from the two
     backend.model                    the nn.Module: the caller moves it to a device and builds
                                      the optimizer from its parameters
@@ -39,7 +39,7 @@ detectron2 backend, `futureseg.models.maskrcnn_detectron2`, provides the same):
         the 0…1 scale, on the model's device; targets: one dict per image: boxes float32
         (N, 4) xyxy in pixel-edge coordinates (pixel (r, c) spans [c, c+1) × [r, r+1), so
         x2/y2 = last column/row + 1: the COCO/detectron2 convention, what
-        `futureseg.instances.mask_to_instances` returns), labels int64 (N,) in
+        `futureseg.core.instances.mask_to_instances` returns), labels int64 (N,) in
         1…num_classes-1, masks uint8 (N, H, W). N may be 0. Returns the scalar losses,
         to be summed.
     backend.predict(images) -> list of dict(masks float (N, H, W) in 0…1, labels int64 (N,)
@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from futureseg.core.errors import ConfigError
 
 BACKEND = "torchvision"
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3")

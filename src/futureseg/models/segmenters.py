@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from futureseg.errors import ConfigError, FuturesegError
+from futureseg.core.errors import ConfigError, FuturesegError
 
 SEGMENTERS = ("unet", "maskrcnn")
 BACKENDS = ("torchvision", "detectron2")
@@ -72,7 +72,7 @@ class Segmenter:
     def masks(self, frames, device, batch_size: int = 16) -> np.ndarray:
         import torch
 
-        from futureseg.instances import instances_to_mask
+        from futureseg.core.instances import instances_to_mask
 
         n, h, w = len(frames), *frames.shape[1:3]
         out = np.zeros((n, h, w), dtype=np.uint8)
@@ -107,7 +107,7 @@ def load(path: str | Path, score_threshold: float | None = None) -> tuple[Segmen
     """(segmenter, model file contents) of a model written by train-segmenter, weights
     loaded. Files of Mask R-CNN written before the U-Net existed have no "segmenter" entry;
     `score_threshold`, when given, overrides the one saved with a Mask R-CNN."""
-    from futureseg.training import load_checkpoint
+    from futureseg.core.training import load_checkpoint
 
     state = load_checkpoint(path)
     name = state.get("segmenter", "maskrcnn" if "backend" in state else None)

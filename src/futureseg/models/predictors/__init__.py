@@ -29,7 +29,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from futureseg.errors import ConfigError, FuturesegError
+from futureseg.core.errors import ConfigError, FuturesegError
 
 
 def names() -> tuple[str, ...]:
@@ -64,7 +64,7 @@ def count_parameters(model) -> int:
 
 
 def load(path: str | Path):
-    from futureseg.training import load_checkpoint
+    from futureseg.core.training import load_checkpoint
 
     state = load_checkpoint(path)
     missing = [k for k in ("model_name", "model_config", "in_shape", "mean", "std") if k not in state]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from futureseg.errors import ConfigError
+from futureseg.core.errors import ConfigError
 from futureseg.models.predictors._recurrent import PatchRecurrent, RecurrentConfig
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from futureseg.errors import ConfigError
+from futureseg.core.errors import ConfigError
 from futureseg.models.checks import is_int
 
 TRANSLATORS = ("gsta", "incepu")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError, FuturesegError
-from .io import atomic_path, read_array, write_json
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import atomic_path, read_array, write_json
 
 DTYPES = ("uint8", "int64")
 
@@ -177,7 +177,7 @@ def submitted_masks(routes: dict, scores_path) -> tuple[str, str]:
 
 
 def add_arguments(parser) -> None:
-    from .score import route_path
+    from futureseg.evaluate.score import route_path
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", help="masks_hidden.npy with its ids sidecar")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import DataError
-from .io import write_json
+from futureseg.core import data
+from futureseg.core.errors import DataError
+from futureseg.core.io import write_json
 
 # 65,536 frames x 255^2 per pixel = 4,261,478,400 < 2^32: the uint32 squares cannot wrap.
 FRAMES_PER_FOLD = 65536
@@ -125,7 +125,7 @@ HELP = "exact per-channel mean/std of the dataset's frames (stage 1)"
 
 
 def add_arguments(parser) -> None:
-    from .cli import comma_list
+    from futureseg.cli import comma_list
 
     parser.add_argument("--root", required=True, help="Dataset_Student root")
     parser.add_argument("--out", required=True, help="JSON file to write")

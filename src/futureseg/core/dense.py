@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError
+from futureseg.core import data
+from futureseg.core.errors import ConfigError
 
 
 def dense_losses(logits, target, soft_iou_weight: float = 0.0, background_weight: float = 1.0) -> dict:
@@ -82,8 +82,8 @@ def normalisation(mean_std_path) -> tuple[list[float], list[float]]:
     else ImageNet's, the usual default."""
     if mean_std_path is None:
         return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    from . import mean_std
-    from .errors import FuturesegError
+    from futureseg.data import mean_std
+    from futureseg.core.errors import FuturesegError
 
     path = Path(mean_std_path)
     if not path.is_file():
@@ -95,8 +95,8 @@ def normalisation(mean_std_path) -> tuple[list[float], list[float]]:
 def load_mask_cache(path, frames_needed: int) -> tuple[np.ndarray, dict]:
     """A mask cache (memory-mapped) and its sidecar, checked: uint8 (N, T, H, W) with at
     least `frames_needed` frames per video."""
-    from .errors import DataError
-    from .io import read_array
+    from futureseg.core.errors import DataError
+    from futureseg.core.io import read_array
 
     masks, meta = read_array(path, "mask cache")
     if masks.dtype != np.uint8 or masks.ndim != 4:

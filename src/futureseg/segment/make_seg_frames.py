@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import data
-from .errors import ConfigError, FuturesegError
-from .io import atomic_path, read_array, write_json
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import atomic_path, read_array, write_json
 
 log = logging.getLogger("futureseg")
 
@@ -331,7 +331,7 @@ HELP = "segmentation training set from real + predicted frames, with blur and fr
 def add_arguments(parser) -> None:
     import argparse
 
-    from .cli import comma_list
+    from futureseg.cli import comma_list
 
     parser.add_argument("--root", required=True, help="Dataset_Student root")
     parser.add_argument("--frames", default=None, help="predicted frames of the train videos (frames_train.npy + .json); required unless --no-generated")

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import FuturesegError
-from .io import atomic_path
+from futureseg.core.errors import FuturesegError
+from futureseg.core.io import atomic_path
 
 log = logging.getLogger("futureseg")
 

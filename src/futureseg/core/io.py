@@ -118,7 +118,7 @@ def read_array(path: str | os.PathLike, what: str, mmap: bool = True) -> tuple[n
     """`load_array` for a verb's input, with the checks every reader needs, each error naming
     the file: the array and its sidecar exist and load, and the sidecar's "ids" name every
     row. `what` says what the file is ("frame cache", "predicted frames") in the messages."""
-    from .errors import DataError
+    from futureseg.core.errors import DataError
 
     path = Path(path)
     sidecar = path.with_suffix(".json")

@@ -7,7 +7,7 @@ epoch. The real unlabeled split is 13,000 videos × 22 × 160×240×3 ≈ 33 GB,
 is never held in memory: it is created with `np.lib.format.open_memmap` under a temporary
 name, each worker process decodes a contiguous run of videos and writes its rows straight
 into that file, and the file is renamed onto the output only once every row is in.
-Every frame goes through `futureseg.data`, so a missing, unreadable or odd-sized frame
+Every frame goes through `futureseg.core.data`, so a missing, unreadable or odd-sized frame
 raises the usual `DataError` naming the file.
 """
 
@@ -21,8 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import data
-from .io import atomic_path, write_json
+from futureseg.core import data
+from futureseg.core.io import atomic_path, write_json
 
 log = logging.getLogger("futureseg")
 
@@ -66,7 +66,7 @@ def _decode_into(args) -> int:
 
 def cache_split(root: str | Path, split: str, out: str | Path, workers: int = 1) -> dict:
     """Decode every frame of `split` into `out` (.npy) + sidecar; return the sidecar's summary."""
-    from .training import progress
+    from futureseg.core.training import progress
 
     videos = data.list_videos(root, split)
     size = data.frame_size(root, split)
@@ -99,8 +99,8 @@ def load_cache(path: str | Path) -> tuple[np.ndarray, dict]:
 
     Checks what the training and prediction stages rely on, naming the file when it fails.
     """
-    from .errors import DataError
-    from .io import read_array
+    from futureseg.core.errors import DataError
+    from futureseg.core.io import read_array
 
     frames, meta = read_array(path, "frame cache")
     if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:

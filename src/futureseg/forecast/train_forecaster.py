@@ -26,8 +26,8 @@ import logging
 
 import numpy as np
 
-from . import data
-from .errors import DataError
+from futureseg.core import data
+from futureseg.core.errors import DataError
 
 log = logging.getLogger("futureseg")
 
@@ -35,9 +35,9 @@ log = logging.getLogger("futureseg")
 def train(args) -> dict:
     import torch
 
-    from .dense import check_training_settings, dense_losses, flip_together, forecast_masks, load_mask_cache, macro_iou
-    from .models import forecasters
-    from .training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
+    from futureseg.core.dense import check_training_settings, dense_losses, flip_together, forecast_masks, load_mask_cache, macro_iou
+    from futureseg.models import forecasters
+    from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     check_training_settings(args)
     if args.threads:
@@ -98,9 +98,9 @@ HELP = "train the mask forecaster (a frame predictor over class embeddings) on m
 
 
 def add_arguments(parser) -> None:
-    from .cli import comma_list, json_object
-    from .dense import add_training_arguments
-    from .models import forecasters
+    from futureseg.cli import comma_list, json_object
+    from futureseg.core.dense import add_training_arguments
+    from futureseg.models import forecasters
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root: true masks of --label-splits and of val")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError, FuturesegError
-from .io import atomic_path, read_array, save_npy, write_json
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import atomic_path, read_array, save_npy, write_json
 
 log = logging.getLogger("futureseg")
 
@@ -43,7 +43,7 @@ COPY_LAST_FRAME = data.N_INPUT - 1  # frame 10, the last frame the model sees
 def class_name(class_id: int) -> str:
     """The class's name from the synthetic generator's table, else a generic one."""
     try:
-        from .synth import class_name as synth_class_name
+        from futureseg.data.synth import class_name as synth_class_name
     except ImportError:
         return f"class_{class_id}"
     return str(synth_class_name(class_id))
@@ -162,7 +162,7 @@ def temporal_iou(sequences) -> float:
     """Temporal consistency of mask sequences (N, K, H, W): the macro IoU (the competition
     metric, over the split) between the masks of each two consecutive frames, averaged over
     the K-1 pairs. 1.0 = nothing changes; the true masks' figure is the reference."""
-    from .dense import macro_iou
+    from futureseg.core.dense import macro_iou
 
     sequences = np.asarray(sequences)
     if sequences.ndim != 4 or sequences.shape[1] < 2:
@@ -328,7 +328,7 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
     if table:
         write_scores_html(table, scores)
     if plot_per_class or plot_confusion:
-        from . import report_figures
+        from futureseg.evaluate import report_figures
 
         names = [class_name(i) for i in range(data.NUM_CLASSES)]
         if plot_per_class:

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import N_FRAMES, N_INPUT, NUM_CLASSES, SPLITS
-from .errors import ConfigError, DataError
-from .io import atomic_path
+from futureseg.core.data import N_FRAMES, N_INPUT, NUM_CLASSES, SPLITS
+from futureseg.core.errors import ConfigError, DataError
+from futureseg.core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

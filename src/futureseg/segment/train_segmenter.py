@@ -3,7 +3,7 @@
 Input: stage 3's folder (`images.npy` uint8 (N, H, W, 3), `masks.npy` uint8 (N, H, W),
 `index.csv`, `counts.json`). Each sample is augmented — horizontal and vertical flips,
 brightness ×U(0.8, 1.2) — with the mask flipped alike, then turned into instances by
-`futureseg.instances.mask_to_instances` (one per connected piece of each class, pieces
+`futureseg.core.instances.mask_to_instances` (one per connected piece of each class, pieces
 under `--min-fragment` pixels dropped).
 
 Optimiser: SGD with momentum 0.9 and weight decay 1e-4 (none on norm weights and biases),
@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, dense
-from .errors import ConfigError, DataError
+from futureseg.core import data, dense
+from futureseg.core.errors import ConfigError, DataError
 
 log = logging.getLogger("futureseg")
 
@@ -89,7 +89,7 @@ def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
     """The backend's model config as plain values (what model.pt stores)."""
     from dataclasses import asdict
 
-    from .models.segmenters import BACKENDS, _detectron2_module
+    from futureseg.models.segmenters import BACKENDS, _detectron2_module
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -97,7 +97,7 @@ def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
              if getattr(args, flag) is not None}
     height, width = size
     if args.backend == "torchvision":
-        from .models.maskrcnn_torchvision import MaskRCNNConfig
+        from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig
 
         config = MaskRCNNConfig(num_classes=data.NUM_CLASSES, min_size=min(size), max_size=max(size),
                                 image_mean=tuple(mean01), image_std=tuple(std01), **given)
@@ -177,7 +177,7 @@ class TrainingSet:
         """key = (epoch, sample): the augmentation is drawn from (seed, epoch, sample)."""
         import torch
 
-        from .instances import mask_to_instances
+        from futureseg.core.instances import mask_to_instances
 
         epoch, index = key
         if self._arrays is None:
@@ -206,7 +206,7 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tu
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
     """The batches of one epoch, as (epoch, sample) keys: a permutation seeded by
     (seed, epoch), cut into batches (the last may be short)."""
-    from .training import epoch_order
+    from futureseg.core.training import epoch_order
 
     return [[(epoch, i) for i in batch] for batch in epoch_order(n, batch_size, seed, epoch)]
 
@@ -218,7 +218,7 @@ def collate(samples):
 def loader(dataset: TrainingSet, batches, workers: int, seed: int):
     import torch
 
-    from .training import ignore_stop_signals
+    from futureseg.core.training import ignore_stop_signals
 
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
@@ -245,7 +245,7 @@ def load_validation(root, size: tuple[int, int], limit: int = 0):
 def oracle_iou(segmenter, frames, masks, batch_size: int, device) -> float:
     """The competition IoU (`dense.macro_iou`) of the masks the segmenter paints on the
     true frames."""
-    from .dense import macro_iou
+    from futureseg.core.dense import macro_iou
 
     return macro_iou(segmenter.masks(frames, device, batch_size), masks)
 
@@ -305,7 +305,7 @@ def check_settings(args) -> None:
         raise ConfigError(f"--lr: must be a positive number, got {args.lr}")
     if not 0 <= args.score_threshold <= 1:
         raise ConfigError(f"--score-threshold: must lie in 0…1, got {args.score_threshold}")
-    from .models.segmenters import BACKENDS
+    from futureseg.models.segmenters import BACKENDS
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -321,8 +321,8 @@ def train(args) -> dict:
     """Train (or resume, or re-export a finished run); return the last validation metrics."""
     import torch
 
-    from .models.segmenters import Segmenter, build_backend
-    from .training import autocast, fit, plan_steps, seed_everything, select_device
+    from futureseg.models.segmenters import Segmenter, build_backend
+    from futureseg.core.training import autocast, fit, plan_steps, seed_everything, select_device
 
     check_settings(args)
     if args.threads:
@@ -387,10 +387,10 @@ def train_unet(args) -> dict:
 
     import torch
 
-    from .dense import dense_losses
-    from .models.segmenters import build
-    from .models.unet import UNetConfig
-    from .training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
+    from futureseg.core.dense import dense_losses
+    from futureseg.models.segmenters import build
+    from futureseg.models.unet import UNetConfig
+    from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     check_settings(args)
     for name in ("soft_iou_weight", "background_weight"):

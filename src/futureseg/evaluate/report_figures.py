@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError, FuturesegError
-from .io import atomic_path, read_array
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import atomic_path, read_array
 
 METHOD_COLOURS = {"pipeline": "#1f77b4", "oracle": "#2ca02c", "copy_last": "#ff7f0e"}
 
@@ -37,7 +37,7 @@ def _default_palette() -> np.ndarray:
 def palette() -> np.ndarray:
     """(49, 3) uint8 colours of the class ids: the generator's palette when it has one."""
     try:
-        from .synth import PALETTE
+        from futureseg.data.synth import PALETTE
     except ImportError:
         return _default_palette()
     table = np.asarray(PALETTE)

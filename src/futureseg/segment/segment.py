@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError, FuturesegError
-from .io import read_array, save_array
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import read_array, save_array
 
 log = logging.getLogger("futureseg")
 
@@ -55,8 +55,8 @@ def true_frames(root, frame: int) -> tuple[np.ndarray, list[int]]:
 def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, val_frames=None,
         hidden_frames=None, out_val=None, out_hidden=None, out_val_oracle=None, out_val_frame10=None) -> dict:
     """Write the requested outputs; return {output path: number of masks}."""
-    from .models import segmenters
-    from .training import select_device
+    from futureseg.models import segmenters
+    from futureseg.core.training import select_device
 
     jobs = []  # (output, input description, loader of (frames, ids), frame index)
     for out, needed, option in (

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError, DataError
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, DataError
 
 log = logging.getLogger("futureseg")
 
 
 def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64) -> dict:
     """Segment frames 0…n_frames-1 of every video of a frame cache; return a summary."""
-    from .cache_frames import array_writer, load_cache
-    from .models import segmenters
-    from .training import progress, select_device
+    from futureseg.data.cache_frames import array_writer, load_cache
+    from futureseg.models import segmenters
+    from futureseg.core.training import progress, select_device
 
     if not 1 <= n_frames <= data.N_FRAMES:
         raise ConfigError(f"--frames {n_frames}: must lie in 1…{data.N_FRAMES}")

@@ -5,7 +5,7 @@ reach a bad file may do so after hours of training. This stage looks at every fi
 splits the config uses, cheaply: each frame's presence and PNG header (size, 8-bit RGB, the
 closing IEND chunk a truncated file lacks) without decoding pixels, and each mask's .npy
 header (dtype, shape) plus its class range, memory-mapped. It stops at the first bad file
-with the same one-line error the readers of futureseg.data raise, naming the file.
+with the same one-line error the readers of futureseg.core.data raise, naming the file.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from . import data
-from .io import write_json
+from futureseg.core import data
+from futureseg.core.io import write_json
 
-log = logging.getLogger("futureseg.check_data")
+log = logging.getLogger("futureseg.data.check_data")
 
 # Videos per task: a few tasks per worker balance the load without paying per-video IPC.
 _CHUNK_VIDEOS = 64
@@ -70,7 +70,7 @@ HELP = "check every file of the dataset's splits cheaply (PNG headers, mask head
 
 
 def add_arguments(parser) -> None:
-    from .cli import comma_list
+    from futureseg.cli import comma_list
 
     parser.add_argument("--root", required=True, help="Dataset_Student root")
     parser.add_argument("--splits", type=comma_list, default=data.SPLITS,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import DataError, FuturesegError
-from .shards import parse_shard, shard_rows
+from futureseg.core import data
+from futureseg.core.errors import DataError, FuturesegError
+from futureseg.core.shards import parse_shard, shard_rows
 
 FUTURE_FRAMES = tuple(range(data.N_INPUT, data.N_FRAMES))  # 11…21
 
@@ -46,7 +46,7 @@ def parse_frames(text: str) -> list[int]:
 
 def load_predictor(path: str | Path, device):
     """The model and the dict saved by `train-predictor` (read weights-only)."""
-    from .models import predictors
+    from futureseg.models import predictors
 
     model, saved = predictors.load(path)
     return model.to(device).eval(), saved
@@ -57,8 +57,8 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
     """Write the predicted `frames` of every video (of the shard) of the cache; return a summary."""
     import torch
 
-    from .cache_frames import array_writer, load_cache
-    from .training import progress, select_device
+    from futureseg.data.cache_frames import array_writer, load_cache
+    from futureseg.core.training import progress, select_device
 
     if batch_size < 1:
         raise FuturesegError(f"--batch-size {batch_size}: must be at least 1")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError, FuturesegError
-from .io import atomic_path
+from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.io import atomic_path
 
 SCORES_FILE = Path("eval") / "scores.json"
 
@@ -88,7 +88,7 @@ HELP = "several runs' eval/scores.json as one Markdown table"
 
 
 def add_arguments(parser) -> None:
-    from .cli import comma_list
+    from futureseg.cli import comma_list
 
     parser.add_argument("folders", nargs="+", metavar="DIR", help="results folders, each holding eval/scores.json")
     parser.add_argument("--out", required=True, help="Markdown file to write")

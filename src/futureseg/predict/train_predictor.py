@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import ConfigError, DataError
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, DataError
 
 log = logging.getLogger("futureseg")
 
@@ -49,7 +49,7 @@ N_FUTURE = data.N_FRAMES - data.N_INPUT  # frames 11…21
 
 def build_model(model_name: str, in_shape, config: dict):
     """The predictor from the registry (a seam the tests wrap to inject faults)."""
-    from .models import predictors
+    from futureseg.models import predictors
 
     return predictors.build(model_name, in_shape, config)
 
@@ -79,7 +79,7 @@ class CachedVideos:
     """
 
     def __init__(self, paths, frames_needed: int):
-        from .cache_frames import load_cache
+        from futureseg.data.cache_frames import load_cache
 
         self.paths = [Path(p) for p in paths]
         self.shapes = []
@@ -148,7 +148,7 @@ def loader(videos: CachedVideos, batches, workers: int, pin: bool):
 
     # Its own generator: creating a DataLoader iterator draws a seed, which must not come
     # from the global RNG, or a run resumed mid-epoch would drift from an uninterrupted one.
-    from .training import ignore_stop_signals
+    from futureseg.core.training import ignore_stop_signals
 
     return torch.utils.data.DataLoader(
         videos, sampler=batches, batch_size=None, num_workers=workers, pin_memory=pin,
@@ -199,7 +199,7 @@ def evaluate(model, videos: CachedVideos, rows, mean, std, device, batch_size: i
     import torch
     from torchmetrics import MeanSquaredError
 
-    from .training import autocast
+    from futureseg.core.training import autocast
 
     model_scores, baseline_scores = FrameScores(device), FrameScores(device)
     normalised_mse = MeanSquaredError().to(device)
@@ -234,9 +234,9 @@ def train(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from . import mean_std as mean_std_module
-    from .models import predictors
-    from .training import autocast, cleanup_distributed, fit, seed_everything, select_device, setup_distributed
+    from futureseg.data import mean_std as mean_std_module
+    from futureseg.models import predictors
+    from futureseg.core.training import autocast, cleanup_distributed, fit, seed_everything, select_device, setup_distributed
 
     check_settings(args)
     if args.threads:
@@ -334,8 +334,8 @@ HELP = "train the frame predictor (SimVP, ConvLSTM, ConvGRU) on cached frames (s
 
 
 def add_arguments(parser) -> None:
-    from .cli import json_object
-    from .models import predictors
+    from futureseg.cli import json_object
+    from futureseg.models import predictors
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--cache", nargs="+", required=True, help="frame caches (.npy) of the training splits")

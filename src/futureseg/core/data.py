@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from futureseg.core.errors import DataError
 
 SPLITS = ("train", "val", "unlabeled", "hidden")
 LABELED_SPLITS = ("train", "val")

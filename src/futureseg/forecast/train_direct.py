@@ -16,8 +16,8 @@ import logging
 
 import numpy as np
 
-from . import data
-from .errors import DataError
+from futureseg.core import data
+from futureseg.core.errors import DataError
 
 log = logging.getLogger("futureseg")
 
@@ -29,11 +29,11 @@ def train(args) -> dict:
 
     import torch
 
-    from .dense import (check_training_settings, dense_losses, direct_masks, flip_together, load_mask_cache,
+    from futureseg.core.dense import (check_training_settings, dense_losses, direct_masks, flip_together, load_mask_cache,
                         macro_iou, normalisation)
-    from .cache_frames import load_cache
-    from .models.unet import UNet, UNetConfig
-    from .training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
+    from futureseg.data.cache_frames import load_cache
+    from futureseg.models.unet import UNet, UNetConfig
+    from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     args.iou_finetune_epochs = 0
     check_training_settings(args)
@@ -108,8 +108,8 @@ HELP = "train the direct U-Net: 11 stacked frames → mask of frame 21 (route di
 
 
 def add_arguments(parser) -> None:
-    from .cli import comma_list
-    from .dense import add_training_arguments
+    from futureseg.cli import comma_list
+    from futureseg.core.dense import add_training_arguments
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root: true masks of --label-splits and of val")
@@ -130,11 +130,11 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     if bool(args.pseudo) != bool(args.pseudo_cache):
-        from .errors import ConfigError
+        from futureseg.core.errors import ConfigError
 
         raise ConfigError("--pseudo and --pseudo-cache go together (unlabeled's masks and its frames)")
     if len(args.label_splits) != len(args.cache):
-        from .errors import ConfigError
+        from futureseg.core.errors import ConfigError
 
         raise ConfigError(f"--label-splits names {len(args.label_splits)} splits for {len(args.cache)} --cache files")
     scores = train(args)

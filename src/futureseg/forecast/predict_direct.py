@@ -6,17 +6,17 @@ i-th of K contiguous row ranges (hidden-set inference, gathered by `gather-shard
 
 from __future__ import annotations
 
-from . import data
-from .errors import ConfigError, DataError, FuturesegError
-from .io import save_array
-from .shards import parse_shard, shard_rows
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.core.io import save_array
+from futureseg.core.shards import parse_shard, shard_rows
 
 
 def run(model_path, cache_path, out, shard=None, batch_size: int = 16) -> int:
-    from .cache_frames import load_cache
-    from .models.unet import UNet, UNetConfig
-    from .dense import direct_masks
-    from .training import load_checkpoint, select_device
+    from futureseg.data.cache_frames import load_cache
+    from futureseg.models.unet import UNet, UNetConfig
+    from futureseg.core.dense import direct_masks
+    from futureseg.core.training import load_checkpoint, select_device
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import logging
 
-from . import data
-from .errors import ConfigError, DataError
-from .io import save_array
-from .shards import parse_shard, shard_rows
+from futureseg.core import data
+from futureseg.core.errors import ConfigError, DataError
+from futureseg.core.io import save_array
+from futureseg.core.shards import parse_shard, shard_rows
 
 log = logging.getLogger("futureseg")
 
 
 def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16) -> int:
-    from .dense import forecast_masks, load_mask_cache
-    from .models import forecasters
-    from .training import select_device
+    from futureseg.core.dense import forecast_masks, load_mask_cache
+    from futureseg.models import forecasters
+    from futureseg.core.training import select_device
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")

@@ -1,15 +1,15 @@
 """`futureseg check-submission`: validate a submission file against a hidden folder.
 
 Its own module because the CLI maps one module to one verb; the checks live in
-`futureseg.submission` (`check_submission`, `problems_of`), shared with `submission --hidden`.
+`futureseg.evaluate.submission` (`check_submission`, `problems_of`), shared with `submission --hidden`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from .errors import FuturesegError
-from .submission import check_submission, hidden_videos
+from futureseg.core.errors import FuturesegError
+from futureseg.evaluate.submission import check_submission, hidden_videos
 
 VERB = "check-submission"
 HELP = "check a submission tensor against the hidden split: shape, dtype, class ids, id order"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FuturesegError
-from .io import read_array, save_array
+from futureseg.core.errors import FuturesegError
+from futureseg.core.io import read_array, save_array
 
 VERB = "gather-shards"
 HELP = "concatenate the shards of a sharded array (+ ids sidecars) into one, in order"

@@ -1,0 +1,1 @@
+"""Stage 2, frame prediction: train the frame predictor, then predict frames 11…21."""
