@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from futureseg.data import check_data, cache_frames as frame_cache
+from futureseg.data import check_data, cache_frames
 from futureseg.core import data
 from futureseg.data.synth import generate_dataset
 
@@ -71,7 +71,7 @@ def main():
         for workers in sorted({1, args.workers}):
             t0 = time.perf_counter()
             for split in splits:
-                frame_cache.cache_split(root, split, tmp / f"{split}.npy", workers)
+                cache_frames.cache_split(root, split, tmp / f"{split}.npy", workers)
             print(f"cache-frames, {workers} process(es): {time.perf_counter() - t0:6.2f} s")
             for split in splits:
                 (tmp / f"{split}.npy").unlink()

@@ -7,15 +7,15 @@ import pytest
 from PIL import Image
 
 from futureseg.core import data
-from futureseg.data import cache_frames as frame_cache
+from futureseg.data import cache_frames
 from futureseg.core.errors import DataError
-from futureseg.core.io import load_array
+from futureseg.core.io import array_writer, load_array, load_cache
 
 
 def _cache(root, split, out, workers=1):
     parser = argparse.ArgumentParser()
-    frame_cache.add_arguments(parser)
-    frame_cache.main(parser.parse_args(
+    cache_frames.add_arguments(parser)
+    cache_frames.main(parser.parse_args(
         ["--root", str(root), "--split", split, "--out", str(out), "--workers", str(workers)]))
 
 
@@ -32,13 +32,13 @@ def test_cache_equals_the_pngs(tiny_dataset, tmp_path, split, workers):
     for row, video in zip(frames, videos):
         np.testing.assert_array_equal(row, data.read_frames(video))
     assert sorted(p.name for p in out.parent.iterdir()) == [f"{split}.json", f"{split}.npy"], "no temp files"
-    mapped, _ = frame_cache.load_cache(out)
+    mapped, _ = load_cache(out)
     assert isinstance(mapped, np.memmap) and mapped.shape == frames.shape
 
 
 def test_array_writer_matches_save_array_format(tmp_path):
     out = tmp_path / "a.npy"
-    with frame_cache.array_writer(out, (3, 2, 2), [7, 8, 9], note="x") as array:
+    with array_writer(out, (3, 2, 2), [7, 8, 9], note="x") as array:
         array[:] = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
     values, meta = load_array(out)
     np.testing.assert_array_equal(values, np.arange(12).reshape(3, 2, 2))
@@ -61,6 +61,6 @@ def test_load_cache_checks_the_sidecar(tiny_dataset, tmp_path):
     _cache(tiny_dataset, "val", out)
     out.with_suffix(".json").write_text('{"ids": [1]}')
     with pytest.raises(DataError, match=rf"^{out.with_suffix('.json')}: expected the ids of the 2 rows of val.npy, found 1 ids"):
-        frame_cache.load_cache(out)
+        load_cache(out)
     with pytest.raises(DataError, match="frame cache file does not exist"):
-        frame_cache.load_cache(tmp_path / "nothing.npy")
+        load_cache(tmp_path / "nothing.npy")

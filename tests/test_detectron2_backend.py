@@ -20,7 +20,7 @@ from futureseg.core.instances import mask_to_instances
 from futureseg.models import maskrcnn_detectron2 as d2
 from futureseg.models.maskrcnn_detectron2 import Detectron2MaskRCNN, Detectron2MaskRCNNConfig
 from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig
-from futureseg.data.synth import class_name
+from futureseg.core.classes import class_name
 
 needs_detectron2 = pytest.mark.skipif(
     importlib.util.find_spec("detectron2") is None, reason="detectron2 is not installed (see envs/detectron2.yaml)"

@@ -19,7 +19,7 @@ def test_verbs_live_in_the_stage_packages_and_the_core_holds_none():
     stages = [name.split(".")[0] for name in cli.VERB_MODULES]
     assert list(dict.fromkeys(stages)) == ["data", "predict", "segment", "forecast", "evaluate"]
     core = {p.stem for p in (PACKAGE / "core").glob("*.py")} - {"__init__"}
-    assert core == {"data", "io", "errors", "training", "dense", "instances", "shards"}
+    assert core == {"data", "classes", "io", "errors", "training", "dense", "instances", "shards"}
     assert not any(hasattr(importlib.import_module(f"futureseg.core.{m}"), "VERB") for m in core)
 
 
@@ -65,3 +65,15 @@ def test_the_import_graph_has_no_cycle():
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def test_stages_stand_on_the_core_and_models_only():
+    """core/ and models/ import no verb; a verb imports no verb of another stage (what two
+    stages share lives in core/: the frame caches' and mean/std's readers, the classes)."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    verbs = {f"futureseg.{name}" for name in cli.VERB_MODULES}
+    for name, path in paths.items():
+        for dep in imports_of(path, set(paths)) & verbs:
+            if name.startswith(("futureseg.core", "futureseg.models")):
+                raise AssertionError(f"{name} (a floor) imports the verb {dep}")
+            assert dep.split(".")[1] == name.split(".")[1], f"{name} imports {dep}, a verb of another stage"

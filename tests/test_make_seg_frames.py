@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from futureseg.core import data
-from futureseg.segment import make_seg_frames as seg_frames
+from futureseg.segment import make_seg_frames
 from futureseg.core.errors import ConfigError, DataError, FuturesegError
 from futureseg.core.io import load_array, save_array
 
@@ -70,7 +70,7 @@ def frames(tmp_path_factory):
 def _load(out):
     images = np.load(out / "images.npy")
     masks = np.load(out / "masks.npy")
-    index = seg_frames.read_index(out)
+    index = make_seg_frames.read_index(out)
     counts = json.loads((out / "counts.json").read_text())
     assert images.dtype == masks.dtype == np.uint8
     assert images.shape == (len(index), *SIZE, 3) and masks.shape == (len(index), *SIZE)
@@ -86,7 +86,7 @@ def _check_rows(out, frames_path=None):
         video_id, t, sigma = entry["video_id"], entry["frame_index"], entry["blur_sigma"]
         np.testing.assert_array_equal(masks[row], _mask(video_id)[t])
         if entry["source"] == "real":
-            assert images[row].tolist() == seg_frames.gaussian_blur(_frame(video_id, t), sigma).tolist()
+            assert images[row].tolist() == make_seg_frames.gaussian_blur(_frame(video_id, t), sigma).tolist()
         else:
             assert entry["source"] == "generated" and sigma == 0
             expected = predicted[meta["ids"].index(video_id), meta["frame_indices"].index(t)]
@@ -104,7 +104,7 @@ def _by_video(index, source):
 
 def test_all_frames_with_generated(dataset, frames, tmp_path):
     out = tmp_path / "segframes"
-    counts = seg_frames.build_training_set(dataset, out, frames, frameskip=1, blur_prob=0.3, seed=0)
+    counts = make_seg_frames.build_training_set(dataset, out, frames, frameskip=1, blur_prob=0.3, seed=0)
     index = _check_rows(out, frames)
     n = len(TRAIN_IDS)
     assert (counts["real"], counts["generated"], counts["total"]) == (22 * n, 11 * n, 33 * n)
@@ -121,7 +121,7 @@ def test_all_frames_with_generated(dataset, frames, tmp_path):
 @pytest.mark.parametrize("k", [2, 3])
 def test_frameskip_keeps_every_kth_frame(dataset, frames, tmp_path, k):
     out = tmp_path / "segframes"
-    counts = seg_frames.build_training_set(dataset, out, frames, frameskip=k, blur_prob=0.5, seed=3)
+    counts = make_seg_frames.build_training_set(dataset, out, frames, frameskip=k, blur_prob=0.5, seed=3)
     index = _check_rows(out, frames)
     for source, n_frames, first in (("real", 22, 0), ("generated", 11, 11)):
         kept = _by_video(index, source)
@@ -139,21 +139,21 @@ def test_frameskip_indices_and_random_phase():
     for seed in range(40):
         rng = np.random.default_rng(seed)
         for n, k in ((22, 1), (22, 2), (11, 2), (11, 3), (22, 5)):
-            kept = seg_frames.frameskip_indices(n, k, rng)
+            kept = make_seg_frames.frameskip_indices(n, k, rng)
             assert len(kept) in (n // k, -(-n // k)) and kept[0] < k and np.all(np.diff(kept) == k)
-        phases.add(int(seg_frames.frameskip_indices(22, 4, np.random.default_rng(seed))[0]))
+        phases.add(int(make_seg_frames.frameskip_indices(22, 4, np.random.default_rng(seed))[0]))
     assert phases == {0, 1, 2, 3}, "the phase is random, not always 0"
-    np.testing.assert_array_equal(seg_frames.frameskip_indices(5, 1, np.random.default_rng(0)), range(5))
-    assert len(seg_frames.frameskip_indices(11, 30, np.random.default_rng(0))) == 1, "k > n keeps one frame"
+    np.testing.assert_array_equal(make_seg_frames.frameskip_indices(5, 1, np.random.default_rng(0)), range(5))
+    assert len(make_seg_frames.frameskip_indices(11, 30, np.random.default_rng(0))) == 1, "k > n keeps one frame"
     with pytest.raises(ConfigError, match="augment.frameskip"):
-        seg_frames.frameskip_indices(22, 0, np.random.default_rng(0))
+        make_seg_frames.frameskip_indices(22, 0, np.random.default_rng(0))
 
 
 def test_no_generated_keeps_the_same_real_samples(dataset, frames, tmp_path):
     with_generated = tmp_path / "on"
     without = tmp_path / "off"
-    seg_frames.build_training_set(dataset, with_generated, frames, frameskip=2, blur_prob=0.5, seed=7)
-    counts = seg_frames.build_training_set(dataset, without, None, generated=False, frameskip=2, blur_prob=0.5, seed=7)
+    make_seg_frames.build_training_set(dataset, with_generated, frames, frameskip=2, blur_prob=0.5, seed=7)
+    counts = make_seg_frames.build_training_set(dataset, without, None, generated=False, frameskip=2, blur_prob=0.5, seed=7)
     index = _check_rows(without)
     assert counts["generated"] == 0 and counts["real"] == counts["total"] == len(index) == 11 * len(TRAIN_IDS)
     assert {e["source"] for e in index} == {"real"}
@@ -166,12 +166,12 @@ def test_no_generated_keeps_the_same_real_samples(dataset, frames, tmp_path):
 
 def test_blur_prob_zero_and_one(dataset, frames, tmp_path):
     sharp = tmp_path / "sharp"
-    counts = seg_frames.build_training_set(dataset, sharp, frames, blur_prob=0.0, seed=1)
+    counts = make_seg_frames.build_training_set(dataset, sharp, frames, blur_prob=0.0, seed=1)
     index = _check_rows(sharp, frames)
     assert counts["blurred_real"] == 0 and all(e["blur_sigma"] == 0 for e in index)
 
     blurred = tmp_path / "blurred"
-    counts = seg_frames.build_training_set(dataset, blurred, frames, blur_prob=1.0, blur_sigma=(0.8, 1.5), seed=1)
+    counts = make_seg_frames.build_training_set(dataset, blurred, frames, blur_prob=1.0, blur_sigma=(0.8, 1.5), seed=1)
     index = _check_rows(blurred, frames)  # image == blur(raw frame, recorded sigma), mask == GT
     images, masks, _, _ = _load(blurred)
     real = [i for i, e in enumerate(index) if e["source"] == "real"]
@@ -188,7 +188,7 @@ def test_blur_prob_zero_and_one(dataset, frames, tmp_path):
 
 def test_real_frames_of_several_splits(dataset, frames, tmp_path):
     out = tmp_path / "segframes"
-    counts = seg_frames.build_training_set(dataset, out, frames, splits=("train", "val"))
+    counts = make_seg_frames.build_training_set(dataset, out, frames, splits=("train", "val"))
     index = _check_rows(out, frames)
     assert sorted(_by_video(index, "real")) == [*TRAIN_IDS, *VAL_IDS]
     assert sorted(_by_video(index, "generated")) == list(TRAIN_IDS)
@@ -198,8 +198,8 @@ def test_real_frames_of_several_splits(dataset, frames, tmp_path):
 def test_deterministic(dataset, frames, tmp_path):
     settings = dict(frameskip=2, blur_prob=0.5, blur_sigma=(0.5, 2.0))
     for name in ("a", "b"):
-        seg_frames.build_training_set(dataset, tmp_path / name, frames, seed=11, **settings)
-    seg_frames.build_training_set(dataset, tmp_path / "other", frames, seed=12, **settings)
+        make_seg_frames.build_training_set(dataset, tmp_path / name, frames, seed=11, **settings)
+    make_seg_frames.build_training_set(dataset, tmp_path / "other", frames, seed=12, **settings)
     for name in ("images.npy", "masks.npy", "index.csv", "counts.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / "index.csv").read_text() != (tmp_path / "other" / "index.csv").read_text()
@@ -207,22 +207,22 @@ def test_deterministic(dataset, frames, tmp_path):
 
 def test_verb(dataset, frames, tmp_path):
     parser = argparse.ArgumentParser()
-    seg_frames.add_arguments(parser)
+    make_seg_frames.add_arguments(parser)
     out = tmp_path / "results" / "segframes"
     args = parser.parse_args(
         ["--root", str(dataset), "--frames", str(frames), "--out", str(out), "--frameskip", "2",
          "--blur-prob", "1", "--blur-sigma", "1,1.25", "--seed", "5"]
     )
     assert args.generated is True
-    seg_frames.main(args)
+    make_seg_frames.main(args)
     index = _check_rows(out, frames)
     real = [e["blur_sigma"] for e in index if e["source"] == "real"]
     assert len(real) == 11 * len(TRAIN_IDS) and all(1 <= sigma <= 1.25 for sigma in real)
     args = parser.parse_args(["--root", str(dataset), "--out", str(out), "--no-generated"])
     assert args.generated is False and args.frameskip == 1 and args.blur_prob == 0.3
-    seg_frames.main(args)
+    make_seg_frames.main(args)
     assert _load(out)[3]["generated"] == 0, "a rerun replaces the folder"
-    assert seg_frames.parse_sigma_range(" 0.5 , 2 ") == (0.5, 2.0)
+    assert make_seg_frames.parse_sigma_range(" 0.5 , 2 ") == (0.5, 2.0)
 
 
 # Each case: (build_training_set kwargs, text the error must contain, what it must start with).
@@ -260,7 +260,7 @@ def test_bad_input_raises_and_writes_nothing(dataset, frames, tmp_path, case):
     kwargs.setdefault("frames_path", frames)
     results = tmp_path / "results"
     with pytest.raises(FuturesegError, match=message) as info:
-        seg_frames.build_training_set(dataset, results / "segframes", **kwargs)
+        make_seg_frames.build_training_set(dataset, results / "segframes", **kwargs)
     assert str(info.value).startswith(prefix), "the error names the file or the option first"
     assert not results.exists(), "no output folder, no temp folder"
 
@@ -268,19 +268,19 @@ def test_bad_input_raises_and_writes_nothing(dataset, frames, tmp_path, case):
 def test_bad_sigma_text():
     for text in ("1", "a,b", "1,2,3", ""):
         with pytest.raises(ConfigError, match="augment.blur_sigma"):
-            seg_frames.parse_sigma_range(text)
+            make_seg_frames.parse_sigma_range(text)
 
 
 def test_failure_midway_keeps_previous_output(dataset, frames, tmp_path):
     broken = tmp_path / "dataset"
     _write_dataset(broken)
     out = tmp_path / "results" / "segframes"
-    seg_frames.build_training_set(broken, out, frames, seed=0)
+    make_seg_frames.build_training_set(broken, out, frames, seed=0)
     before = (out / "index.csv").read_bytes()
     missing = data.list_videos(broken, "train")[-1].frame_path(20)
     missing.unlink()
     with pytest.raises(DataError, match="frame is missing") as info:
-        seg_frames.build_training_set(broken, out, frames, seed=1)
+        make_seg_frames.build_training_set(broken, out, frames, seed=1)
     assert str(info.value).startswith(str(missing))
     assert (out / "index.csv").read_bytes() == before, "the previous set is untouched"
     assert [p.name for p in out.parent.iterdir()] == ["segframes"], "no temp folder left"

@@ -4,6 +4,7 @@ import numpy as np
 
 from futureseg import cli
 from futureseg.core import data
+from futureseg.core.io import read_mean_std
 from futureseg.data import mean_std
 
 
@@ -35,7 +36,7 @@ def test_verb_writes_json(tiny_dataset, tmp_path):
     assert cli.main(["mean-std", "--root", str(tiny_dataset), "--out", str(out), "--workers", "2"]) == 0
     stats = json.loads(out.read_text())
     assert set(stats) >= {"mean", "std", "n_frames", "n_pixels_per_channel"}
-    loaded_mean, loaded_std = mean_std.load(out)
+    loaded_mean, loaded_std = read_mean_std(out)
     assert loaded_mean.shape == (3,) and (loaded_std > 0).all()
     assert [p.name for p in out.parent.iterdir()] == ["mean_std.json"], "no temp files left"
 

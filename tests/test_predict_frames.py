@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from futureseg.data import cache_frames as frame_cache, mean_std
+from futureseg.data import cache_frames, mean_std
 from futureseg.predict import predict_frames, train_predictor
 from futureseg.core.errors import DataError
-from futureseg.core.io import load_array
+from futureseg.core.io import array_writer, load_array
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def trained(tiny_dataset, tmp_path_factory):
     """Caches of val and hidden, and a tiny SimVP trained for 2 steps."""
     folder = tmp_path_factory.mktemp("predictor")
     for split in ("train", "val", "hidden"):
-        frame_cache.cache_split(tiny_dataset, split, folder / f"{split}.npy")
+        cache_frames.cache_split(tiny_dataset, split, folder / f"{split}.npy")
     mean_std.run(tiny_dataset, folder / "mean_std.json")
     parser = argparse.ArgumentParser()
     train_predictor.add_arguments(parser)
@@ -102,7 +102,7 @@ def test_parse_frames_and_shard():
 
 def test_a_cache_of_another_frame_size_is_refused(trained, tmp_path):
     other = tmp_path / "other.npy"
-    with frame_cache.array_writer(other, (1, 22, 16, 16, 3), [5]) as array:
+    with array_writer(other, (1, 22, 16, 16, 3), [5]) as array:
         array[:] = 0
     with pytest.raises(DataError, match=rf"^{other}: frames are 16x16, the model .* was trained on 32x48"):
         _predict(trained, "val", tmp_path / "out.npy", "--cache", str(other))

@@ -14,7 +14,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 
 from futureseg import cli
 from futureseg.core import data
-from futureseg.evaluate import report_figures as plots, score
+from futureseg.evaluate import report_figures, score
 from futureseg.core.errors import FuturesegError
 from futureseg.core.io import save_array
 
@@ -25,7 +25,7 @@ def write_val_split(root: Path, masks: np.ndarray, first_id: int = FIRST_VAL_ID)
     """A val split whose videos have the given (N, 22, H, W) masks; frames are the masks
     colourised, so they are valid RGB PNGs of the right size."""
     ids = []
-    table = plots.palette()
+    table = report_figures.palette()
     for k, mask in enumerate(masks):
         video_id = first_id + k
         folder = root / "val" / f"video_{video_id:05d}"
@@ -215,8 +215,8 @@ def test_most_confused_picks_the_off_diagonal_mass():
     confusion[4, 9] = 50
     confusion[20, 4] = 30
     confusion[33, 33] = 10_000  # large but never confused
-    assert plots.most_confused(confusion, top=3) == [4, 9, 20]
-    assert plots.most_confused(confusion, top=2) == [4, 9]
+    assert report_figures.most_confused(confusion, top=3) == [4, 9, 20]
+    assert report_figures.most_confused(confusion, top=2) == [4, 9]
 
 
 def test_training_curves_and_val_examples(tmp_path, random_case):
@@ -226,24 +226,24 @@ def test_training_curves_and_val_examples(tmp_path, random_case):
     segmenter.mkdir()
     (predictor / "metrics.csv").write_text("step,loss,val_mse,val_psnr,lr\n" + "".join(f"{s},{1 / s},{0.5 / s},{20 + s},{1e-3}\n" for s in range(1, 8)))
     (segmenter / "metrics.csv").write_text("step,loss,val_iou\n1,2.0,0.1\n2,1.5,\n3,1.0,0.3\n")
-    assert_png(plots.training_curves([predictor / "metrics.csv", segmenter / "metrics.csv"], tmp_path / "curves.png"))
-    assert plots._panel_of("val_psnr") == "PSNR (dB)" and plots._panel_of("val_mse") == "loss"
-    assert plots._panel_of("val_iou") == "IoU / accuracy" and plots._panel_of("lr") == "learning rate"
+    assert_png(report_figures.training_curves([predictor / "metrics.csv", segmenter / "metrics.csv"], tmp_path / "curves.png"))
+    assert report_figures._panel_of("val_psnr") == "PSNR (dB)" and report_figures._panel_of("val_mse") == "loss"
+    assert report_figures._panel_of("val_iou") == "IoU / accuracy" and report_figures._panel_of("lr") == "learning rate"
 
     ids = [v.id for v in data.list_videos(root, "val")]
     frames = np.zeros((5, 2, 12, 16, 3), np.uint8)
-    frames[:, 1] = plots.colourise(frame21)  # the predicted frame 21 sits at column 1
+    frames[:, 1] = report_figures.colourise(frame21)  # the predicted frame 21 sits at column 1
     save_array(folder / "frames_val.npy", frames, ids, frame_indices=[20, 21])
-    width, height = assert_png(plots.val_examples(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "examples.png", n=3))
+    width, height = assert_png(report_figures.val_examples(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "examples.png", n=3))
     assert width > height  # 7 columns, 3 rows of wide frames
 
     save_array(folder / "frames_20.npy", frames[:, :1], ids, frame_indices=[20])
     with pytest.raises(FuturesegError, match=re.escape(str(folder / "frames_20.npy")) + ".*frame 21"):
-        plots.val_examples(root, folder / "frames_20.npy", folder / "masks_val.npy", tmp_path / "x.png")
+        report_figures.val_examples(root, folder / "frames_20.npy", folder / "masks_val.npy", tmp_path / "x.png")
 
 
 def test_palette_has_49_distinct_colours():
-    table = plots.palette()
+    table = report_figures.palette()
     assert table.shape == (data.NUM_CLASSES, 3) and table.dtype == np.uint8
     assert len({tuple(c) for c in table}) == data.NUM_CLASSES
 
@@ -288,7 +288,7 @@ def test_score_writes_the_three_way_table_as_html(random_case):
 def _gif_panels(animation, n_panels, scale):
     """Split (T, h, w, 3) animation frames into their panels below the caption strip."""
     panel_w = (animation.shape[2] + 2 * scale) // n_panels - 2 * scale
-    return [animation[:, plots.GIF_CAPTION_PX :, i * (panel_w + 2 * scale) : i * (panel_w + 2 * scale) + panel_w] for i in range(n_panels)]
+    return [animation[:, report_figures.GIF_CAPTION_PX :, i * (panel_w + 2 * scale) : i * (panel_w + 2 * scale) + panel_w] for i in range(n_panels)]
 
 
 def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(random_case, tmp_path):
@@ -301,13 +301,13 @@ def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(ran
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (5, 2, 12, 16, 3), np.uint8)  # frames 15 and 21 kept
     save_array(folder / "frames_val.npy", frames, [v.id for v in videos], frame_indices=[15, 21])
-    out = plots.val_animations(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "animations.html", n=2)
+    out = report_figures.val_animations(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "animations.html", n=2)
     page = out.read_text()
     gifs = re.findall(r'<img alt="val video (\d+)" src="data:image/gif;base64,([^"]+)">', page)
     assert [int(i) for i, _ in gifs] == [videos[0].id, videos[4].id]  # spread over the split
     animation = iio.imread(base64.b64decode(gifs[1][1]), index=None, extension=".gif")
     scale = 10  # 12-pixel frames are scaled to at least 120
-    assert animation.shape == (22, 12 * scale + plots.GIF_CAPTION_PX, 4 * 16 * scale + 3 * 2 * scale, 3)
+    assert animation.shape == (22, 12 * scale + report_figures.GIF_CAPTION_PX, 4 * 16 * scale + 3 * 2 * scale, 3)
 
     def up(image):
         return np.asarray(image).repeat(scale, 0).repeat(scale, 1)
@@ -321,7 +321,7 @@ def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(ran
     assert close(true[0], up(true_frames[0])) and close(predicted[0], up(true_frames[0]))
     assert close(true[21], up(true_frames[21])) and close(predicted[21], up(frames[4, 1]))
     assert close(predicted[15], up(frames[4, 0]))
-    assert (np.abs(predicted[12].astype(int) - plots.NOT_KEPT_GREY) < 8).all(), "frame 12 was not kept: grey"
-    assert close(predicted_mask[3], up(plots.colourise(pred[4]))) and close(true_mask[20], up(plots.colourise(frame21[4])))
+    assert (np.abs(predicted[12].astype(int) - report_figures.NOT_KEPT_GREY) < 8).all(), "frame 12 was not kept: grey"
+    assert close(predicted_mask[3], up(report_figures.colourise(pred[4]))) and close(true_mask[20], up(report_figures.colourise(frame21[4])))
     assert not close(predicted[21], up(true_frames[21]))
     assert not list(tmp_path.glob(".*.tmp"))

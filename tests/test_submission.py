@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from futureseg.evaluate import gather_scores as ablation, check_submission, submission
+from futureseg.evaluate import gather_scores, check_submission, submission
 from futureseg import cli
 from futureseg.core import data
 from futureseg.core.errors import ConfigError, FuturesegError
@@ -180,21 +180,21 @@ def write_scores(folder: Path, pipeline: float, oracle: float | None = None, n: 
 def test_gather_scores_table(tmp_path, monkeypatch):
     simvp = write_scores(tmp_path / "simvp", 0.41234, 0.8)
     convlstm = write_scores(tmp_path / "convlstm", 0.3, n=12)
-    text = ablation.run([simvp, convlstm], tmp_path / "table.md")
+    text = gather_scores.run([simvp, convlstm], tmp_path / "table.md")
     assert (tmp_path / "table.md").read_text() == text
     lines = text.splitlines()
     assert lines[0] == "| run | pipeline IoU | oracle IoU | copy-last IoU | pipeline micro IoU | pipeline pixel acc | val videos |"
     assert lines[2] == "| simvp | 0.4123 | 0.8000 | 0.1000 | 0.9000 | 0.9500 | 10 |"
     assert lines[3] == "| convlstm | 0.3000 | – | 0.1000 | 0.9000 | 0.9500 | 12 |"  # no oracle in that run
     assert len(lines) == 4
-    labelled = ablation.run([simvp, convlstm], tmp_path / "t2.md", labels=["A", "B"])
+    labelled = gather_scores.run([simvp, convlstm], tmp_path / "t2.md", labels=["A", "B"])
     assert [line.split(" | ")[0] for line in labelled.splitlines()[2:]] == ["| A", "| B"]
     with pytest.raises(ConfigError, match="--labels"):
-        ablation.run([simvp, convlstm], tmp_path / "t3.md", labels=["A"])
+        gather_scores.run([simvp, convlstm], tmp_path / "t3.md", labels=["A"])
     with pytest.raises(FuturesegError, match=re.escape(str(tmp_path / "missing" / "eval" / "scores.json"))):
-        ablation.run([simvp, tmp_path / "missing"], tmp_path / "t4.md")
+        gather_scores.run([simvp, tmp_path / "missing"], tmp_path / "t4.md")
     assert not (tmp_path / "t4.md").exists()
     # the verb, with labels given as a comma list
-    args = parse(ablation, [str(simvp), str(convlstm), "--out", str(tmp_path / "t5.md"), "--labels", "x,y"])
-    ablation.main(args)
+    args = parse(gather_scores, [str(simvp), str(convlstm), "--out", str(tmp_path / "t5.md"), "--labels", "x,y"])
+    gather_scores.main(args)
     assert "| x | 0.4123" in (tmp_path / "t5.md").read_text()

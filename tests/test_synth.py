@@ -8,18 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futureseg.data import synth
+from futureseg.core.classes import COLOR_RGB, COLORS, MATERIALS, PALETTE, SHAPES, class_id, class_name, class_parts
 from futureseg.core.errors import ConfigError
-from futureseg.data.synth import (
-    COLORS,
-    MATERIALS,
-    PALETTE,
-    SHAPES,
-    class_id,
-    class_name,
-    generate_dataset,
-    make_contact_sheet,
-)
+from futureseg.data import synth
+from futureseg.data.synth import generate_dataset, make_contact_sheet
 
 H, W = 32, 48
 SMALL = {"train": 2, "val": 1, "unlabeled": 1, "hidden": 1}
@@ -132,12 +124,12 @@ def colour_family(rgb) -> int:
     h, s, _ = colorsys.rgb_to_hsv(*(np.asarray(rgb, float) / 255))
     if s < 0.1:
         return 0
-    hues = [colorsys.rgb_to_hsv(*(c / 255))[0] for c in synth.COLOR_RGB[1:]]
+    hues = [colorsys.rgb_to_hsv(*(c / 255))[0] for c in COLOR_RGB[1:]]
     return 1 + int(np.argmin([min(abs(h - x), 1 - abs(h - x)) for x in hues]))
 
 
 def test_colour_family_of_base_colours():
-    assert [colour_family(c) for c in synth.COLOR_RGB] == list(range(8))
+    assert [colour_family(c) for c in COLOR_RGB] == list(range(8))
 
 
 def test_masks_agree_with_frames(dataset):
@@ -155,7 +147,7 @@ def test_masks_agree_with_frames(dataset):
             assert (frame[background] == floor[background]).all(axis=1).mean() > 0.5
             for c in np.unique(masks[t])[1:]:
                 pixels = frame[masks[t] == c]
-                assert colour_family(pixels.mean(0)) == synth.class_parts(c)[2], (video, t, class_name(c))
+                assert colour_family(pixels.mean(0)) == class_parts(c)[2], (video, t, class_name(c))
                 assert (pixels != floor[masks[t] == c]).any(axis=1).mean() > 0.5
                 checked += 1
     assert checked > 100

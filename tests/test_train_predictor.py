@@ -14,9 +14,10 @@ import time
 import pytest
 import torch
 
-from futureseg.data import cache_frames as frame_cache, mean_std
+from futureseg.data import cache_frames, mean_std
 from futureseg.predict import train_predictor
 from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.core.io import read_mean_std
 from futureseg.core.training import NonFiniteLoss, load_checkpoint
 
 # A tiny SimVP (IncepU translator: GroupNorm only, so DDP and one process see the same batch
@@ -32,7 +33,7 @@ VERB = [sys.executable, "-m", "futureseg", "train-predictor"]
 def caches(tiny_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache")
     for split in ("train", "val", "unlabeled", "hidden"):
-        frame_cache.cache_split(tiny_dataset, split, folder / f"{split}.npy")
+        cache_frames.cache_split(tiny_dataset, split, folder / f"{split}.npy")
     mean_std.run(tiny_dataset, folder / "mean_std.json")
     return folder
 
@@ -108,7 +109,7 @@ def test_training_lowers_the_loss_and_logs_the_baseline(caches, tmp_path, one_th
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     assert saved["model_name"] == "simvp" and saved["in_shape"] == [11, 3, 32, 48]
     assert saved["model_config"]["translator"] == "incepu" and saved["model_config"]["hid_S"] == 8
-    mean, std = mean_std.load(caches / "mean_std.json")
+    mean, std = read_mean_std(caches / "mean_std.json")
     assert saved["mean"] == pytest.approx(mean.tolist()) and saved["std"] == pytest.approx(std.tolist())
     assert saved["val_metrics"] == final
     assert (tmp_path / "metrics.csv").read_text() == (_checkpoint(tmp_path).parent / "metrics.csv").read_text()

@@ -82,13 +82,13 @@ def normalisation(mean_std_path) -> tuple[list[float], list[float]]:
     else ImageNet's, the usual default."""
     if mean_std_path is None:
         return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    from futureseg.data import mean_std
+    from futureseg.core.io import read_mean_std
     from futureseg.core.errors import FuturesegError
 
     path = Path(mean_std_path)
     if not path.is_file():
         raise FuturesegError(f"{path}: mean/std file does not exist")
-    mean, std = mean_std.load(path)
+    mean, std = read_mean_std(path)
     return [float(v) / 255 for v in mean], [float(v) / 255 for v in std]
 
 

@@ -1,4 +1,7 @@
-"""Atomic output helpers: every file a verb writes appears only when complete.
+"""Reading and writing the pipeline's files; every file a verb writes appears only when complete.
+
+Arrays with an ids sidecar (save_array / read_array), frame caches and other uint8 arrays
+filled row by row (array_writer / load_cache), the mean/std statistics (read_mean_std).
 
 A verb writes to a temporary name in the destination folder and renames it at the end,
 so a verb that is killed midway never leaves a file Snakemake would take as complete.
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from futureseg.core.errors import DataError
 
 
 @contextlib.contextmanager
@@ -118,8 +123,6 @@ def read_array(path: str | os.PathLike, what: str, mmap: bool = True) -> tuple[n
     """`load_array` for a verb's input, with the checks every reader needs, each error naming
     the file: the array and its sidecar exist and load, and the sidecar's "ids" name every
     row. `what` says what the file is ("frame cache", "predicted frames") in the messages."""
-    from futureseg.core.errors import DataError
-
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not path.is_file():
@@ -135,3 +138,52 @@ def read_array(path: str | os.PathLike, what: str, mmap: bool = True) -> tuple[n
         found = f"{len(ids)} ids" if isinstance(ids, list) else "no ids list"
         raise DataError(f"{sidecar}: expected the ids of the {len(array) if array.ndim else 0} rows of {path.name}, found {found}")
     return array, meta
+
+
+@contextlib.contextmanager
+def array_writer(path: str | Path, shape: tuple[int, ...], ids, **meta) -> Iterator[np.memmap]:
+    """Yield a uint8 memmap of `shape` to fill row by row; on success it becomes `path`
+    with the sidecar `{"ids": ids, **meta}`, exactly as `io.save_array` writes them.
+
+    The array lives in a temporary file beside `path` until the block ends, so a killed
+    writer leaves no partial output. The memmap is also reachable by other processes via
+    `writer.filename` (they open it with `np.load(..., mmap_mode="r+")`).
+    """
+    path = Path(path)
+    if len(ids) != shape[0]:
+        raise ValueError(f"{path}: {shape[0]} rows but {len(ids)} ids")
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            yield array
+            array.flush()
+        finally:
+            del array
+    write_json(path.with_suffix(".json"), {"ids": [int(i) for i in ids], **meta})
+
+
+def load_cache(path: str | Path) -> tuple[np.ndarray, dict]:
+    """A frame cache written by `futureseg cache-frames`, memory-mapped read-only, and its sidecar.
+
+    Checks what the training and prediction stages rely on, naming the file when it fails.
+    """
+    frames, meta = read_array(path, "frame cache")
+    if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+        raise DataError(f"{path}: frame cache is {frames.dtype} {frames.shape}, expected uint8 (N, T, H, W, 3)")
+    return frames, meta
+
+
+def read_mean_std(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The mean_std.json of `futureseg mean-std`: (mean, std) float32 arrays of shape (3,) on the 0…255 scale, checked."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text())
+        mean = np.asarray(stats["mean"], np.float64)
+        std = np.asarray(stats["std"], np.float64)
+    except FileNotFoundError:
+        raise DataError(f"{path}: mean/std file does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a mean_std.json of futureseg mean-std ({type(exc).__name__}: {exc})") from None
+    if mean.shape != (3,) or std.shape != (3,) or not np.isfinite(mean).all() or not (std > 0).all():
+        raise DataError(f"{path}: expected 3 finite means and 3 positive stds, got mean {mean.tolist()} std {std.tolist()}")
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -13,44 +13,20 @@ raises the usual `DataError` naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from futureseg.core import data
-from futureseg.core.io import atomic_path, write_json
+from futureseg.core.io import array_writer
 
 log = logging.getLogger("futureseg")
 
 # Videos per task handed to a worker: big enough that IPC is negligible, small enough that
 # progress lines come often and the last worker does not finish long after the others.
 _CHUNK_VIDEOS = 64
-
-
-@contextlib.contextmanager
-def array_writer(path: str | Path, shape: tuple[int, ...], ids, **meta) -> Iterator[np.memmap]:
-    """Yield a uint8 memmap of `shape` to fill row by row; on success it becomes `path`
-    with the sidecar `{"ids": ids, **meta}`, exactly as `io.save_array` writes them.
-
-    The array lives in a temporary file beside `path` until the block ends, so a killed
-    writer leaves no partial output. The memmap is also reachable by other processes via
-    `writer.filename` (they open it with `np.load(..., mmap_mode="r+")`).
-    """
-    path = Path(path)
-    if len(ids) != shape[0]:
-        raise ValueError(f"{path}: {shape[0]} rows but {len(ids)} ids")
-    with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        try:
-            yield array
-            array.flush()
-        finally:
-            del array
-    write_json(path.with_suffix(".json"), {"ids": [int(i) for i in ids], **meta})
 
 
 def _decode_into(args) -> int:
@@ -92,20 +68,6 @@ def cache_split(root: str | Path, split: str, out: str | Path, workers: int = 1)
             for task in progress(tasks, total=len(tasks), desc=f"cache {split}"):
                 _decode_into(task)
     return {"n_videos": len(videos), "shape": list(shape), **meta}
-
-
-def load_cache(path: str | Path) -> tuple[np.ndarray, dict]:
-    """A cache written by `cache_split`, memory-mapped read-only, and its sidecar.
-
-    Checks what the training and prediction stages rely on, naming the file when it fails.
-    """
-    from futureseg.core.errors import DataError
-    from futureseg.core.io import read_array
-
-    frames, meta = read_array(path, "frame cache")
-    if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
-        raise DataError(f"{path}: frame cache is {frames.dtype} {frames.shape}, expected uint8 (N, T, H, W, 3)")
-    return frames, meta
 
 
 VERB = "cache-frames"

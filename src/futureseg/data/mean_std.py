@@ -10,14 +10,12 @@ per-image stds, no float rounding) and does not depend on the number of workers.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from futureseg.core import data
-from futureseg.core.errors import DataError
 from futureseg.core.io import write_json
 
 # 65,536 frames x 255^2 per pixel = 4,261,478,400 < 2^32: the uint32 squares cannot wrap.
@@ -102,22 +100,6 @@ def run(root, out, splits=("train", "unlabeled"), workers: int = 1) -> dict:
     stats = compute_mean_std(root, splits, workers)
     write_json(out, stats)
     return stats
-
-
-def load(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) float32 arrays of shape (3,) on the 0…255 scale, checked."""
-    path = Path(path)
-    try:
-        stats = json.loads(path.read_text())
-        mean = np.asarray(stats["mean"], np.float64)
-        std = np.asarray(stats["std"], np.float64)
-    except FileNotFoundError:
-        raise DataError(f"{path}: mean/std file does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a mean_std.json of futureseg mean-std ({type(exc).__name__}: {exc})") from None
-    if mean.shape != (3,) or std.shape != (3,) or not np.isfinite(mean).all() or not (std > 0).all():
-        raise DataError(f"{path}: expected 3 finite means and 3 positive stds, got mean {mean.tolist()} std {std.tolist()}")
-    return mean.astype(np.float32), std.astype(np.float32)
 
 
 VERB = "mean-std"

@@ -37,7 +37,7 @@ def _default_palette() -> np.ndarray:
 def palette() -> np.ndarray:
     """(49, 3) uint8 colours of the class ids: the generator's palette when it has one."""
     try:
-        from futureseg.data.synth import PALETTE
+        from futureseg.core.classes import PALETTE
     except ImportError:
         return _default_palette()
     table = np.asarray(PALETTE)

@@ -43,7 +43,7 @@ COPY_LAST_FRAME = data.N_INPUT - 1  # frame 10, the last frame the model sees
 def class_name(class_id: int) -> str:
     """The class's name from the synthetic generator's table, else a generic one."""
     try:
-        from futureseg.data.synth import class_name as synth_class_name
+        from futureseg.core.classes import class_name as synth_class_name
     except ImportError:
         return f"class_{class_id}"
     return str(synth_class_name(class_id))

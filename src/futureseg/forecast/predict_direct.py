@@ -13,7 +13,7 @@ from futureseg.core.shards import parse_shard, shard_rows
 
 
 def run(model_path, cache_path, out, shard=None, batch_size: int = 16) -> int:
-    from futureseg.data.cache_frames import load_cache
+    from futureseg.core.io import load_cache
     from futureseg.models.unet import UNet, UNetConfig
     from futureseg.core.dense import direct_masks
     from futureseg.core.training import load_checkpoint, select_device

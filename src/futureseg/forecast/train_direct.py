@@ -31,7 +31,7 @@ def train(args) -> dict:
 
     from futureseg.core.dense import (check_training_settings, dense_losses, direct_masks, flip_together, load_mask_cache,
                         macro_iou, normalisation)
-    from futureseg.data.cache_frames import load_cache
+    from futureseg.core.io import load_cache
     from futureseg.models.unet import UNet, UNetConfig
     from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 

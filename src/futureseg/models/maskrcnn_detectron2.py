@@ -459,7 +459,7 @@ def register_training_set(name: str, seg_frames_dir: str | os.PathLike, min_pixe
     require_detectron2()
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from futureseg.data.synth import class_name
+    from futureseg.core.classes import class_name
 
     folder = Path(seg_frames_dir)
     _read_training_arrays(folder)

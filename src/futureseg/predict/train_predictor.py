@@ -79,7 +79,7 @@ class CachedVideos:
     """
 
     def __init__(self, paths, frames_needed: int):
-        from futureseg.data.cache_frames import load_cache
+        from futureseg.core.io import load_cache
 
         self.paths = [Path(p) for p in paths]
         self.shapes = []
@@ -234,7 +234,7 @@ def train(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from futureseg.data import mean_std as mean_std_module
+    from futureseg.core.io import read_mean_std
     from futureseg.models import predictors
     from futureseg.core.training import autocast, cleanup_distributed, fit, seed_everything, select_device, setup_distributed
 
@@ -261,7 +261,7 @@ def train(args) -> dict:
         if len(train_videos) < args.batch_size:
             raise ConfigError(f"--batch-size {args.batch_size}: larger than the {len(train_videos)} "
                               f"training videos in {', '.join(map(str, args.cache))}")
-        mean_values, std_values = mean_std_module.load(args.mean_std)
+        mean_values, std_values = read_mean_std(args.mean_std)
         in_shape = (data.N_INPUT, 3, *train_videos.frame_size)
         seed_everything(args.seed)  # the same initial weights on every rank
         model = build_model(args.model, in_shape, args.model_config)

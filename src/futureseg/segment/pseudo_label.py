@@ -23,7 +23,7 @@ log = logging.getLogger("futureseg")
 
 def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64) -> dict:
     """Segment frames 0…n_frames-1 of every video of a frame cache; return a summary."""
-    from futureseg.data.cache_frames import array_writer, load_cache
+    from futureseg.core.io import array_writer, load_cache
     from futureseg.models import segmenters
     from futureseg.core.training import progress, select_device
 
