@@ -96,6 +96,11 @@ def resume(path: Path, fp: str, load_model, optimizer, scheduler=None) -> tuple[
     if not path.exists():
         return None
     state = load_checkpoint(path, fp)
+    needed = ["optimizer", "rng", "step", "tally", "val_metrics"] + (["scheduler"] if scheduler is not None else [])
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise FuturesegError(f"{path}: a checkpoint of another futureseg version (no {', '.join(missing)}); "
+                             f"remove {path.parent} to train this config afresh")
     load_model(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
@@ -328,6 +333,9 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     resumed = resume(ckpt_path, fp, weights.load_state_dict, optimizer, scheduler)
     if resumed:
         step, tally, last_val = resumed
+        if set(tally) != {"epoch", "window"}:
+            raise FuturesegError(f"{ckpt_path}: a checkpoint of another futureseg version (its running sums are "
+                                 f"not this loop's); remove {run_dir} to train this config afresh")
         if rank == 0:
             log.info("resuming from %s at step %d of %d (epoch %d, batch %d of %d)", ckpt_path, step, total_steps,
                      step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)

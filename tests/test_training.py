@@ -1,0 +1,58 @@
+"""`training.fit`, the one training loop, on a model small enough to reason about: what it
+logs, and the checkpoints it refuses."""
+
+import csv
+
+import pytest
+import torch
+
+from futureseg.core.errors import FuturesegError
+from futureseg.core.training import (adamw_one_cycle, checkpoint_path, epoch_order, fingerprint, fit, rng_state,
+                                     save_checkpoint)
+
+SETTINGS = {"what": "a line through two points"}
+
+
+def run(tmp_path, log_every=0, total_steps=6):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    optimizer, scheduler = adamw_one_cycle(model, 0.05, 0.0, total_steps)
+    x, y = torch.tensor([[0.0], [1.0], [2.0], [3.0]]), torch.tensor([[1.0], [3.0], [5.0], [7.0]])
+
+    def step_losses(epoch, batch, step, total):
+        loss = torch.nn.functional.mse_loss(model(x[batch]), y[batch])
+        return {"loss": loss, "half": loss / 2}
+
+    fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=SETTINGS, checkpoints=tmp_path / "ckpt",
+        metrics_out=tmp_path / "metrics.csv", out=tmp_path / "model.pt", model_file={"kind": "line"}, epochs=3,
+        epoch_batches=lambda epoch: epoch_order(4, 2, 0, epoch), total_steps=total_steps, checkpoint_every=100,
+        step_losses=step_losses, validate=lambda: {"val_loss": float(step_losses(0, [0, 1, 2, 3], 0, 0)["loss"].detach())},
+        log_every=log_every)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        return model, optimizer, scheduler, list(csv.DictReader(f))
+
+
+def test_epoch_rows_average_every_loss_and_window_rows_come_between(tmp_path):
+    _, _, _, rows = run(tmp_path / "epochs")
+    assert [(r["step"], r["epoch"]) for r in rows] == [("2", "1"), ("4", "2"), ("6", "3")]
+    for row in rows:
+        assert float(row["train_half"]) == pytest.approx(float(row["train_loss"]) / 2) and row["val_loss"]
+    _, _, _, rows = run(tmp_path / "windows", log_every=1)
+    # a training-loss row after every step that ends no epoch, then the epoch's row
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert [bool(r["val_loss"]) for r in rows] == [False, True] * 3
+
+
+def test_checkpoints_of_another_loop_are_refused_by_name(tmp_path):
+    model, optimizer, scheduler, _ = run(tmp_path)
+    fp = fingerprint({**SETTINGS, "total_steps": 6})
+    path = checkpoint_path(tmp_path / "ckpt", fp)
+    old = {"fingerprint": fp, "settings": SETTINGS, "step": 2, "model": model.state_dict(),
+           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+           "tally": {"loss": 1.0, "steps": 2}, "val_metrics": {}}
+    save_checkpoint(path, old)
+    with pytest.raises(FuturesegError, match="another futureseg version .*running sums"):
+        run(tmp_path)
+    save_checkpoint(path, {k: v for k, v in old.items() if k != "scheduler"})
+    with pytest.raises(FuturesegError, match=r"another futureseg version \(no scheduler\)"):
+        run(tmp_path)
