@@ -277,7 +277,8 @@ def _segmenter_with(chain, out, mean_std):
 # Each case: chain, odd_size, tmp, out → (argv, what the message starts with, text it must hold).
 # The verb writes only under `out`, which must stay absent.
 def _n_s_odd(chain, odd, tmp, out):
-    return _predictor_with(chain, out, "--n-s", "3"), "predictor.simvp.N_S", "even and >= 2, got 3"
+    return (_predictor_with(chain, out, "--model-config", json.dumps({**TINY_SIMVP, "N_S": 3})), "predictor.simvp.N_S",
+            "even and >= 2, got 3")
 
 
 def _epochs_negative(chain, odd, tmp, out):
@@ -423,7 +424,8 @@ def test_detectron2_not_installed_names_segmenter_backend(chain, tmp_path, use):
         argv = ["train-segmenter", "--root", root, "--seg-frames", results / "segframes",
                 "--mean-std", results / "data/mean_std.json", "--out", out / "model.pt",
                 "--metrics", out / "metrics.csv", "--checkpoints", out / "checkpoints",
-                "--backend", "detectron2", "--max-steps", "1", "--threads", "1"]
+                "--backend", "detectron2", "--epochs", "1", "--batch-size", "2", "--lr", "0.01",
+                "--warmup-steps", "2", "--max-steps", "1", "--threads", "1"]
     else:  # a model trained with detectron2 elsewhere, segmented here
         model = tmp_path / "detectron2_model.pt"
         torch.save({"model": {}, "fingerprint": "0" * 16, "backend": "detectron2",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_helpers import planned_jobs, snakemake, tiny_config, write_config
+from pipeline_helpers import merged, planned_jobs, snakemake, tiny_config, write_config
 
 # rules in pipeline order; a changed setting must rerun its stage and everything after it
 SCORING = {"score", "submission", "report_figures", "all"}
@@ -110,3 +110,15 @@ def test_nothing_reruns_without_a_change(finished_run):
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
     assert set(planned_jobs(finished_run, override=override)) == expected
+
+
+def test_the_painting_threshold_reaches_segment_not_training(tmp_path):
+    # Mask R-CNN's score_threshold shapes the masks it paints, not its weights: rule
+    # train_segmenter does not get it (editing it reruns no training), rule segment does
+    write_config(tmp_path, merged(tiny_config(), {"segmenter": {"model": "maskrcnn"}}))
+    commands = snakemake(tmp_path, "--dry-run", "--printshellcmds").stdout
+    train = [line for line in commands.splitlines() if "futureseg train-segmenter" in line]
+    segment = [line for line in commands.splitlines() if "futureseg segment " in line]
+    assert train and segment
+    assert all("--score-threshold" not in line and "--warmup-steps" in line for line in train)
+    assert all("--score-threshold 0.5" in line for line in segment)

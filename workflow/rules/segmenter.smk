@@ -7,6 +7,7 @@ S = config["segmenter"]
 SEGMENTER = S[S["model"]]  # the selected segmenter's settings
 # Mask R-CNN paints instances above this score; a U-Net has no threshold (argmax)
 SCORE_THRESHOLD = SEGMENTER.get("score_threshold", 0.5)
+TRAINING_SETTINGS = {k: v for k, v in SEGMENTER.items() if k != "score_threshold"}
 
 
 rule make_seg_frames:
@@ -53,9 +54,10 @@ rule train_segmenter:
         ),
     params:
         model=S["model"],
-        # only the selected model's section: editing the other one reruns nothing
-        settings=SEGMENTER,
-        flags=flags(SEGMENTER),
+        # only the selected model's section (editing the other one reruns nothing), less
+        # the painting threshold: it shapes the masks (rule segment), not the weights
+        settings=TRAINING_SETTINGS,
+        flags=flags(TRAINING_SETTINGS),
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/checkpoints",

@@ -411,10 +411,10 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
         if metrics is not None:
             metrics.log(step, epoch=epochs, **last_val)
     if rank == 0:
-        with atomic_path(metrics_out) as tmp:
-            shutil.copyfile(run_dir / "metrics.csv", tmp)
         save_checkpoint(out, {**model_file, "model": weights.state_dict(), "fingerprint": fp,
                               "settings": settings, "step": step, "val_metrics": last_val})
+        with atomic_path(metrics_out) as tmp:
+            shutil.copyfile(run_dir / "metrics.csv", tmp)
         log.info("wrote %s (step %d): %s", out, step, " ".join(f"{k}={v:.4g}" for k, v in last_val.items()))
     return last_val
 

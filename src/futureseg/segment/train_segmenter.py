@@ -303,7 +303,7 @@ def check_settings(args) -> None:
         raise ConfigError(f"--warmup-steps: must be 0 or more, got {args.warmup_steps}")
     if not args.lr > 0 or not math.isfinite(args.lr):
         raise ConfigError(f"--lr: must be a positive number, got {args.lr}")
-    if not 0 <= args.score_threshold <= 1:
+    if args.score_threshold is not None and not 0 <= args.score_threshold <= 1:
         raise ConfigError(f"--score-threshold: must lie in 0…1, got {args.score_threshold}")
     from futureseg.models.segmenters import BACKENDS
 
@@ -365,7 +365,8 @@ def train(args) -> dict:
             steps = clock["last"] - clock["first"] + 1
             timing = {"seconds_per_step": round((started - clock["started"]) / steps, 4)}
             clock.clear()
-        iou = oracle_iou(Segmenter("maskrcnn", backend, args.score_threshold), val_frames, val_masks,
+        threshold = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+        iou = oracle_iou(Segmenter("maskrcnn", backend, **threshold), val_frames, val_masks,
                          args.val_batch_size, device)
         return {**timing, "val_oracle_iou": iou, "val_seconds": round(time.perf_counter() - started, 3)}
 
@@ -479,7 +480,8 @@ def add_arguments(parser) -> None:
     opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
-    run.add_argument("--score-threshold", type=float, default=0.5, help="validation: instances below it are not painted")
+    run.add_argument("--score-threshold", type=float,
+                     help="validation: instances below it are not painted (default: the Segmenter's)")
     run.add_argument("--val-limit", type=int, default=0, help="validate on the first N val videos (0: all)")
     run.add_argument("--val-batch-size", type=int, default=8)
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
