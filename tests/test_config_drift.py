@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from futureseg.forecast import train_direct, train_forecaster
 from futureseg.predict import train_predictor
 from futureseg.segment import train_segmenter
 from futureseg.models import predictors
@@ -76,8 +77,8 @@ def test_segmenter_sections_are_config_fields_or_training_settings():
         "epochs", "batch_size", "lr", "weight_decay", "soft_iou_weight", "background_weight"}
     maskrcnn = set(CONFIG["segmenter"]["maskrcnn"])
     model_keys = maskrcnn & set(train_segmenter.MASKRCNN_FIELDS["torchvision"])
-    assert maskrcnn - model_keys == {"backend", "epochs", "batch_size", "lr", "warmup_steps", "min_fragment",
-                                     "score_threshold"}
+    assert maskrcnn - model_keys == {"backend", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps",
+                                     "min_fragment", "score_threshold"}
     for backend, mapping in train_segmenter.MASKRCNN_FIELDS.items():
         assert set(mapping) == set(train_segmenter.MASKRCNN_FIELDS["torchvision"]), backend
     assert set(train_segmenter.MASKRCNN_FIELDS["torchvision"].values()) <= fields(MaskRCNNConfig)
@@ -115,9 +116,13 @@ def test_the_predictor_verb_builds_the_configured_model():
     (train_predictor, ["--cache", "c", "--val-cache", "v", "--mean-std", "m", "--out", "o", "--metrics", "x",
                        "--checkpoints", "k", "--model", "simvp"]),
     (train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m", "--checkpoints", "c"]),
+    (train_forecaster, ["--root", "r", "--val-pseudo", "v", "--out", "o", "--metrics", "m", "--checkpoints", "c",
+                        "--model", "simvp"]),
+    (train_direct, ["--root", "r", "--cache", "c", "--val-cache", "v", "--out", "o", "--metrics", "m",
+                    "--checkpoints", "k"]),
 ])
 def test_weight_shaping_settings_have_no_verb_defaults(verb, required, capsys):
     # a verb run by hand without them is refused, rather than train with values of its own
     with pytest.raises(SystemExit):
         parse(verb, required)
-    assert "the following arguments are required: --epochs, --batch-size, --lr" in capsys.readouterr().err
+    assert "the following arguments are required: --epochs, --batch-size, --lr, --weight-decay" in capsys.readouterr().err

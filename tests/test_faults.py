@@ -51,7 +51,7 @@ TINY_PREDICTOR = ["--model", "simvp", "--model-config", json.dumps(TINY_SIMVP), 
 TINY_SEGMENTER = ["--backbone", "resnet18", "--fpn-channels", "32", "--box-head-dim", "64",
                   "--mask-head-channels", "32", "--box-batch-per-image", "64", "--rpn-post-nms-train", "100",
                   "--detections-per-image", "20", "--batch-size", "2", "--epochs", "1", "--max-steps", "3",
-                  "--lr", "0.01", "--warmup-steps", "2", "--seed", "7", "--checkpoint-every", "1", "--threads", "1"]
+                  "--lr", "0.01", "--weight-decay", "0.0001", "--warmup-steps", "2", "--seed", "7", "--checkpoint-every", "1", "--threads", "1"]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PARALLEL = 3  # subprocesses at once: the machine has 2 cores and may be shared
 
@@ -424,7 +424,7 @@ def test_detectron2_not_installed_names_segmenter_backend(chain, tmp_path, use):
         argv = ["train-segmenter", "--root", root, "--seg-frames", results / "segframes",
                 "--mean-std", results / "data/mean_std.json", "--out", out / "model.pt",
                 "--metrics", out / "metrics.csv", "--checkpoints", out / "checkpoints",
-                "--backend", "detectron2", "--epochs", "1", "--batch-size", "2", "--lr", "0.01",
+                "--backend", "detectron2", "--epochs", "1", "--batch-size", "2", "--lr", "0.01", "--weight-decay", "0.0001",
                 "--warmup-steps", "2", "--max-steps", "1", "--threads", "1"]
     else:  # a model trained with detectron2 elsewhere, segmented here
         model = tmp_path / "detectron2_model.pt"

@@ -59,7 +59,8 @@ def forecaster_argv(ds: Path, folder: Path, out: Path, checkpoints: Path, metric
         "--val-pseudo", folder / "pseudo" / "val.npy", "--out", out, "--metrics", metrics,
         "--checkpoints", checkpoints, "--model", "simvp", "--model-config", json.dumps(SIMVP_CONFIG),
         "--epochs", FC_EPOCHS, "--iou-finetune-epochs", FC_FINETUNE, "--batch-size", FC_BATCH,
-        "--lr", "0.003", "--threads", "1", "--checkpoint-every", "1",
+        "--lr", "0.003", "--weight-decay", "0.01", "--soft-iou-weight", "1.0", "--background-weight", "1.0",
+        "--threads", "1", "--checkpoint-every", "1",
     ]
 
 
@@ -69,7 +70,8 @@ def direct_argv(ds: Path, folder: Path, out_name: str, *pseudo) -> list[str]:
         "--val-cache", folder / "cache" / "val.npy", "--mean-std", folder / "ms.json",
         "--out", folder / f"{out_name}.pt", "--metrics", folder / f"{out_name}.csv",
         "--checkpoints", folder / f"{out_name}_ck", "--base-channels", "4", "--depth", "2",
-        "--epochs", "2", "--batch-size", "2", "--lr", "0.003", "--threads", "1",
+        "--epochs", "2", "--batch-size", "2", "--lr", "0.003", "--weight-decay", "0.01", "--soft-iou-weight", "0",
+        "--background-weight", "1.0", "--threads", "1",
     ]
 
 
@@ -86,8 +88,8 @@ def routes(tiny_dataset, tmp_path_factory):
         ok("cache-frames", "--root", ds, "--split", split, "--out", f / "cache" / f"{split}.npy")
     ok("train-segmenter", "--model", "unet", "--root", ds, "--seg-frames", f / "segf", "--mean-std", f / "ms.json",
        "--out", f / "seg.pt", "--metrics", f / "m.csv", "--checkpoints", f / "ck", "--epochs", "2",
-       "--batch-size", "8", "--lr", "0.003", "--weight-decay", "0.01", "--base-channels", "4", "--depth", "2",
-       "--threads", "1")
+       "--batch-size", "8", "--lr", "0.003", "--weight-decay", "0.01", "--soft-iou-weight", "0",
+       "--background-weight", "1.0", "--base-channels", "4", "--depth", "2", "--threads", "1")
     for split, frames in (("unlabeled", 22), ("val", 11), ("hidden", 11)):
         ok("pseudo-label", "--model", f / "seg.pt", "--cache", f / "cache" / f"{split}.npy",
            "--out", f / "pseudo" / f"{split}.npy", "--frames", frames, "--threads", "1")

@@ -87,7 +87,7 @@ def train_argv(root, seg_frames, out_dir: Path, *extra) -> list:
     return [
         "--root", root, "--seg-frames", seg_frames, "--out", out_dir / "model.pt",
         "--metrics", out_dir / "metrics.csv", "--checkpoints", out_dir / "checkpoints",
-        "--epochs", EPOCHS, "--batch-size", BATCH, "--lr", 0.01, "--warmup-steps", 3, "--seed", 7,
+        "--epochs", EPOCHS, "--batch-size", BATCH, "--lr", 0.01, "--weight-decay", 1e-4, "--warmup-steps", 3, "--seed", 7,
         "--checkpoint-every", 1, "--threads", 1, *TINY_ARGS, *extra,
     ]
 

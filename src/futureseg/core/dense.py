@@ -160,9 +160,9 @@ def add_training_arguments(parser, epochs_help: str = "epochs"):
     opt.add_argument("--epochs", type=int, required=True, help=epochs_help)
     opt.add_argument("--batch-size", type=int, required=True)
     opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate (AdamW)")
-    opt.add_argument("--weight-decay", type=float, default=0.01)
-    opt.add_argument("--soft-iou-weight", type=float, default=0.0, help="weight of the soft-IoU loss term")
-    opt.add_argument("--background-weight", type=float, default=1.0,
+    opt.add_argument("--weight-decay", type=float, required=True)
+    opt.add_argument("--soft-iou-weight", type=float, required=True, help="weight of the soft-IoU loss term")
+    opt.add_argument("--background-weight", type=float, required=True,
                      help="weight of the background's pixels in the cross-entropy (objects: 1)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")

@@ -65,9 +65,9 @@ def train(args) -> dict:
     val_truth = val_truth[:, data.TARGET_FRAME]
 
     mean01, std01 = normalisation(args.mean_std)
-    config = asdict(UNetConfig(in_channels=3 * data.N_INPUT, num_classes=data.NUM_CLASSES,
-                               base_channels=args.base_channels, depth=args.depth, image_mean=tuple(mean01),
-                               image_std=tuple(std01), key="direct"))
+    sizes = {k: getattr(args, k) for k in ("base_channels", "depth") if getattr(args, k) is not None}
+    config = asdict(UNetConfig(in_channels=3 * data.N_INPUT, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
+                               image_std=tuple(std01), key="direct", **sizes))
     seed_everything(args.seed)
     model = UNet(UNetConfig(**config)).to(device)
     _, total_steps = plan_steps(len(samples), args.batch_size, args.epochs, args.max_steps)
@@ -123,8 +123,9 @@ def add_arguments(parser) -> None:
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders")
     model = parser.add_argument_group("model")
-    model.add_argument("--base-channels", type=int, required=True, help="U-Net: channels of the first level")
-    model.add_argument("--depth", type=int, required=True, help="U-Net: levels (poolings + 1)")
+    # a size left out takes UNetConfig's default
+    model.add_argument("--base-channels", type=int, help="U-Net: channels of the first level")
+    model.add_argument("--depth", type=int, help="U-Net: levels (poolings + 1)")
     add_training_arguments(parser)
 
 

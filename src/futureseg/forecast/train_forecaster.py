@@ -118,8 +118,6 @@ def add_arguments(parser) -> None:
     opt = add_training_arguments(parser, "epochs of cross-entropy")
     opt.add_argument("--iou-finetune-epochs", type=int, default=0,
                      help="then epochs with the soft-IoU term added at --soft-iou-weight")
-    # the soft-IoU term is what the fine-tune epochs add: on by default here
-    parser.set_defaults(soft_iou_weight=1.0)
 
 
 def main(args) -> None:

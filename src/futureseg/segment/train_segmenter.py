@@ -6,7 +6,7 @@ brightness ×U(0.8, 1.2) — with the mask flipped alike, then turned into insta
 `futureseg.core.instances.mask_to_instances` (one per connected piece of each class, pieces
 under `--min-fragment` pixels dropped).
 
-Optimiser: SGD with momentum 0.9 and weight decay 1e-4 (none on norm weights and biases),
+Optimiser: SGD with momentum 0.9 and weight decay (`--weight-decay`; none on norm weights and biases),
 linear warm-up over `--warmup-steps`, then cosine decay to zero at the last step. That is
 the recipe Mask R-CNN's losses and defaults were tuned with (detectron2, torchvision's
 references) and the one used to train it from scratch with BN/GN (He et al., "Rethinking
@@ -395,6 +395,8 @@ def train_unet(args) -> dict:
 
     check_settings(args)
     for name in ("soft_iou_weight", "background_weight"):
+        if getattr(args, name) is None:
+            raise ConfigError(f"--{name.replace('_', '-')}: the U-Net needs it (segmenter.unet.{name})")
         if not getattr(args, name) >= 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
     if args.threads:
@@ -456,9 +458,9 @@ def add_arguments(parser) -> None:
     # flag left out takes the model config dataclass's default (UNetConfig, MaskRCNNConfig).
     model.add_argument("--base-channels", type=int, help="U-Net: channels of the first level")
     model.add_argument("--depth", type=int, help="U-Net: levels (poolings + 1)")
-    model.add_argument("--soft-iou-weight", type=float, default=0.0,
+    model.add_argument("--soft-iou-weight", type=float,
                        help="U-Net: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
-    model.add_argument("--background-weight", type=float, default=1.0,
+    model.add_argument("--background-weight", type=float,
                        help="U-Net: weight of the background's pixels in the cross-entropy (objects: 1)")
     model.add_argument("--backend", choices=("torchvision", "detectron2"), default="torchvision")
     model.add_argument("--backbone", help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: the resnets)")
@@ -473,7 +475,7 @@ def add_arguments(parser) -> None:
     opt.add_argument("--epochs", type=int, required=True)
     opt.add_argument("--batch-size", type=int, required=True)
     opt.add_argument("--lr", type=float, required=True, help="peak learning rate (Mask R-CNN: SGD; U-Net: AdamW)")
-    opt.add_argument("--weight-decay", type=float, default=1e-4, help="(the U-Net's section sets its own)")
+    opt.add_argument("--weight-decay", type=float, required=True)
     opt.add_argument("--warmup-steps", type=int, help="Mask R-CNN: linear warm-up steps before the cosine decay")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--min-fragment", type=int, default=4, help="object pieces smaller than this many pixels are dropped")
