@@ -16,7 +16,7 @@ from futureseg.models import predictors
 from futureseg.models.mask_forecaster import MaskForecasterConfig
 from futureseg.models.maskrcnn_torchvision import BACKBONES, NORMS, MaskRCNNConfig
 from futureseg.models.predictors.simvp import TRANSLATORS
-from futureseg.models.segmenters import BACKENDS
+from futureseg.models.segmenters import BACKENDS, DETECTRON2_DEPTHS, MASKRCNN_FIELDS
 from futureseg.models.unet import UNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_allowed_values_agree():
     maskrcnn = schema_section("segmenter", "maskrcnn")["properties"]
     assert maskrcnn["backbone"]["enum"] == list(BACKBONES)
     assert maskrcnn["backend"]["enum"] == list(BACKENDS)
-    assert set(train_segmenter.DETECTRON2_DEPTHS) <= set(BACKBONES)
+    assert set(DETECTRON2_DEPTHS) <= set(BACKBONES)
     assert set(NORMS) == {"bn", "gn"}
 
 
@@ -76,12 +76,12 @@ def test_segmenter_sections_are_config_fields_or_training_settings():
     assert {"base_channels", "depth"} <= unet and unet - fields(UNetConfig) <= {
         "epochs", "batch_size", "lr", "weight_decay", "soft_iou_weight", "background_weight"}
     maskrcnn = set(CONFIG["segmenter"]["maskrcnn"])
-    model_keys = maskrcnn & set(train_segmenter.MASKRCNN_FIELDS["torchvision"])
+    model_keys = maskrcnn & set(MASKRCNN_FIELDS["torchvision"])
     assert maskrcnn - model_keys == {"backend", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps",
                                      "min_fragment", "score_threshold"}
-    for backend, mapping in train_segmenter.MASKRCNN_FIELDS.items():
-        assert set(mapping) == set(train_segmenter.MASKRCNN_FIELDS["torchvision"]), backend
-    assert set(train_segmenter.MASKRCNN_FIELDS["torchvision"].values()) <= fields(MaskRCNNConfig)
+    for backend, mapping in MASKRCNN_FIELDS.items():
+        assert set(mapping) == set(MASKRCNN_FIELDS["torchvision"]), backend
+    assert set(MASKRCNN_FIELDS["torchvision"].values()) <= fields(MaskRCNNConfig)
 
 
 def _flags(section: dict) -> list[str]:

@@ -1,6 +1,8 @@
 """The segmenter registry: `segmenter.model: unet | maskrcnn`, built and loaded by name.
 
     build(name, config)  the model from its name and config dict (plain values)
+    maskrcnn_config(backend, settings, size, mean01, std01)
+                         a Mask R-CNN backend's config dict from segmenter.maskrcnn
     load(path)           a Segmenter from a model file written by `train-segmenter`
     Segmenter.masks(frames, device, batch_size) -> uint8 (N, H, W) class ids of uint8
                          (N, H, W, 3) RGB frames (an array or a memmap)
@@ -35,6 +37,61 @@ def _detectron2_module():
         raise ConfigError(f"segmenter.backend: detectron2 is not importable ({exc}); "
                           "install it or set segmenter.backend: torchvision") from None
     return d2
+
+
+# The settings of segmenter.maskrcnn that shape the model (its config keys) and the field
+# of each backend's config dataclass each sets; a setting left out takes the dataclass's
+# default.
+MASKRCNN_FIELDS = {
+    "torchvision": {"backbone": "backbone", "norm": "norm", "fpn_channels": "fpn_channels",
+                    "box_head_dim": "box_head_dim", "mask_head_channels": "mask_head_channels",
+                    "rpn_post_nms_train": "rpn_post_nms_top_n_train",
+                    "box_batch_per_image": "box_batch_size_per_image",
+                    "detections_per_image": "box_detections_per_img"},
+    "detectron2": {"backbone": "depth", "norm": "norm", "fpn_channels": "fpn_channels",
+                   "box_head_dim": "box_head_dim", "mask_head_channels": "mask_head_channels",
+                   "rpn_post_nms_train": "rpn_post_nms_top_n_train",
+                   "box_batch_per_image": "box_batch_size_per_image",
+                   "detections_per_image": "detections_per_img"},
+}
+DETECTRON2_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+def maskrcnn_config(backend: str, settings: dict, size: tuple[int, int], mean01, std01) -> dict:
+    """A Mask R-CNN backend's whole model config as plain values, from the model settings of
+    segmenter.maskrcnn (keys of MASKRCNN_FIELDS), the frame size (H, W) and the input
+    normalisation (0…1 scale)."""
+    from dataclasses import asdict
+
+    from futureseg.core.data import NUM_CLASSES
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"segmenter.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    unknown = sorted(set(settings) - set(MASKRCNN_FIELDS[backend]))
+    if unknown:
+        raise ConfigError(f"unknown setting segmenter.maskrcnn.{unknown[0]}")
+    given = {MASKRCNN_FIELDS[backend][key]: value for key, value in settings.items()}
+    height, width = size
+    if backend == "torchvision":
+        from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig
+
+        config = MaskRCNNConfig(num_classes=NUM_CLASSES, min_size=min(size), max_size=max(size),
+                                image_mean=tuple(mean01), image_std=tuple(std01), **given)
+        config.validate()
+        return asdict(config)
+    if "depth" in given:
+        if given["depth"] not in DETECTRON2_DEPTHS:
+            raise ConfigError(f"segmenter.backbone: the detectron2 backend offers {', '.join(DETECTRON2_DEPTHS)}, "
+                              f"got {given['depth']!r}")
+        given["depth"] = DETECTRON2_DEPTHS[given["depth"]]
+    if "norm" in given:
+        given["norm"] = given["norm"].upper()
+    d2 = _detectron2_module()
+    config = d2.Detectron2MaskRCNNConfig(
+        height=height, width=width, num_classes=NUM_CLASSES,
+        pixel_mean=tuple(255.0 * float(v) for v in mean01), pixel_std=tuple(255.0 * float(v) for v in std01),
+        **given)
+    return asdict(config)
 
 
 def build_backend(backend: str, config: dict):

@@ -68,54 +68,13 @@ _FINGERPRINT_SAMPLES = 32
 # ---------------------------------------------------------------- backends
 
 
-# The Mask R-CNN flags (config keys of segmenter.maskrcnn) and the config field each sets, per
-# backend; a flag left out takes the backend config dataclass's default.
-MASKRCNN_FIELDS = {
-    "torchvision": {"backbone": "backbone", "norm": "norm", "fpn_channels": "fpn_channels",
-                    "box_head_dim": "box_head_dim", "mask_head_channels": "mask_head_channels",
-                    "rpn_post_nms_train": "rpn_post_nms_top_n_train",
-                    "box_batch_per_image": "box_batch_size_per_image",
-                    "detections_per_image": "box_detections_per_img"},
-    "detectron2": {"backbone": "depth", "norm": "norm", "fpn_channels": "fpn_channels",
-                   "box_head_dim": "box_head_dim", "mask_head_channels": "mask_head_channels",
-                   "rpn_post_nms_train": "rpn_post_nms_top_n_train",
-                   "box_batch_per_image": "box_batch_size_per_image",
-                   "detections_per_image": "detections_per_img"},
-}
-DETECTRON2_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-
-
 def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
-    """The backend's model config as plain values (what model.pt stores)."""
-    from dataclasses import asdict
+    """The backend's model config as plain values (what model.pt stores), from the Mask
+    R-CNN flags given (a flag left out takes the backend config dataclass's default)."""
+    from futureseg.models.segmenters import MASKRCNN_FIELDS, maskrcnn_config
 
-    from futureseg.models.segmenters import BACKENDS, _detectron2_module
-
-    if args.backend not in BACKENDS:
-        raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
-    given = {field: getattr(args, flag) for flag, field in MASKRCNN_FIELDS[args.backend].items()
-             if getattr(args, flag) is not None}
-    height, width = size
-    if args.backend == "torchvision":
-        from futureseg.models.maskrcnn_torchvision import MaskRCNNConfig
-
-        config = MaskRCNNConfig(num_classes=data.NUM_CLASSES, min_size=min(size), max_size=max(size),
-                                image_mean=tuple(mean01), image_std=tuple(std01), **given)
-        config.validate()
-        return asdict(config)
-    if "depth" in given:
-        if given["depth"] not in DETECTRON2_DEPTHS:
-            raise ConfigError(f"segmenter.backbone: the detectron2 backend offers {', '.join(DETECTRON2_DEPTHS)}, "
-                              f"got {given['depth']!r}")
-        given["depth"] = DETECTRON2_DEPTHS[given["depth"]]
-    if "norm" in given:
-        given["norm"] = given["norm"].upper()
-    d2 = _detectron2_module()
-    config = d2.Detectron2MaskRCNNConfig(
-        height=height, width=width, num_classes=data.NUM_CLASSES,
-        pixel_mean=tuple(255.0 * float(v) for v in mean01), pixel_std=tuple(255.0 * float(v) for v in std01),
-        **given)
-    return asdict(config)
+    given = {flag: getattr(args, flag) for flag in MASKRCNN_FIELDS["torchvision"] if getattr(args, flag) is not None}
+    return maskrcnn_config(args.backend, given, size, mean01, std01)
 
 
 # ---------------------------------------------------------------- training set
