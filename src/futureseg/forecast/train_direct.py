@@ -12,14 +12,11 @@ Validation at each epoch end: `val_iou` of frame 21 over the val videos (`--val-
 from __future__ import annotations
 
 import functools
-import logging
 
 import numpy as np
 
 from futureseg.core import data
 from futureseg.core.errors import DataError
-
-log = logging.getLogger("futureseg")
 
 BRIGHTNESS = (0.8, 1.2)
 

@@ -22,14 +22,11 @@ and score it against val's true mask 21 (`val_iou`, the competition metric), nex
 from __future__ import annotations
 
 import functools
-import logging
 
 import numpy as np
 
 from futureseg.core import data
 from futureseg.core.errors import DataError
-
-log = logging.getLogger("futureseg")
 
 
 def train(args) -> dict:

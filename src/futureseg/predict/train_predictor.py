@@ -24,22 +24,20 @@ Under torchrun (WORLD_SIZE > 1) each rank takes an equal contiguous slice of eve
 batch, so the global batch (and the averaged gradient) is the same for any world size.
 Models with BatchNorm (SimVP's gSTA translator) get SyncBatchNorm on GPUs so the batch
 statistics are those of the global batch too; on CPU (gloo) torch has no SyncBatchNorm and
-each rank normalises over its own share, so only the GroupNorm models (IncepU, ConvLSTM)
-match a one-process run there. ConvLSTM's scheduled sampling draws per sample, so ranks
-draw differently from one process (same distribution, other samples).
+each rank normalises over its own share, so only the models without BatchNorm (IncepU,
+ConvLSTM, ConvGRU) match a one-process run there. The recurrent models' scheduled sampling
+draws per sample, so ranks draw differently from one process (same distribution, other
+samples). The loop itself, with its checkpoints and stop signals, is `core.training.fit`.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from futureseg.core import data
 from futureseg.core.errors import ConfigError, DataError
-
-log = logging.getLogger("futureseg")
 
 N_FUTURE = data.N_FRAMES - data.N_INPUT  # frames 11…21
 

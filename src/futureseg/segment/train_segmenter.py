@@ -43,7 +43,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import logging
 import math
 import os
 import time
@@ -53,8 +52,6 @@ import numpy as np
 
 from futureseg.core import data, dense
 from futureseg.core.errors import ConfigError, DataError
-
-log = logging.getLogger("futureseg")
 
 TRAINING_FILES = ("images.npy", "masks.npy", "index.csv", "counts.json")
 BRIGHTNESS = (0.8, 1.2)
