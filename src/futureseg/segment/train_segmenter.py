@@ -333,13 +333,13 @@ def train(args) -> dict:
                epoch_batches=functools.partial(epoch_batches, len(dataset), args.batch_size, args.seed),
                read_batches=lambda batches: loader(dataset, batches, args.workers, args.seed),
                checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate,
-               loss_prefix="", desc=f"{args.backend} Mask R-CNN ({args.backbone})")
+               loss_prefix="", desc=f"{args.backend} Mask R-CNN")
 
 
 def train_unet(args) -> dict:
     """The semantic segmenter: a U-Net trained per pixel (cross-entropy, optionally plus
     soft IoU) with AdamW under one-cycle, on the same training set, augmentation and
-    validation as Mask R-CNN, through the dense models' loop `training.fit`."""
+    validation as Mask R-CNN, through the one training loop `training.fit`."""
     from dataclasses import asdict
 
     import torch
