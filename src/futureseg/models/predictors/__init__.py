@@ -45,13 +45,13 @@ def module(name: str):
 def build(name: str, in_shape, settings: dict):
     """Predictor `name` for clips of `in_shape` = (T, C, H, W); `settings` are its config
     fields (lists become the tuples the configs hold)."""
-    config_class = module(name).Config
-    known = {f.name for f in dataclasses.fields(config_class)} - {"in_shape"}
+    predictor = module(name)
+    known = {f.name for f in dataclasses.fields(predictor.Config)} - {"in_shape"}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"unknown setting predictor.{name}.{unknown[0]} (known: {', '.join(sorted(known))})")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
-    return module(name).Model(config_class(in_shape=tuple(in_shape), **kwargs))
+    return predictor.Model(predictor.Config(in_shape=tuple(in_shape), **kwargs))
 
 
 def model_config(model) -> dict:
