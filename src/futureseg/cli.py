@@ -74,6 +74,12 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(s for s in text.split(",") if s)
 
 
+def given(args, names) -> dict:
+    """The flags among `names` that were set, by name: a model setting left out takes its
+    config dataclass's default rather than one the verb would keep."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def json_object(text: str) -> dict:
     """argparse type of --model-config: a JSON object (a model's config section)."""
     import json

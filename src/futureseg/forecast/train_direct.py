@@ -15,6 +15,7 @@ import functools
 
 import numpy as np
 
+from futureseg.cli import given
 from futureseg.core import data
 from futureseg.core.errors import DataError
 
@@ -62,9 +63,8 @@ def train(args) -> dict:
     val_truth = val_truth[:, data.TARGET_FRAME]
 
     mean01, std01 = normalisation(args.mean_std)
-    sizes = {k: getattr(args, k) for k in ("base_channels", "depth") if getattr(args, k) is not None}
     config = asdict(UNetConfig(in_channels=3 * data.N_INPUT, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
-                               image_std=tuple(std01), key="direct", **sizes))
+                               image_std=tuple(std01), key="direct", **given(args, ("base_channels", "depth"))))
     seed_everything(args.seed)
     model = UNet(UNetConfig(**config)).to(device)
     _, total_steps = plan_steps(len(samples), args.batch_size, args.epochs, args.max_steps)

@@ -272,7 +272,7 @@ def train(args) -> dict:
         settings = {
             "model": args.model, "model_config": config, "in_shape": list(in_shape),
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-            "weight_decay": args.weight_decay, "seed": args.seed, "total_steps": total_steps,
+            "weight_decay": args.weight_decay, "seed": args.seed,
             "mean": [float(v) for v in mean_values], "std": [float(v) for v in std_values],
             "train_caches": [[p.name, list(s)] for p, s in zip(train_videos.paths, train_videos.shapes)],
             "val_cache": [val_videos.paths[0].name, list(val_videos.shapes[0])],

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from futureseg.cli import given
 from futureseg.core import data, dense
 from futureseg.core.errors import ConfigError, DataError
 
@@ -70,8 +71,7 @@ def model_config(args, size: tuple[int, int], mean01, std01) -> dict:
     R-CNN flags given (a flag left out takes the backend config dataclass's default)."""
     from futureseg.models.segmenters import MASKRCNN_FIELDS, maskrcnn_config
 
-    given = {flag: getattr(args, flag) for flag in MASKRCNN_FIELDS["torchvision"] if getattr(args, flag) is not None}
-    return maskrcnn_config(args.backend, given, size, mean01, std01)
+    return maskrcnn_config(args.backend, given(args, MASKRCNN_FIELDS["torchvision"]), size, mean01, std01)
 
 
 # ---------------------------------------------------------------- training set
@@ -261,10 +261,6 @@ def check_settings(args) -> None:
         raise ConfigError(f"--lr: must be a positive number, got {args.lr}")
     if args.score_threshold is not None and not 0 <= args.score_threshold <= 1:
         raise ConfigError(f"--score-threshold: must lie in 0…1, got {args.score_threshold}")
-    from futureseg.models.segmenters import BACKENDS
-
-    if args.backend not in BACKENDS:
-        raise ConfigError(f"segmenter.backend: {args.backend!r} is not one of {', '.join(BACKENDS)}")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise ConfigError("train-segmenter runs as one process (one GPU or the CPU); "
                           "start it without torchrun / WORLD_SIZE > 1")
@@ -361,9 +357,8 @@ def train_unet(args) -> dict:
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
     images, masks = dataset._open()
     mean01, std01 = dense.normalisation(args.mean_std)
-    sizes = {k: getattr(args, k) for k in ("base_channels", "depth") if getattr(args, k) is not None}
     config = asdict(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
-                               image_std=tuple(std01), **sizes))
+                               image_std=tuple(std01), **given(args, ("base_channels", "depth"))))
     val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
     seed_everything(args.seed)
     segmenter = build("unet", config)
@@ -400,6 +395,8 @@ HELP = "train the segmenter (U-Net or Mask R-CNN) from scratch on the segmentati
 
 
 def add_arguments(parser) -> None:
+    from futureseg.models.segmenters import BACKENDS, SEGMENTERS
+
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root (validation: val frame 21 and its mask)")
     io.add_argument("--seg-frames", required=True, help="stage 3's folder (images.npy, masks.npy, index.csv, counts.json)")
@@ -408,7 +405,7 @@ def add_arguments(parser) -> None:
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders (last.pt, live metrics.csv)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("unet", "maskrcnn"), default="maskrcnn",
+    model.add_argument("--model", choices=SEGMENTERS, default="maskrcnn",
                        help="unet (semantic, per-pixel loss) or maskrcnn (instances)")
     # No defaults here for what shapes the model: the rule passes config.yaml's section, and a
     # flag left out takes the model config dataclass's default (UNetConfig, MaskRCNNConfig).
@@ -418,7 +415,7 @@ def add_arguments(parser) -> None:
                        help="U-Net: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
     model.add_argument("--background-weight", type=float,
                        help="U-Net: weight of the background's pixels in the cross-entropy (objects: 1)")
-    model.add_argument("--backend", choices=("torchvision", "detectron2"), default="torchvision")
+    model.add_argument("--backend", choices=BACKENDS, default="torchvision")
     model.add_argument("--backbone", help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: the resnets)")
     model.add_argument("--norm", choices=("bn", "gn"), help="trainable normalisation in the backbone")
     model.add_argument("--fpn-channels", type=int)
