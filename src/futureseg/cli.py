@@ -31,6 +31,7 @@ VERB_MODULES = (
     "segment.train_segmenter",
     "segment.segment",
     "segment.pseudo_label",
+    "forecast.extrapolate",
     "forecast.train_forecaster",
     "forecast.forecast",
     "forecast.train_direct",
