@@ -29,7 +29,8 @@ DATA_CHECK = f"{RESULTS}/data/check.json"
 
 # Routes to the mask of frame 21 (DESIGN.md §3b); each writes masks_{val,hidden}.npy here.
 ROUTES = config["routes"]
-ROUTE_DIRS = {"frames": f"{RESULTS}/segmenter", "masks": f"{RESULTS}/forecaster", "direct": f"{RESULTS}/direct"}
+ROUTE_DIRS = {"frames": f"{RESULTS}/segmenter", "masks": f"{RESULTS}/forecaster", "direct": f"{RESULTS}/direct",
+              "motion": f"{RESULTS}/motion"}
 SUBMIT = config["eval"]["submit"]
 if SUBMIT != "best" and SUBMIT not in ROUTES:
     raise ValueError(f"config eval.submit: route {SUBMIT!r} does not run (routes: {', '.join(ROUTES)}); "

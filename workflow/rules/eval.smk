@@ -3,7 +3,7 @@
 
 
 # routes that forecast all of frames 11…21 (their temporal IoU is reported)
-SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy"}
+SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy", "motion": f"{RESULTS}/motion/sequence_val.npy"}
 
 
 rule score:
@@ -14,6 +14,7 @@ rule score:
         sequences=[SEQUENCES[route] for route in ROUTES if route in SEQUENCES],
         oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
         segmented_copy_last=f"{RESULTS}/segmenter/masks_val_frame10.npy",
+        motion_truth=f"{RESULTS}/motion/masks_val_truth.npy",
     output:
         scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores_json.rst", category="Scores"),
         table=report(f"{RESULTS}/eval/scores.html", caption="../report/scores.rst", category="Scores"),
@@ -37,7 +38,7 @@ rule score:
         f"{RESULTS}/logs/score.log",
     shell:
         "futureseg score --root {input.data} {params.routes} {params.sequences} --submit {params.submit}"
-        " --oracle {input.oracle} --segmented-copy-last {input.segmented_copy_last}"
+        " --oracle {input.oracle} --segmented-copy-last {input.segmented_copy_last} --motion-truth {input.motion_truth}"
         " --out {output.scores} --table {output.table} --per-class {output.per_class}"
         " --plot-per-class {output.plot_per_class} --plot-confusion {output.plot_confusion} 2> {log}"
 

@@ -2,6 +2,9 @@
 # trained on mask sequences, and its forecasts of val and hidden (hidden in shards).
 
 F = config["forecaster"]
+# forecaster.prior: motion: the motion priors of its training videos (train's true masks,
+# then each pseudo split's; rule motion_prior) and of val, hidden (route motion's sequences)
+MOTION_PRIOR = F["prior"] == "motion"
 
 
 rule pseudo_label:
@@ -36,6 +39,8 @@ rule train_forecaster:
         checked=DATA_CHECK,
         pseudo=expand(f"{RESULTS}/pseudo/{{split}}.npy", split=F["pseudo_splits"]),
         val_pseudo=f"{RESULTS}/pseudo/val.npy",
+        priors=expand(f"{RESULTS}/motion/sequence_{{split}}.npy", split=["train", *F["pseudo_splits"]]) if MOTION_PRIOR else [],
+        val_prior=[f"{RESULTS}/motion/sequence_val.npy"] if MOTION_PRIOR else [],
     output:
         model=f"{RESULTS}/forecaster/model.pt",
         metrics=report(
@@ -48,6 +53,7 @@ rule train_forecaster:
         settings=selected(F),
         model_config=json.dumps(F[F["model"]]),
         checkpoints=f"{RESULTS}/forecaster/checkpoints",
+        priors=lambda wildcards, input: f"--priors {' '.join(input.priors)} --val-prior {input.val_prior}" if MOTION_PRIOR else "",
     threads: res("train_forecaster")["threads"]
     resources:
         runtime=res("train_forecaster")["runtime"],
@@ -60,7 +66,7 @@ rule train_forecaster:
     shell:
         "futureseg train-forecaster --root {input.data} --label-splits train --pseudo {input.pseudo}"
         " --val-pseudo {input.val_pseudo} --out {output.model} --metrics {output.metrics}"
-        " --checkpoints {params.checkpoints} --model {params.settings[model]}"
+        " --checkpoints {params.checkpoints} --model {params.settings[model]} --prior {params.settings[prior]} {params.priors}"
         " --model-config '{params.model_config}' --epochs {params.settings[epochs]}"
         " --iou-finetune-epochs {params.settings[iou_finetune_epochs]}"
         " --soft-iou-weight {params.settings[soft_iou_weight]} --background-weight {params.settings[background_weight]}"
@@ -74,9 +80,12 @@ rule forecast:
     input:
         model=f"{RESULTS}/forecaster/model.pt",
         masks=f"{RESULTS}/pseudo/val.npy",
+        prior=[f"{RESULTS}/motion/sequence_val.npy"] if MOTION_PRIOR else [],
     output:
         masks=f"{RESULTS}/forecaster/masks_val.npy",
         sequence=f"{RESULTS}/forecaster/sequence_val.npy",
+    params:
+        prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
     threads: res("forecast")["threads"]
     resources:
         runtime=res("forecast")["runtime"],
@@ -87,7 +96,7 @@ rule forecast:
     log:
         f"{RESULTS}/logs/forecast.log",
     shell:
-        "futureseg forecast --model {input.model} --masks {input.masks} --out {output.masks}"
+        "futureseg forecast --model {input.model} --masks {input.masks} {params.prior} --out {output.masks}"
         " --out-sequence {output.sequence} --threads {threads} 2> {log}"
 
 
@@ -95,10 +104,12 @@ rule forecast_hidden_shard:
     input:
         model=f"{RESULTS}/forecaster/model.pt",
         masks=f"{RESULTS}/pseudo/hidden.npy",
+        prior=[f"{RESULTS}/motion/hidden_shards/sequence_{{scatteritem}}.npy"] if MOTION_PRIOR else [],
     output:
         f"{RESULTS}/forecaster/hidden_shards/masks_{{scatteritem}}.npy",
     params:
         shard=shard_arg,
+        prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
     threads: res("forecast")["threads"]
     resources:
         runtime=res("forecast")["runtime"],
@@ -109,5 +120,5 @@ rule forecast_hidden_shard:
     log:
         f"{RESULTS}/logs/forecast_hidden_{{scatteritem}}.log",
     shell:
-        "futureseg forecast --model {input.model} --masks {input.masks} --out {output}"
+        "futureseg forecast --model {input.model} --masks {input.masks} {params.prior} --out {output}"
         " --shard {params.shard} --threads {threads} 2> {log}"

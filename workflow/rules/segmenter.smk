@@ -150,14 +150,14 @@ rule segment_hidden_shard:
 
 
 # Hidden-set masks of any route, gathered from its shards (route frames: segmenter/,
-# masks: forecaster/, direct: direct/).
+# masks: forecaster/, direct: direct/, motion: motion/).
 rule gather_hidden_masks:
     input:
         lambda wildcards: gather.hidden(f"{RESULTS}/{wildcards.stage}/hidden_shards/masks_{{scatteritem}}.npy"),
     output:
         f"{RESULTS}/{{stage}}/masks_hidden.npy",
     wildcard_constraints:
-        stage="segmenter|forecaster|direct",
+        stage="segmenter|forecaster|direct|motion",
     resources:
         runtime=res("gather_hidden_masks")["runtime"],
         mem_mb=res("gather_hidden_masks")["mem_mb"],

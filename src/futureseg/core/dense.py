@@ -59,8 +59,9 @@ def macro_iou(predicted, target) -> float:
 
 def predict_argmax(model, n: int, batch_of, device, batch_size: int, class_dim: int = 1) -> np.ndarray:
     """uint8 class ids (argmax over `class_dim`) of a dense model's outputs for n samples;
-    `batch_of(start, stop)` gives the model's input tensor of those samples (on the CPU).
-    Runs in eval mode under inference mode and leaves the model's mode as it was."""
+    `batch_of(start, stop)` gives the model's input tensor of those samples (on the CPU),
+    or a tuple of its input tensors. Runs in eval mode under inference mode and leaves the
+    model's mode as it was."""
     import torch
 
     chunks = []
@@ -68,7 +69,9 @@ def predict_argmax(model, n: int, batch_of, device, batch_size: int, class_dim: 
     model.eval()
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            logits = model(batch_of(start, min(n, start + batch_size)).to(device))
+            inputs = batch_of(start, min(n, start + batch_size))
+            inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+            logits = model(*(x.to(device) for x in inputs))
             chunks.append(logits.argmax(class_dim).to(torch.uint8).cpu().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0,), dtype=np.uint8)
@@ -133,12 +136,16 @@ def direct_masks(model, clips, device, batch_size: int) -> np.ndarray:
     return predict_argmax(model, len(clips), lambda a, b: torch.from_numpy(stack_frames(clips[a:b])), device, batch_size)
 
 
-def forecast_masks(model, inputs, device, batch_size: int) -> np.ndarray:
-    """uint8 (N, 11, H, W) forecast masks of frames 11…21 from masks (N, 11, H, W) of 0…10."""
+def forecast_masks(model, inputs, device, batch_size: int, priors=None) -> np.ndarray:
+    """uint8 (N, 11, H, W) forecast masks of frames 11…21 from masks (N, 11, H, W) of 0…10
+    and, for a forecaster on the motion prior, the prior's masks (N, 11, H, W) of 11…21."""
     import torch
 
-    return predict_argmax(model, len(inputs), lambda a, b: torch.from_numpy(np.asarray(inputs[a:b], dtype=np.int64)),
-                          device, batch_size, class_dim=2)
+    def batch_of(a, b):
+        masks = torch.from_numpy(np.asarray(inputs[a:b], dtype=np.int64))
+        return masks if priors is None else (masks, torch.from_numpy(np.asarray(priors[a:b], dtype=np.int64)))
+
+    return predict_argmax(model, len(inputs), batch_of, device, batch_size, class_dim=2)
 
 
 def check_training_settings(args) -> None:

@@ -5,6 +5,10 @@ Input: a mask cache of `pseudo-label` (val or hidden, frames 0…10). Output: ui
 (`--out-sequence`), uint8 (N, 11, H, W) of all frames 11…21, whose consecutive masks
 give the route's temporal IoU. `--shard i/K` forecasts the i-th of K contiguous row
 ranges, gathered afterwards by `gather-shards` (hidden-set inference).
+
+A forecaster trained on the motion prior needs the prior of the same videos (`--prior`:
+route motion's sequence of frames 11…21, of the same shard), written with the motion
+settings it was trained with.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from futureseg.core.shards import parse_shard, shard_rows
 log = logging.getLogger("futureseg")
 
 
-def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16) -> int:
+def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16, prior_path=None) -> int:
     from futureseg.core.dense import forecast_masks, load_mask_cache
     from futureseg.models import forecasters
     from futureseg.core.training import select_device
@@ -36,8 +40,19 @@ def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: 
                         f"{model_path} was trained on {size[0]}x{size[1]}")
     rows = shard_rows(len(inputs), shard)
     ids = list(meta["ids"])[rows.start : rows.stop]
-    predicted = forecast_masks(model, inputs[rows.start : rows.stop, : data.N_INPUT], device, batch_size)
+    prior = None
+    if saved["model_config"].get("prior") == "motion":
+        from futureseg.forecast.extrapolate import check_prior
+
+        if prior_path is None:
+            raise ConfigError(f"{model_path}: this forecaster was trained on the motion prior; give --prior "
+                              "(the masks of frames 11…21 of futureseg extrapolate for the same videos)")
+        prior = check_prior(prior_path, ids, saved.get("motion"))
+    elif prior_path is not None:
+        raise ConfigError(f"--prior {prior_path}: the forecaster {model_path} forecasts on copy-last, not a motion prior")
+    predicted = forecast_masks(model, inputs[rows.start : rows.stop, : data.N_INPUT], device, batch_size, prior)
     common = {"split": meta.get("split"), "model": str(model_path), "source": str(masks_path),
+              **({"prior": str(prior_path)} if prior_path else {}),
               **({"shard": list(shard)} if shard else {})}
     if out_sequence:
         save_array(out_sequence, predicted, ids, frame_indices=list(range(data.N_INPUT, data.N_FRAMES)), **common)
@@ -54,6 +69,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--masks", required=True, help="mask cache of frames 0…10 (pseudo-label)")
     parser.add_argument("--out", required=True, help="masks of frame 21 to write (N, H, W)")
     parser.add_argument("--out-sequence", help="masks of frames 11…21 to write (N, 11, H, W)")
+    parser.add_argument("--prior", help="the motion prior of the same videos (extrapolate --out-sequence), for a "
+                                        "forecaster trained on it")
     parser.add_argument("--shard", type=parse_shard, default=None, help="forecast only shard i of K (i/K)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -64,5 +81,5 @@ def main(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    n = run(args.model, args.masks, args.out, args.out_sequence, args.shard, args.batch_size)
+    n = run(args.model, args.masks, args.out, args.out_sequence, args.shard, args.batch_size, args.prior)
     print(f"{args.out}: {n} masks")

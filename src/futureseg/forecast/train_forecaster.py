@@ -2,11 +2,19 @@
 
 Training sequences: the true masks of the labeled training splits (`--root`,
 `--label-splits`, mask.npy) plus the pseudo-labels of `unlabeled` (`--pseudo`, mask
-caches of all 22 frames written by `pseudo-label`). Input masks 0…10, target masks
-11…21; the loss (`dense.dense_losses`) is taken over all 11 future masks, which gives
-the model ten more supervised frames per video than frame 21 alone. Each sequence is
-flipped horizontally and vertically at random, all frames alike (motion stays
-physical), drawn from (seed, epoch, sample) so resuming is exact.
+caches of all 22 frames written by `pseudo-label`, read memory-mapped batch by batch:
+13,000 videos at 160×240 are 11 GB). Input masks 0…10, target masks 11…21; the loss
+(`dense.dense_losses`) is taken over all 11 future masks, which gives the model ten
+more supervised frames per video than frame 21 alone. Each sequence is flipped
+horizontally and vertically at random, all frames alike (motion stays physical), its
+prior with it, drawn from (seed, epoch, sample) so resuming is exact.
+
+`--prior motion`: the residual base of the forecast is each video's motion prior, the
+masks 11…21 of `futureseg extrapolate`, computed once by its rule (`--priors`, one per
+label split then per pseudo cache, in that order; `--val-prior` for val: route
+motion's own sequence). Their sidecars must hold the same videos and the same motion
+settings; the model file records those settings, and `forecast` checks its prior
+against them.
 
 Schedule: AdamW under one-cycle for `--epochs` of cross-entropy, then
 `--iou-finetune-epochs` more with the soft-IoU term added at `--soft-iou-weight`: the
@@ -26,7 +34,7 @@ import functools
 import numpy as np
 
 from futureseg.core import data
-from futureseg.core.errors import DataError
+from futureseg.core.errors import ConfigError, DataError
 
 
 def train(args) -> dict:
@@ -40,14 +48,23 @@ def train(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device()
-    sources = [data.read_split_masks(args.root, split)[0] for split in args.label_splits]
-    sources += [load_mask_cache(path, data.N_FRAMES)[0] for path in args.pseudo]
+    sources, source_ids = [], []
+    for split in args.label_splits:
+        masks, ids = data.read_split_masks(args.root, split)
+        sources.append(masks)
+        source_ids.append(ids)
+    for path in args.pseudo:
+        masks, meta = load_mask_cache(path, data.N_FRAMES)
+        sources.append(masks)
+        source_ids.append(meta["ids"])
     sizes = {tuple(s.shape[2:]) for s in sources}
     if len(sizes) != 1:
         raise DataError(f"training masks have different sizes {sorted(sizes)} "
                         f"(--label-splits {args.label_splits}, --pseudo {args.pseudo})")
-    sequences = np.concatenate([np.asarray(s[:, : data.N_FRAMES]) for s in sources])
     size = sizes.pop()
+    priors, motion = read_priors(args, source_ids)
+    # (source, row) of every training sequence: the mask caches stay memory-mapped
+    samples = [(s, row) for s, source in enumerate(sources) for row in range(len(source))]
     val_inputs, val_meta = load_mask_cache(args.val_pseudo, data.N_INPUT)
     val_truth, val_ids = data.read_split_masks(args.root, "val")
     if [int(i) for i in val_meta["ids"]] != val_ids or val_inputs.shape[2:] != size:
@@ -55,39 +72,75 @@ def train(args) -> dict:
                         f"{args.root}/val ({len(val_ids)} videos, {size})")
     val_inputs = np.asarray(val_inputs[:, : data.N_INPUT])
     val_truth = val_truth[:, data.TARGET_FRAME]
+    val_prior = None
+    if motion is not None:
+        from futureseg.forecast.extrapolate import check_prior
+
+        val_prior = np.asarray(check_prior(args.val_prior, val_ids, motion))
 
     seed_everything(args.seed)
-    model = forecasters.build(args.model, size, args.model_config).to(device)
+    model = forecasters.build(args.model, size, {**args.model_config, "prior": args.prior}).to(device)
     config = forecasters.model_config(model)
     epochs = args.epochs + args.iou_finetune_epochs
-    _, total_steps = plan_steps(len(sequences), args.batch_size, epochs, args.max_steps)
+    _, total_steps = plan_steps(len(samples), args.batch_size, epochs, args.max_steps)
     optimizer, scheduler = adamw_one_cycle(model, args.lr, args.weight_decay, total_steps)
     settings = {"kind": "mask_forecaster", "model": args.model, "model_config": config, "epochs": args.epochs,
                 "iou_finetune_epochs": args.iou_finetune_epochs, "soft_iou_weight": args.soft_iou_weight,
                 "background_weight": args.background_weight, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
-                "training_videos": len(sequences), "label_splits": list(args.label_splits),
-                "pseudo": [str(p) for p in args.pseudo]}
+                "training_videos": len(samples), "label_splits": list(args.label_splits),
+                "pseudo": [str(p) for p in args.pseudo], "prior": args.prior, "motion": motion}
+
+    def sample(epoch, i):
+        s, row = samples[i]
+        arrays = [np.asarray(sources[s][row, : data.N_FRAMES])]
+        if priors is not None:
+            arrays.append(np.asarray(priors[s][row]))
+        return flip_together(arrays, np.random.default_rng((args.seed, epoch, i)))
 
     def step_losses(epoch, indices, step, total):
-        batch = np.stack([flip_together([sequences[i]], np.random.default_rng((args.seed, epoch, i)))[0]
-                          for i in indices])
-        batch = torch.from_numpy(batch.astype(np.int64)).to(device)
+        drawn = [sample(epoch, i) for i in indices]
+        batch = torch.from_numpy(np.stack([d[0] for d in drawn]).astype(np.int64)).to(device)
+        prior = None
+        if priors is not None:
+            prior = torch.from_numpy(np.stack([d[1] for d in drawn]).astype(np.int64)).to(device)
         with autocast(device):
-            logits = model(batch[:, : data.N_INPUT])  # (B, 11, C, H, W)
+            logits = model(batch[:, : data.N_INPUT], prior)  # (B, 11, C, H, W)
         target = batch[:, data.N_INPUT :]
         weight = args.soft_iou_weight if epoch >= args.epochs else 0.0
         return dense_losses(logits.float().flatten(0, 1), target.flatten(0, 1), weight, args.background_weight)
 
     def validate():
-        predicted = forecast_masks(model, val_inputs, device, args.batch_size)[:, -1]
-        return {"val_iou": macro_iou(predicted, val_truth),
-                "val_pseudo_copy_last_iou": macro_iou(val_inputs[:, -1], val_truth)}
+        predicted = forecast_masks(model, val_inputs, device, args.batch_size, val_prior)[:, -1]
+        scores = {"val_iou": macro_iou(predicted, val_truth),
+                  "val_pseudo_copy_last_iou": macro_iou(val_inputs[:, -1], val_truth)}
+        if val_prior is not None:  # what the untrained forecaster scores: route motion
+            scores["val_prior_iou"] = macro_iou(val_prior[:, -1], val_truth)
+        return scores
 
     return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
-               metrics_out=args.metrics, out=args.out, model_file={"kind": "mask_forecaster", "model_config": config},
+               metrics_out=args.metrics, out=args.out,
+               model_file={"kind": "mask_forecaster", "model_config": config, "motion": motion},
                epochs=epochs, total_steps=total_steps,
-               epoch_batches=functools.partial(epoch_order, len(sequences), args.batch_size, args.seed),
+               epoch_batches=functools.partial(epoch_order, len(samples), args.batch_size, args.seed),
                checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="mask forecaster")
+
+
+def read_priors(args, source_ids):
+    """The motion priors of the training sources (memory-mapped) and their common motion
+    settings; (None, None) with --prior copy_last."""
+    if args.prior == "copy_last":
+        if args.priors or args.val_prior:
+            raise ConfigError("--priors/--val-prior are given but --prior is copy_last")
+        return None, None
+    from futureseg.forecast.extrapolate import check_prior
+    from futureseg.core.io import read_array
+
+    if len(args.priors) != len(source_ids) or not args.val_prior:
+        raise ConfigError(f"--prior motion: --priors needs one sequence of futureseg extrapolate per training source "
+                          f"(--label-splits {list(args.label_splits)} then --pseudo: {len(source_ids)}), "
+                          f"got {len(args.priors)}; and --val-prior")
+    motion = read_array(args.priors[0], "motion prior")[1].get("motion")
+    return [check_prior(path, ids, motion) for path, ids in zip(args.priors, source_ids)], motion
 
 
 VERB = "train-forecaster"
@@ -104,11 +157,17 @@ def add_arguments(parser) -> None:
     io.add_argument("--label-splits", type=comma_list, default=("train",), help="splits whose true masks train")
     io.add_argument("--pseudo", nargs="*", default=[], help="mask caches of 22 frames (pseudo-label) that train too")
     io.add_argument("--val-pseudo", required=True, help="mask cache of val frames 0…10 (pseudo-label): validation inputs")
+    io.add_argument("--priors", nargs="*", default=[],
+                    help="with --prior motion: the motion priors (extrapolate --out-sequence) of the label splits, "
+                         "then of the --pseudo caches, in that order")
+    io.add_argument("--val-prior", help="with --prior motion: the motion prior of val (route motion's sequence)")
     io.add_argument("--out", required=True, help="model file to write")
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=forecasters.names(), required=True, help="the predictor run over the embeddings")
+    model.add_argument("--prior", choices=("motion", "copy_last"), required=True,
+                       help="the residual base of the forecast: the motion prior or mask 10 copied")
     model.add_argument("--model-config", type=json_object, default={},
                        help='its settings as JSON, e.g. \'{"embed_dim": 16, "hid_S": 32, "N_T": 4}\' '
                             "(unset ones take the model's defaults)")

@@ -6,17 +6,24 @@ learnt embedding (`embed_dim` channels), the sequence of embeddings goes through
 the frame predictors of `futureseg.models.predictors` (SimVP, ConvLSTM, ConvGRU, with their own configs),
 and a 1x1 conv reads 49 logits out of each predicted embedding.
 
-Residual on the last mask: the logits are `delta + residual_scale * onehot(mask 10)`
-with the read-out conv initialised to zero, so an untrained forecaster predicts exactly
-copy-last (the true-mask baseline that the frames route failed to beat) and training
-only has to learn the motion. `residual_scale` (default 8) sets how sure that starting
-guess is: at 8, with the other 48 logits at 0, softmax puts 0.98 on the copied class.
+Residual on a prior: the logits of future frame k are `delta_k + residual_scale *
+onehot(prior_k)` with the read-out conv initialised to zero, so an untrained forecaster
+predicts exactly its prior, and training only has to learn what the prior misses.
+`prior: motion` takes route motion's masks of frames 11…21 (each object moved by its own
+motion, `futureseg.core.motion`), so the forecaster learns collisions, entries and
+occlusion rather than motion from scratch (F2MF, Šarić et al. 2020, splits the work the
+same way); `prior: copy_last` takes mask 10 for every future frame, which in a CPU
+run's step budget the forecaster never left (README). `residual_scale` (default 8) sets
+how sure that starting guess is: at 8, with the other 48 logits at 0, softmax puts 0.98
+on the prior's class.
 
 Interface (as the U-Net's, `futureseg.models.unet`):
 
-    MaskForecaster(config)          config: MaskForecasterConfig of plain values
-    model(masks) -> logits          masks: int64 (B, 11, H, W) class ids of frames 0…10;
-                                    logits: float (B, 11, num_classes, H, W) of frames 11…21
+    MaskForecaster(config)             config: MaskForecasterConfig of plain values
+    model(masks, prior=None) -> logits masks: int64 (B, 11, H, W) class ids of frames 0…10;
+                                       prior: int64 (B, 11, H, W) of frames 11…21 (needed
+                                       when config.prior is "motion", else ignored);
+                                       logits: float (B, 11, num_classes, H, W) of frames 11…21
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from torch import nn
 from futureseg.core.errors import ConfigError
 
 KEY = "forecaster"
+PRIORS = ("motion", "copy_last")
 
 
 @dataclass
@@ -41,6 +49,9 @@ class MaskForecasterConfig:
     num_classes: int = 49
     embed_dim: int = 16
     residual_scale: float = 8.0
+    # "copy_last": a model file written before priors existed forecast on copy-last, and
+    # still reads so; config.yaml's forecaster.prior chooses for new ones.
+    prior: str = "copy_last"
 
     def __post_init__(self):
         self.size = tuple(self.size)
@@ -52,6 +63,8 @@ class MaskForecasterConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{KEY}.{name} must be a positive integer, got {value!r}")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"{KEY}.prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         if not self.residual_scale >= 0:
             raise ConfigError(f"{KEY}.residual_scale must be 0 or more, got {self.residual_scale}")
 
@@ -72,10 +85,17 @@ class MaskForecaster(nn.Module):
         nn.init.zeros_(self.read_out.weight)
         nn.init.zeros_(self.read_out.bias)
 
-    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, masks: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         B, T, H, W = masks.shape
         x = self.embed(masks).permute(0, 1, 4, 2, 3)  # (B, T, E, H, W)
         y = self.core(x)  # (B, T, E, H, W): embeddings of frames T…2T-1
         delta = self.read_out(y.reshape(B * T, -1, H, W)).reshape(B, T, -1, H, W)
-        last = F.one_hot(masks[:, -1], self.config.num_classes).permute(0, 3, 1, 2).to(delta.dtype)
-        return delta + self.config.residual_scale * last.unsqueeze(1)
+        if self.config.prior == "copy_last":
+            base = masks[:, -1:]  # (B, 1, H, W), broadcast over the future frames
+        elif prior is None or prior.shape != masks.shape:
+            raise ValueError(f"forecaster with prior 'motion': needs the prior masks of frames 11…21, shaped like "
+                             f"the input {tuple(masks.shape)}, got {None if prior is None else tuple(prior.shape)}")
+        else:
+            base = prior
+        onehot = F.one_hot(base, self.config.num_classes).permute(0, 1, 4, 2, 3).to(delta.dtype)
+        return delta + self.config.residual_scale * onehot

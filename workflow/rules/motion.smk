@@ -1,0 +1,113 @@
+# Route `motion`: each object of the segmented frame 10 moved by its own motion (training-free,
+# a CPU job), the same motion on the true masks (the reference `motion_truth`), and the mask
+# forecaster's motion priors of its training videos (forecaster.prior: motion).
+
+M = config["motion"]
+
+
+def motion_frames(split):
+    """The frame cache the optical flow reads, when motion.flow is on."""
+    return [f"{RESULTS}/cache/{split}.npy"] if M["flow"] != "none" else []
+
+
+def frames_flag(wildcards, input):
+    return f"--frames {input.frames}" if input.frames else ""
+
+
+rule extrapolate:
+    input:
+        masks=f"{RESULTS}/pseudo/val.npy",
+        frames=motion_frames("val"),
+    output:
+        masks=f"{RESULTS}/motion/masks_val.npy",
+        sequence=f"{RESULTS}/motion/sequence_val.npy",
+    params:
+        motion=json.dumps(M),
+        frames=frames_flag,
+    threads: res("extrapolate")["threads"]
+    resources:
+        runtime=res("extrapolate")["runtime"],
+        mem_mb=res("extrapolate")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/extrapolate.log",
+    shell:
+        "futureseg extrapolate --masks {input.masks} {params.frames} --motion-config '{params.motion}'"
+        " --out {output.masks} --out-sequence {output.sequence} 2> {log}"
+
+
+rule extrapolate_hidden_shard:
+    input:
+        masks=f"{RESULTS}/pseudo/hidden.npy",
+        frames=motion_frames("hidden"),
+    output:
+        masks=f"{RESULTS}/motion/hidden_shards/masks_{{scatteritem}}.npy",
+        # the forecaster's prior of the same hidden shard
+        sequence=f"{RESULTS}/motion/hidden_shards/sequence_{{scatteritem}}.npy",
+    params:
+        motion=json.dumps(M),
+        frames=frames_flag,
+        shard=shard_arg,
+    threads: res("extrapolate")["threads"]
+    resources:
+        runtime=res("extrapolate")["runtime"],
+        mem_mb=res("extrapolate")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/extrapolate_hidden_{{scatteritem}}.log",
+    shell:
+        "futureseg extrapolate --masks {input.masks} {params.frames} --motion-config '{params.motion}'"
+        " --shard {params.shard} --out {output.masks} --out-sequence {output.sequence} 2> {log}"
+
+
+rule motion_truth:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        frames=motion_frames("val"),
+    output:
+        f"{RESULTS}/motion/masks_val_truth.npy",
+    params:
+        motion=json.dumps(M),
+        frames=frames_flag,
+    threads: res("extrapolate")["threads"]
+    resources:
+        runtime=res("extrapolate")["runtime"],
+        mem_mb=res("extrapolate")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/motion_truth.log",
+    shell:
+        "futureseg extrapolate --root {input.data} --split val {params.frames} --motion-config '{params.motion}'"
+        " --out {output} 2> {log}"
+
+
+rule motion_prior:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        # train's true masks, the other training splits' pseudo-labels
+        masks=lambda wildcards: [] if wildcards.split == "train" else f"{RESULTS}/pseudo/{wildcards.split}.npy",
+        frames=lambda wildcards: motion_frames(wildcards.split),
+    output:
+        f"{RESULTS}/motion/sequence_{{split}}.npy",
+    wildcard_constraints:
+        split="train|unlabeled",
+    params:
+        motion=json.dumps(M),
+        frames=frames_flag,
+        masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
+    threads: res("extrapolate")["threads"]
+    resources:
+        runtime=res("extrapolate")["runtime"],
+        mem_mb=res("extrapolate")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/motion_prior_{{split}}.log",
+    shell:
+        "futureseg extrapolate {params.masks} {params.frames} --motion-config '{params.motion}'"
+        " --out-sequence {output} 2> {log}"
