@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from futureseg.core.instances import instances_to_mask, label_components, mask_to_instances
+from futureseg.core.instances import instances_to_mask, label_components, mask_to_instances, object_vote
 
 def semantic_mask() -> np.ndarray:
     """12×16 mask: class 3 in two pieces, class 5 in three (one a single pixel, one a
@@ -87,3 +88,63 @@ def test_mask_threshold_applies_to_probabilities():
     out = instances_to_mask(probs, np.array([4]), np.array([1.0]), score_threshold=0.5, mask_threshold=0.5)
     assert out.tolist() == [[0, 4, 4]]
     assert out.dtype == np.uint8
+
+
+# ---------------------------------------------------------------- object_vote
+
+
+def test_an_object_painted_in_two_classes_becomes_its_majority_class():
+    mask = np.zeros((6, 8), dtype=np.int64)
+    mask[1:5, 1:5] = 17  # 16 pixels, 5 of them painted 33 (shape wrong on part of the object)
+    mask[1, 1:5] = 33
+    mask[2, 1] = 33
+    out = object_vote(mask)
+    assert out.dtype == np.uint8 and out.shape == mask.shape
+    expected = np.zeros((6, 8), dtype=np.uint8)
+    expected[1:5, 1:5] = 17
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_separate_objects_keep_their_own_classes_and_the_background_stays():
+    mask = np.zeros((7, 12), dtype=np.uint8)
+    mask[0:3, 0:3] = 5
+    mask[0, 0] = 21  # outvoted inside the first object
+    mask[4:7, 8:12] = 40  # a second object, not touching the first
+    mask[6, 11] = 7
+    mask[5, 4] = 9  # a single pixel, its own object
+    out = object_vote(mask)
+    assert out[0:3, 0:3].tolist() == [[5] * 3] * 3
+    assert (out[4:7, 8:12] == 40).all() and out[5, 4] == 9
+    background = mask == 0
+    assert (out[background] == 0).all() and (out[~background] != 0).all()
+
+
+def test_corner_touching_pixels_are_one_object_and_ties_go_to_the_lowest_class():
+    mask = np.array([[12, 0, 0],
+                     [0, 30, 0],
+                     [0, 0, 0]], dtype=np.int32)
+    np.testing.assert_array_equal(object_vote(mask), [[12, 0, 0], [0, 12, 0], [0, 0, 0]])
+
+
+def test_empty_masks_and_stacks_of_frames():
+    empty = np.zeros((4, 5), dtype=np.int64)
+    out = object_vote(empty)
+    assert out.dtype == np.uint8 and out.shape == (4, 5) and not out.any()
+    frames = np.zeros((2, 3, 4, 5), dtype=np.uint8)
+    frames[0, 1, 1:3, 1:4] = [[3, 3, 4], [3, 4, 4]]
+    frames[1, 2, 0:2, 0:2] = [[6, 6], [6, 8]]
+    voted = object_vote(frames)
+    assert voted.shape == frames.shape
+    for index in np.ndindex(2, 3):  # each frame voted on its own
+        np.testing.assert_array_equal(voted[index], object_vote(frames[index]))
+    assert (voted[0, 1, 1:3, 1:4] == 3).all() and (voted[1, 2, 0:2, 0:2] == 6).all()
+    assert object_vote(np.zeros((0, 4, 5), dtype=np.uint8)).shape == (0, 4, 5)
+
+
+def test_object_vote_refuses_what_is_not_a_mask():
+    with pytest.raises(ValueError, match="integer"):
+        object_vote(np.zeros((3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="0…255"):
+        object_vote(np.full((3, 3), 300))
+    with pytest.raises(ValueError, match="shape"):
+        object_vote(np.zeros(3, dtype=np.uint8))
