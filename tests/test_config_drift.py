@@ -117,7 +117,7 @@ def test_the_predictor_verb_builds_the_configured_model():
                        "--checkpoints", "k", "--model", "simvp"]),
     (train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m", "--checkpoints", "c"]),
     (train_forecaster, ["--root", "r", "--val-pseudo", "v", "--out", "o", "--metrics", "m", "--checkpoints", "c",
-                        "--model", "simvp"]),
+                        "--model", "simvp", "--prior", "motion"]),
     (train_direct, ["--root", "r", "--cache", "c", "--val-cache", "v", "--out", "o", "--metrics", "m",
                     "--checkpoints", "k"]),
 ])

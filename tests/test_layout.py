@@ -19,7 +19,7 @@ def test_verbs_live_in_the_stage_packages_and_the_core_holds_none():
     stages = [name.split(".")[0] for name in cli.VERB_MODULES]
     assert list(dict.fromkeys(stages)) == ["data", "predict", "segment", "forecast", "evaluate"]
     core = {p.stem for p in (PACKAGE / "core").glob("*.py")} - {"__init__"}
-    assert core == {"data", "classes", "io", "errors", "training", "dense", "instances", "shards"}
+    assert core == {"data", "classes", "io", "errors", "training", "dense", "instances", "shards", "motion"}
     assert not any(hasattr(importlib.import_module(f"futureseg.core.{m}"), "VERB") for m in core)
 
 

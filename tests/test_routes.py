@@ -57,7 +57,7 @@ def forecaster_argv(ds: Path, folder: Path, out: Path, checkpoints: Path, metric
     return [
         "train-forecaster", "--root", ds, "--pseudo", folder / "pseudo" / "unlabeled.npy",
         "--val-pseudo", folder / "pseudo" / "val.npy", "--out", out, "--metrics", metrics,
-        "--checkpoints", checkpoints, "--model", "simvp", "--model-config", json.dumps(SIMVP_CONFIG),
+        "--checkpoints", checkpoints, "--model", "simvp", "--prior", "copy_last", "--model-config", json.dumps(SIMVP_CONFIG),
         "--epochs", FC_EPOCHS, "--iou-finetune-epochs", FC_FINETUNE, "--batch-size", FC_BATCH,
         "--lr", "0.003", "--weight-decay", "0.01", "--soft-iou-weight", "1.0", "--background-weight", "1.0",
         "--threads", "1", "--checkpoint-every", "1",

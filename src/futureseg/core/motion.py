@@ -270,10 +270,12 @@ def extrapolate(masks, frames=None, config: MotionConfig | None = None) -> np.nd
 
 def track_vote(masks, max_jump: float = MotionConfig.max_jump) -> np.ndarray:
     """Every component of a mask sequence (T, H, W) repainted in the majority class of its
-    track: the pixels of all components linked to it through the frames, mutual best
-    overlaps only (a component merged from two objects links to one of them, never joins
-    their tracks). An object keeps its class through a video; a segmenter that calls some
-    frames' pixels of it another class is outvoted by the rest of its track."""
+    track: the pixels of all components linked to it through the frames. An object keeps
+    its class through a video; a segmenter that calls some frames' pixels of it another
+    class is outvoted by the rest of its track. Each component joins the track of its
+    predecessor (most overlap), so the pieces of an object cut in two classes in one frame
+    join the object's track; the price: two objects of one class that touch in one frame
+    (one component) and then part join one track too."""
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"track_vote: expected masks (T, H, W), got shape {masks.shape}")
@@ -288,19 +290,9 @@ def track_vote(masks, max_jump: float = MotionConfig.max_jump) -> np.ndarray:
         return i
 
     for t in range(1, len(linked_frames)):
-        # mutual: the predecessor's best successor must be this component (most overlap)
-        best_successor: dict[int, tuple[int, int]] = {}
-        current, _ = linked_frames[t]
-        _, previous_map = linked_frames[t - 1]
-        for k, component in enumerate(current):
-            p = predecessors[t][k]
-            if p < 0:
-                continue
-            overlap = int(np.count_nonzero(previous_map.ravel()[component.flat] == p + 1))
-            if p not in best_successor or overlap > best_successor[p][1]:
-                best_successor[p] = (k, overlap)
-        for p, (k, _) in best_successor.items():
-            parent[root(offsets[t] + k)] = root(offsets[t - 1] + p)
+        for k, p in enumerate(predecessors[t]):
+            if p >= 0:
+                parent[root(offsets[t] + k)] = root(offsets[t - 1] + p)
 
     votes: dict[int, np.ndarray] = {}
     for t, (components, _) in enumerate(linked_frames):
