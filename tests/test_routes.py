@@ -632,3 +632,135 @@ def test_submission_needs_the_submitted_route_in_scores(hidden_routes, capsys):
     assert run_cli("submission", *routes, "--out", folder / "sub.pt") == 2
     assert "--scores" in capsys.readouterr().err
     assert not (folder / "sub.pt").exists()
+
+
+# ---------------------------------------------------------------- route motion, the motion prior
+
+
+MOTION = {"velocity_frames": 3, "flow": "dis", "flow_pairs": 1, "bounce": True, "max_jump": 8.0}
+
+
+@pytest.fixture(scope="module")
+def motion(routes, tiny_dataset):
+    """Route motion's val sequence and the motion priors of the forecaster's training videos
+    (train's true masks, unlabeled's pseudo-labels), by the verb, as the rules run it."""
+    f, settings = routes, json.dumps(MOTION)
+    ok("extrapolate", "--masks", f / "pseudo" / "val.npy", "--frames", f / "cache" / "val.npy",
+       "--motion-config", settings, "--out", f / "motion_val.npy", "--out-sequence", f / "motion_seq_val.npy")
+    ok("extrapolate", "--root", tiny_dataset, "--split", "train", "--frames", f / "cache" / "train.npy",
+       "--motion-config", settings, "--out-sequence", f / "motion_seq_train.npy")
+    ok("extrapolate", "--masks", f / "pseudo" / "unlabeled.npy", "--frames", f / "cache" / "unlabeled.npy",
+       "--motion-config", settings, "--out-sequence", f / "motion_seq_unlabeled.npy")
+    return f
+
+
+def test_extrapolate_writes_the_motion_of_every_video_with_its_ids_and_settings(motion):
+    from futureseg.core.motion import MotionConfig, extrapolate
+
+    masks, meta = load_array(motion / "pseudo" / "val.npy")
+    frames, _ = load_array(motion / "cache" / "val.npy")
+    last, last_meta = load_array(motion / "motion_val.npy")
+    sequence, seq_meta = load_array(motion / "motion_seq_val.npy")
+    assert last.dtype == sequence.dtype == np.uint8 and sequence.shape == (len(masks), 11, H, W)
+    assert last_meta["ids"] == seq_meta["ids"] == meta["ids"] and seq_meta["motion"] == MOTION
+    assert seq_meta["frame_indices"] == list(range(11, 22)) and last_meta["frame_index"] == 21
+    for row in range(len(masks)):
+        expected = extrapolate(masks[row, :11], frames[row, :11], MotionConfig(**MOTION))
+        np.testing.assert_array_equal(sequence[row], expected)
+    np.testing.assert_array_equal(sequence[:, -1], last)
+
+
+def test_extrapolate_on_true_masks_reads_the_split(motion, tiny_dataset):
+    from futureseg.core.motion import MotionConfig, extrapolate
+
+    truth, ids = data.read_split_masks(tiny_dataset, "train")
+    frames, _ = load_array(motion / "cache" / "train.npy")
+    sequence, meta = load_array(motion / "motion_seq_train.npy")
+    assert meta["ids"] == ids
+    np.testing.assert_array_equal(sequence[0], extrapolate(truth[0, :11], frames[0, :11], MotionConfig(**MOTION)))
+
+
+def test_extrapolate_shards_concatenate_to_the_whole(motion, tmp_path):
+    whole, _ = load_array(motion / "motion_seq_val.npy")
+    parts = []
+    for i in (0, 1):
+        ok("extrapolate", "--masks", motion / "pseudo" / "val.npy", "--frames", motion / "cache" / "val.npy",
+           "--motion-config", json.dumps(MOTION), "--shard", f"{i}/2", "--out-sequence", tmp_path / f"s{i}.npy")
+        parts.append(load_array(tmp_path / f"s{i}.npy")[0])
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+@pytest.mark.parametrize("case, named", [
+    ("flow without frames", "--frames"),
+    ("frames of other videos", "other_frames.npy"),
+    ("bad setting", "motion.flow_pairs"),
+    ("unknown setting", "unknown setting"),
+])
+def test_extrapolate_refuses_bad_input_and_writes_nothing(motion, tmp_path, capsys, case, named):
+    frames, meta = load_array(motion / "cache" / "val.npy")
+    other = tmp_path / "other_frames.npy"
+    save_array(other, frames, [i + 100 for i in meta["ids"]], split="val")
+    argv = {"flow without frames": [],
+            "frames of other videos": ["--frames", other],
+            "bad setting": ["--frames", other, "--motion-config", '{"flow_pairs": 0}'],
+            "unknown setting": ["--motion-config", '{"friction": 0.1}']}[case]
+    out = tmp_path / "out.npy"
+    assert run_cli("extrapolate", "--masks", motion / "pseudo" / "val.npy", *argv, "--out", out) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_an_untrained_forecaster_on_the_motion_prior_predicts_route_motion():
+    torch.manual_seed(0)
+    model = forecasters.build("simvp", (H, W), {**SIMVP_CONFIG, "prior": "motion"}).eval()
+    masks = torch.randint(0, 49, (2, 11, H, W))
+    prior = torch.randint(0, 49, (2, 11, H, W))
+    with torch.no_grad():
+        assert torch.equal(model(masks, prior).argmax(2), prior)
+        with pytest.raises(ValueError, match="prior"):
+            model(masks)
+
+
+def motion_forecaster_argv(motion, tiny_dataset, out, *extra):
+    argv = forecaster_argv(tiny_dataset, motion, out, out.parent / f"{out.stem}_ck", out.parent / f"{out.stem}.csv")
+    argv[argv.index("--prior") + 1] = "motion"
+    return [*argv, "--priors", motion / "motion_seq_train.npy", motion / "motion_seq_unlabeled.npy",
+            "--val-prior", motion / "motion_seq_val.npy", *extra]
+
+
+def test_the_forecaster_starts_from_route_motion_and_records_its_settings(motion, tiny_dataset, tmp_path):
+    # one step at a negligible rate: the forecast is still exactly its prior, route motion
+    ok(*motion_forecaster_argv(motion, tiny_dataset, tmp_path / "fc.pt", "--max-steps", "1"), "--lr", "1e-12")
+    state = load_checkpoint(tmp_path / "fc.pt")
+    assert state["model_config"]["prior"] == "motion" and state["motion"] == MOTION
+    with open(tmp_path / "fc.csv", newline="") as f:
+        row = list(csv.DictReader(f))[-1]
+    assert float(row["val_iou"]) == pytest.approx(float(row["val_prior_iou"]))
+    ok("forecast", "--model", tmp_path / "fc.pt", "--masks", motion / "pseudo" / "val.npy",
+       "--prior", motion / "motion_seq_val.npy", "--out", tmp_path / "val.npy", "--out-sequence", tmp_path / "seq.npy")
+    np.testing.assert_array_equal(load_array(tmp_path / "seq.npy")[0], load_array(motion / "motion_seq_val.npy")[0])
+    np.testing.assert_array_equal(load_array(tmp_path / "val.npy")[0], load_array(motion / "motion_val.npy")[0])
+
+
+def test_the_forecaster_on_the_motion_prior_trains_and_forecasts(motion, tiny_dataset, tmp_path, capsys):
+    ok(*motion_forecaster_argv(motion, tiny_dataset, tmp_path / "fc.pt"))
+    with open(tmp_path / "fc.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == FC_EPOCHS + FC_FINETUNE and all(0 <= float(r["val_iou"]) <= 1 for r in rows)
+    # forecast without the prior, or with a prior of other motion settings, is refused by name
+    masks = motion / "pseudo" / "val.npy"
+    assert run_cli("forecast", "--model", tmp_path / "fc.pt", "--masks", masks, "--out", tmp_path / "o.npy") == 2
+    assert "--prior" in capsys.readouterr().err
+    sequence, meta = load_array(motion / "motion_seq_val.npy")
+    other = tmp_path / "other_prior.npy"
+    save_array(other, sequence, meta.pop("ids"), **{**meta, "motion": {**MOTION, "flow": "none"}})
+    assert run_cli("forecast", "--model", tmp_path / "fc.pt", "--masks", masks, "--prior", other,
+                   "--out", tmp_path / "o.npy") == 2
+    assert "other_prior.npy" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
+
+
+def test_train_forecaster_needs_a_prior_per_training_source(motion, tiny_dataset, tmp_path, capsys):
+    argv = motion_forecaster_argv(motion, tiny_dataset, tmp_path / "fc.pt")
+    argv.remove(motion / "motion_seq_unlabeled.npy")
+    assert run_cli(*argv) == 2
+    assert "--priors" in capsys.readouterr().err and not (tmp_path / "fc.pt").exists()
