@@ -5,7 +5,13 @@ train's true masks plus these pseudo-labels of `unlabeled` (all 22 frames), and 
 inference time it sees only what a user has, the segmenter's masks of frames 0…10 of
 `val` and `hidden`. The output is a mask cache like the frame caches: uint8
 (N, T, H, W) class ids, with the `io.save_array` sidecar {"ids", "frame_indices",
-"split", "model"}.
+"split", "model", "object_vote", "track_vote"}.
+
+Two votes clean a segmenter's masks with what this dataset guarantees (each object has its
+own class and keeps it through the video): `--object-vote` repaints each connected
+foreground component of every frame in its majority class (`core.instances.object_vote`),
+then `--track-vote` repaints each object of a video in the majority class of its track
+through the video's frames (`core.motion.track_vote`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from futureseg.core.errors import ConfigError, DataError
 log = logging.getLogger("futureseg")
 
 
-def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64) -> dict:
-    """Segment frames 0…n_frames-1 of every video of a frame cache; return a summary."""
+def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, object_vote: bool = False,
+                 track_vote: bool = False) -> dict:
+    """Segment frames 0…n_frames-1 of every video of a frame cache, the votes applied; return a summary."""
+    from futureseg.core import instances, motion
     from futureseg.core.io import array_writer, load_cache
     from futureseg.models import segmenters
     from futureseg.core.training import progress, select_device
@@ -40,13 +48,19 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64) ->
     segmenter.to(device)
     n, height, width = len(cache), *cache.shape[2:4]
     videos_per_batch = max(1, batch_size // n_frames)
-    sidecar = {"frame_indices": list(range(n_frames)), "split": meta.get("split"), "model": str(model)}
+    sidecar = {"frame_indices": list(range(n_frames)), "split": meta.get("split"), "model": str(model),
+               "object_vote": bool(object_vote), "track_vote": bool(track_vote)}
     with array_writer(out, (n, n_frames, height, width), meta["ids"], **sidecar) as masks:
         starts = range(0, n, videos_per_batch)
         for start in progress(starts, total=len(starts), desc=f"pseudo-label {Path(cache_path).name}"):
             clips = np.asarray(cache[start : start + videos_per_batch, :n_frames])
             labels = segmenter.masks(clips.reshape(-1, height, width, 3), device, batch_size)
-            masks[start : start + len(clips)] = labels.reshape(len(clips), n_frames, height, width)
+            if object_vote:
+                labels = instances.object_vote(labels)
+            labels = labels.reshape(len(clips), n_frames, height, width)
+            if track_vote:
+                labels = np.stack([motion.track_vote(video) for video in labels])
+            masks[start : start + len(clips)] = labels
     return {"n_videos": n, "n_frames": n_frames}
 
 
@@ -61,6 +75,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, required=True,
                         help="segment frames 0…FRAMES-1 (22 for training splits, 11 for val and hidden)")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
+    parser.add_argument("--object-vote", action="store_true",
+                        help="repaint each connected foreground component of a frame in its majority class")
+    parser.add_argument("--track-vote", action="store_true",
+                        help="then repaint each object in the majority class of its track through the video")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
@@ -69,5 +87,6 @@ def main(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    summary = pseudo_label(args.model, args.cache, args.out, args.frames, args.batch_size)
+    summary = pseudo_label(args.model, args.cache, args.out, args.frames, args.batch_size, args.object_vote,
+                           args.track_vote)
     print(f"{args.out}: masks of {summary['n_frames']} frames of {summary['n_videos']} videos")

@@ -15,7 +15,9 @@ Four outputs, each uint8 (N, H, W) with the ids sidecar of `io.save_array`
 Each output needs only its own input, so any subset may be asked for. In the predicted
 frames files (N, K, H, W, 3) the position of frame 21 comes from the sidecar's
 `frame_indices`. How a segmenter paints a mask: `futureseg.models.segmenters`
-(`--score-threshold` applies to Mask R-CNN only).
+(`--score-threshold` applies to Mask R-CNN only). `--object-vote` repaints each connected
+foreground component of every mask in its majority class (`core.instances.object_vote`:
+one class per object, as in this dataset); the sidecar records it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from futureseg.core import data
+from futureseg.core import data, instances
 from futureseg.core.errors import ConfigError, FuturesegError
 from futureseg.core.io import read_array, save_array
 
@@ -53,7 +55,8 @@ def true_frames(root, frame: int) -> tuple[np.ndarray, list[int]]:
 
 
 def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, val_frames=None,
-        hidden_frames=None, out_val=None, out_hidden=None, out_val_oracle=None, out_val_frame10=None) -> dict:
+        hidden_frames=None, out_val=None, out_hidden=None, out_val_oracle=None, out_val_frame10=None,
+        object_vote: bool = False) -> dict:
     """Write the requested outputs; return {output path: number of masks}."""
     from futureseg.models import segmenters
     from futureseg.core.training import select_device
@@ -92,7 +95,10 @@ def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, va
         frames, ids = read()
         log.info("segmenting frame %d of %d videos (%s)", frame, len(ids), source)
         masks = segmenter.masks(frames, device, batch_size)
-        save_array(out, masks, ids, frame_index=frame, source=source, model=str(model), score_threshold=score_threshold)
+        if object_vote:
+            masks = instances.object_vote(masks)
+        save_array(out, masks, ids, frame_index=frame, source=source, model=str(model), score_threshold=score_threshold,
+                   object_vote=bool(object_vote))
         written[str(out)] = len(masks)
     return written
 
@@ -112,6 +118,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-val-frame10", help="masks of the true val frame 10 (.npy)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="instances below this score are not painted")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
+    parser.add_argument("--object-vote", action="store_true",
+                        help="repaint each connected foreground component in its majority class (one class per object)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
@@ -121,6 +129,6 @@ def main(args) -> None:
 
         torch.set_num_threads(args.threads)
     written = run(args.model, args.score_threshold, args.batch_size, args.root, args.val_frames, args.hidden_frames,
-                  args.out_val, args.out_hidden, args.out_val_oracle, args.out_val_frame10)
+                  args.out_val, args.out_hidden, args.out_val_oracle, args.out_val_frame10, args.object_vote)
     for path, n in written.items():
         print(f"{path}: {n} masks")
