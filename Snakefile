@@ -38,5 +38,5 @@ rule all:
         f"{RESULTS}/data/mean_std.json",
         f"{RESULTS}/eval/scores.json",
         f"{RESULTS}/{config['eval']['submission_name']}.pt",
-        # the report's examples show predicted frames: route frames only
-        [f"{RESULTS}/report/examples.png"] if "frames" in ROUTES else [],
+        # the report's figures: every route's masks beside the truth, whatever routes run
+        f"{RESULTS}/report/examples.png",

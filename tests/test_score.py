@@ -234,12 +234,13 @@ def test_training_curves_and_val_examples(tmp_path, random_case):
     frames = np.zeros((5, 2, 12, 16, 3), np.uint8)
     frames[:, 1] = report_figures.colourise(frame21)  # the predicted frame 21 sits at column 1
     save_array(folder / "frames_val.npy", frames, ids, frame_indices=[20, 21])
-    width, height = assert_png(report_figures.val_examples(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "examples.png", n=3))
-    assert width > height  # 7 columns, 3 rows of wide frames
+    width, height = assert_png(report_figures.val_examples(root, {"frames": folder / "masks_val.npy"}, tmp_path / "examples.png", n=3,
+                                                           frames=folder / "frames_val.npy"))
+    assert width > height  # 5 columns, 3 rows of wide frames
 
     save_array(folder / "frames_20.npy", frames[:, :1], ids, frame_indices=[20])
     with pytest.raises(FuturesegError, match=re.escape(str(folder / "frames_20.npy")) + ".*frame 21"):
-        report_figures.val_examples(root, folder / "frames_20.npy", folder / "masks_val.npy", tmp_path / "x.png")
+        report_figures.val_examples(root, {"frames": folder / "masks_val.npy"}, tmp_path / "x.png", frames=folder / "frames_20.npy")
 
 
 def test_palette_has_49_distinct_colours():
@@ -296,23 +297,25 @@ def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(ran
 
     import imageio.v3 as iio
 
-    root, folder, frame21, _, pred, _ = random_case
+    root, folder, frame21, frame10, pred, _ = random_case
     videos = data.list_videos(root, "val")
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (5, 2, 12, 16, 3), np.uint8)  # frames 15 and 21 kept
     save_array(folder / "frames_val.npy", frames, [v.id for v in videos], frame_indices=[15, 21])
-    out = report_figures.val_animations(root, folder / "frames_val.npy", folder / "masks_val.npy", tmp_path / "animations.html", n=2)
+    out = report_figures.val_animations(root, {"frames": folder / "masks_val.npy"}, tmp_path / "animations.html", n=2,
+                                        frames=folder / "frames_val.npy")
     page = out.read_text()
     gifs = re.findall(r'<img alt="val video (\d+)" src="data:image/gif;base64,([^"]+)">', page)
     assert [int(i) for i, _ in gifs] == [videos[0].id, videos[4].id]  # spread over the split
     animation = iio.imread(base64.b64decode(gifs[1][1]), index=None, extension=".gif")
     scale = 10  # 12-pixel frames are scaled to at least 120
-    assert animation.shape == (22, 12 * scale + report_figures.GIF_CAPTION_PX, 4 * 16 * scale + 3 * 2 * scale, 3)
+    # animated: true video, predicted frames, true masks; held still: true mask 21, route frames' mask 21
+    assert animation.shape == (22, 12 * scale + report_figures.GIF_CAPTION_PX, 5 * 16 * scale + 4 * 2 * scale, 3)
 
     def up(image):
         return np.asarray(image).repeat(scale, 0).repeat(scale, 1)
 
-    true, predicted, predicted_mask, true_mask = _gif_panels(animation, 4, scale)
+    true, predicted, true_masks, true_mask, predicted_mask = _gif_panels(animation, 5, scale)
     true_frames = data.read_frames(videos[4])
     # GIF frames are palette images: colours may move a little, so compare closely, not exactly
     def close(a, b):
@@ -323,5 +326,6 @@ def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(ran
     assert close(predicted[15], up(frames[4, 0]))
     assert (np.abs(predicted[12].astype(int) - report_figures.NOT_KEPT_GREY) < 8).all(), "frame 12 was not kept: grey"
     assert close(predicted_mask[3], up(report_figures.colourise(pred[4]))) and close(true_mask[20], up(report_figures.colourise(frame21[4])))
+    assert close(true_masks[3], up(report_figures.colourise(frame10[4]))) and close(true_masks[21], up(report_figures.colourise(frame21[4])))
     assert not close(predicted[21], up(true_frames[21]))
     assert not list(tmp_path.glob(".*.tmp"))

@@ -67,14 +67,23 @@ rule submission:
         "futureseg submission {params.routes} --scores {input.scores} --out {output} 2> {log}"
 
 
+# The report's figures, whatever routes run: the training curves (the frame predictor's when
+# it trains: route frames, or generated frames for the segmenter; the segmenter's, which every
+# route needs), and the val examples: every route's mask of frame 21 beside the truth, the
+# masks of frames 11…21 of the routes in SEQUENCES, route frames' predicted frames, the
+# submitted route (scores.json) marked.
 rule report_figures:
     input:
         data=DATA,
         checked=DATA_CHECK,
-        predictor_metrics=f"{RESULTS}/predictor/metrics.csv",
-        segmenter_metrics=f"{RESULTS}/segmenter/metrics.csv",
-        frames=f"{RESULTS}/predictor/frames_val.npy",
-        masks=f"{RESULTS}/segmenter/masks_val.npy",
+        metrics=[
+            *([f"{RESULTS}/predictor/metrics.csv"] if "frames" in ROUTES or config["augment"]["generated"] else []),
+            f"{RESULTS}/segmenter/metrics.csv",
+        ],
+        scores=f"{RESULTS}/eval/scores.json",
+        routes=[f"{ROUTE_DIRS[route]}/masks_val.npy" for route in ROUTES],
+        sequences=[SEQUENCES[route] for route in ROUTES if route in SEQUENCES],
+        frames=[f"{RESULTS}/predictor/frames_val.npy"] if "frames" in ROUTES else [],
     output:
         curves=report(
             f"{RESULTS}/report/training_curves.png",
@@ -88,6 +97,11 @@ rule report_figures:
             f"{RESULTS}/report/animations.html", caption="../report/animations.rst", category="Examples"
         ),
     params:
+        routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(ROUTES, input.routes)),
+        sequences=lambda wildcards, input: " ".join(
+            f"--sequence {r}={p}" for r, p in zip([r for r in ROUTES if r in SEQUENCES], input.sequences)
+        ),
+        frames=lambda wildcards, input: f"--frames {input.frames}" if input.frames else "",
         examples=config["eval"]["report_examples"],
     resources:
         runtime=res("report_figures")["runtime"],
@@ -97,7 +111,6 @@ rule report_figures:
     log:
         f"{RESULTS}/logs/report_figures.log",
     shell:
-        "futureseg report-figures --metrics {input.predictor_metrics} {input.segmenter_metrics}"
-        " --curves {output.curves} --root {input.data} --frames {input.frames}"
-        " --masks {input.masks} --examples {output.examples} --animations {output.animations}"
-        " --n {params.examples} 2> {log}"
+        "futureseg report-figures --metrics {input.metrics} --curves {output.curves} --root {input.data}"
+        " {params.routes} {params.sequences} {params.frames} --scores {input.scores}"
+        " --examples {output.examples} --animations {output.animations} --n {params.examples} 2> {log}"

@@ -1,5 +1,6 @@
-"""The report's figures: per-class IoU, confusions, training curves, a contact sheet of
-val examples; and the `futureseg report-figures` verb.
+"""The report's figures: per-class IoU, confusions, training curves, a contact sheet and
+animations of val examples (every route's masks beside the truth, the submitted route
+marked); and the `futureseg report-figures` verb.
 
 Figures are built as `matplotlib.figure.Figure` objects and rendered by Agg (the PNG
 writer), without pyplot: no global figure state, no display needed, safe on a headless
@@ -8,14 +9,17 @@ node. Every PNG is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from futureseg.core import data
-from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.errors import ConfigError, DataError, FuturesegError
 from futureseg.core.io import atomic_path, read_array
 
 METHOD_COLOURS = {"pipeline": "#1f77b4", "oracle": "#2ca02c", "copy_last": "#ff7f0e"}
@@ -212,6 +216,11 @@ def _labels_for(paths: list[Path]) -> list[str]:
 def training_curves(csv_paths, out_png) -> Path:
     """One panel per kind of metric (loss, IoU/accuracy, PSNR, learning rate, other),
     every CSV's columns of that kind drawn in it against the step."""
+    return save_png(training_curves_figure(csv_paths), out_png)
+
+
+def training_curves_figure(csv_paths):
+    """The figure of `training_curves`, not yet written."""
     paths = [Path(p) for p in ([csv_paths] if isinstance(csv_paths, (str, Path)) else csv_paths)]
     if not paths:
         raise ConfigError("training_curves: no metrics CSV given")
@@ -237,60 +246,201 @@ def training_curves(csv_paths, out_png) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Training metrics (" + ", ".join(str(p) for p in paths) + ")", fontsize=9)
-    return save_png(fig, out_png)
+    return fig
 
 
 # ---------------------------------------------------------------- val examples
 
-EXAMPLE_INPUT_FRAMES = (0, 5, 10)
+FUTURE_FRAMES = list(range(data.N_INPUT, data.N_FRAMES))  # 11…21: the frames a sequence route forecasts
+SUBMITTED_COLOUR = "#d62728"
 
 
-def _val_videos(root, frames_val, masks_val, n: int):
-    """The arrays behind the examples, checked against each other and the dataset, and the
-    rows of `n` val videos spread over the split: (frames, frame_indices, masks, [(row, video)])."""
+@dataclass
+class RouteExample:
+    """One route's guesses for one val video: its mask of frame 21 and, for a route that
+    forecasts frames 11…21, its masks of them."""
+
+    name: str
+    submitted: bool
+    mask: np.ndarray  # (H, W) class ids
+    sequence: np.ndarray | None  # (11, H, W) class ids of frames 11…21
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} (submitted)" if self.submitted else self.name
+
+
+@dataclass
+class Example:
+    """What the sheet and the animations show of one val video."""
+
+    video_id: int
+    frames: np.ndarray  # (22, H, W, 3) the true video
+    masks: np.ndarray  # (22, H, W) its true masks
+    routes: list[RouteExample]
+    predicted: dict | None  # route frames' predicted frames {frame number: (H, W, 3)}, when given
+
+
+@dataclass
+class Examples:
+    examples: list[Example]
+    routes: list[str]  # in the order given
+    sequences: list[str]  # the routes whose masks of frames 11…21 were given
+    submitted: str | None  # scores.json's submitted_route, when given
+    kept: list[int] | None  # the frame numbers of route frames' predicted frames, when given
+
+
+def _submitted_route(scores, routes) -> str:
+    """scores.json's submitted_route, one of `routes`."""
+    path = Path(scores)
+    if not path.is_file():
+        raise DataError(f"{path}: scores file does not exist")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable scores ({type(exc).__name__}: {exc})") from None
+    submitted = content.get("submitted_route") if isinstance(content, dict) else None
+    if not isinstance(submitted, str):
+        raise DataError(f"{path}: no submitted_route in it (scores.json of `futureseg score --route NAME=MASKS ...`)")
+    if submitted not in routes:
+        raise DataError(f"{path}: submitted_route {submitted!r} is not among the routes given ({', '.join(routes)})")
+    return submitted
+
+
+def load_examples(root, routes: dict, n: int = 4, sequences: dict | None = None, frames=None, scores=None) -> Examples:
+    """Every input of the sheet and the animations, read and checked before anything is drawn,
+    each error naming its file: the routes' masks of frame 21 ({route: (N, H, W)}), the masks of
+    frames 11…21 of the routes that forecast them ({route: (N, 11, H, W)}), route frames'
+    predicted frames ((N, K, H, W, 3), frame 21 among them), all of the same val videos in the
+    same order and of the val frames' size; scores.json's submitted_route among the routes.
+    Of `n` val videos spread over the split, the true frames and masks are read too."""
+    routes, sequences = dict(routes), dict(sequences or {})
     if n < 1:
         raise ConfigError(f"--n: must be at least 1, got {n}")
-    frames, frames_meta = read_array(frames_val, "predicted frames")
-    masks, masks_meta = read_array(masks_val, "masks")
-    frame_indices = [int(i) for i in frames_meta.get("frame_indices", [])]
-    if data.TARGET_FRAME not in frame_indices:
-        raise FuturesegError(f"{frames_val}: frame_indices {frame_indices} in its sidecar do not include frame {data.TARGET_FRAME}")
-    frame_ids = [int(i) for i in frames_meta["ids"]]
-    if [int(i) for i in masks_meta["ids"]] != frame_ids:
-        raise FuturesegError(f"{masks_val}: its ids differ from those of {frames_val}")
+    if not routes:
+        raise ConfigError("give at least one --route NAME=MASKS (a route's masks of val frame 21)")
+    for name in sequences:
+        if name not in routes:
+            raise ConfigError(f"--sequence {name}=...: no --route {name}=MASKS given")
+    if frames and "frames" not in routes:
+        raise ConfigError("--frames: route frames' predicted frames go with --route frames=MASKS")
+    submitted = _submitted_route(scores, routes) if scores else None
+
+    reference = {}  # the first file read: its path, ids and (H, W)
+
+    def read(path, what, layout, ndim, dtype=np.integer):
+        array, meta = read_array(path, what)
+        if array.ndim != ndim or (ndim == 5 and array.shape[-1] != 3):
+            raise DataError(f"{path}: expected {what} of shape {layout}, got {tuple(array.shape)}")
+        if not np.issubdtype(array.dtype, dtype):
+            expected = "uint8" if dtype is np.uint8 else "an integer dtype"
+            raise DataError(f"{path}: expected {what} of {expected}, got {array.dtype}")
+        try:
+            ids = [int(i) for i in meta["ids"]]
+        except (TypeError, ValueError):
+            raise DataError(f"{Path(path).with_suffix('.json')}: its ids are not all integers") from None
+        size = tuple(array.shape[-3:-1]) if ndim == 5 else tuple(array.shape[-2:])
+        if not reference:
+            reference.update(path=path, ids=ids, size=size)
+        elif ids != reference["ids"]:
+            raise DataError(f"{path}: its video ids differ from those of {reference['path']} "
+                            "(every file must hold the same val videos in the same order)")
+        elif size != reference["size"]:
+            raise DataError(f"{path}: {what} of {size[0]}x{size[1]} pixels, those of {reference['path']} "
+                            f"are {reference['size'][0]}x{reference['size'][1]}")
+        return array, meta
+
+    masks = {name: read(path, f"route {name!r} masks", "(N, H, W)", 3)[0] for name, path in routes.items()}
+    forecasts = {}
+    for name, path in sequences.items():
+        sequence, meta = read(path, f"route {name!r} mask sequence", f"(N, {len(FUTURE_FRAMES)}, H, W)", 4)
+        indices = meta.get("frame_indices", FUTURE_FRAMES)
+        if sequence.shape[1] != len(FUTURE_FRAMES) or indices != FUTURE_FRAMES:
+            raise DataError(f"{path}: expected the masks of frames {FUTURE_FRAMES[0]}…{FUTURE_FRAMES[-1]} "
+                            f"({len(FUTURE_FRAMES)} per video), got {sequence.shape[1]} (frame_indices {indices})")
+        forecasts[name] = sequence
+    predicted, kept = None, None
+    if frames:
+        predicted, meta = read(frames, "predicted frames", "(N, K, H, W, 3)", 5, np.uint8)
+        kept = meta.get("frame_indices")
+        if not isinstance(kept, list) or len(kept) != predicted.shape[1] or not set(kept) <= set(FUTURE_FRAMES):
+            raise DataError(f"{Path(frames).with_suffix('.json')}: frame_indices {kept} do not name the "
+                            f"{predicted.shape[1]} predicted frames (each one of {FUTURE_FRAMES[0]}…{FUTURE_FRAMES[-1]})")
+        if data.TARGET_FRAME not in kept:
+            raise DataError(f"{frames}: frame_indices {kept} in its sidecar do not include frame {data.TARGET_FRAME}")
+
+    ids = reference["ids"]
+    if not ids:
+        raise DataError(f"{reference['path']}: holds no videos")
     videos = {v.id: v for v in data.list_videos(root, "val")}
-    unknown = [i for i in frame_ids if i not in videos]
+    unknown = [i for i in ids if i not in videos]
     if unknown:
-        raise FuturesegError(f"{frames_val}: video ids {unknown[:3]}… are not in {Path(root) / 'val'}")
-    rows = sorted({int(i) for i in np.linspace(0, len(frame_ids) - 1, min(n, len(frame_ids))).round()})
-    return frames, frame_indices, masks, [(row, videos[frame_ids[row]]) for row in rows]
+        raise DataError(f"{reference['path']}: video ids {unknown[:3]}{'…' if len(unknown) > 3 else ''} "
+                        f"are not in {Path(root) / 'val'}")
+    size = data.frame_size(root, "val")
+    if reference["size"] != tuple(size):
+        raise DataError(f"{reference['path']}: masks of {reference['size'][0]}x{reference['size'][1]} pixels, "
+                        f"the val frames of {root} are {size[0]}x{size[1]}")
+    rows = sorted({int(i) for i in np.linspace(0, len(ids) - 1, min(n, len(ids))).round()})
+
+    examples = []
+    for row in rows:
+        video = videos[ids[row]]
+        guesses = []
+        for name in routes:
+            mask = np.array(masks[name][row])
+            sequence = np.array(forecasts[name][row]) if name in forecasts else None
+            for path, values in ((routes[name], mask), (sequences.get(name), sequence)):
+                bad = [] if values is None else values[(values < 0) | (values >= data.NUM_CLASSES)]
+                if len(bad):
+                    raise DataError(f"{path}: class id {int(bad[0])} in video {video.id}, expected 0…{data.NUM_CLASSES - 1}")
+            guesses.append(RouteExample(name, name == submitted, mask, sequence))
+        examples.append(Example(
+            video.id, data.read_frames(video, size=size), data.read_mask(video, size), guesses,
+            None if predicted is None else {t: np.array(predicted[row, c]) for c, t in enumerate(kept)},
+        ))
+    return Examples(examples, list(routes), list(sequences), submitted, kept)
 
 
-def val_examples(root, frames_val, masks_val, out_path, n: int = 4) -> Path:
-    """A contact sheet, one row per val video (spread over the split): input frames
-    0, 5, 10 → predicted frame 21 → true frame 21 → predicted mask → true mask."""
-    frames, frame_indices, masks, picked = _val_videos(root, frames_val, masks_val, n)
-    column = frame_indices.index(data.TARGET_FRAME)
+def examples_figure(examples: Examples):
+    """A contact sheet, one row per val video: input frame 10, true frame 21 (and route
+    frames' predicted frame 21, when given), the true mask of frame 21, then every route's
+    mask of frame 21, the submitted route framed and marked in its title."""
     table = palette()
-    titles = [*(f"input {i}" for i in EXAMPLE_INPUT_FRAMES), "predicted 21", "true 21", "predicted mask", "true mask"]
-    height, width = frames.shape[2:4]
+    first = examples.examples[0]
+    height, width = first.masks.shape[1:]
+    predicted = ["frames: predicted 21"] if examples.kept is not None else []
+    titles = ["input 10", "true 21", *predicted, "true mask 21", *(r.title for r in first.routes)]
     cell = 1.9
-    fig = _figure(cell * len(titles), cell * height / width * len(picked) + 0.5)
-    axes = fig.subplots(len(picked), len(titles), squeeze=False)
-    for r, (row, video) in enumerate(picked):
-        true_frames = data.read_frames(video, [*EXAMPLE_INPUT_FRAMES, data.TARGET_FRAME])
-        true_mask = data.read_mask(video)[data.TARGET_FRAME]
-        images = [*true_frames[:-1], np.asarray(frames[row, column]), true_frames[-1], colourise(np.asarray(masks[row]), table), colourise(true_mask, table)]
-        for c, image in enumerate(images):
+    fig = _figure(cell * len(titles), cell * height / width * len(examples.examples) + 0.7)
+    axes = fig.subplots(len(examples.examples), len(titles), squeeze=False)
+    for r, example in enumerate(examples.examples):
+        images = [example.frames[data.N_INPUT - 1], example.frames[data.TARGET_FRAME],
+                  *([example.predicted[data.TARGET_FRAME]] if predicted else []),
+                  colourise(example.masks[data.TARGET_FRAME], table), *(colourise(g.mask, table) for g in example.routes)]
+        marked = [False] * (len(images) - len(example.routes)) + [g.submitted for g in example.routes]
+        for c, (image, submitted) in enumerate(zip(images, marked)):
             ax = axes[r, c]
             ax.imshow(image, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
+            if submitted:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(SUBMITTED_COLOUR)
+                    spine.set_linewidth(2.5)
             if r == 0:
-                ax.set_title(titles[c], fontsize=8)
+                ax.set_title(titles[c], fontsize=8, color=SUBMITTED_COLOUR if submitted else "black",
+                             fontweight="bold" if submitted else "normal")
             if c == 0:
-                ax.set_ylabel(f"video {video.id}", fontsize=8)
-    return save_png(fig, out_path, dpi=120)
+                ax.set_ylabel(f"video {example.video_id}", fontsize=8)
+    submitted = f"; submitted: route {examples.submitted}" if examples.submitted else ""
+    fig.suptitle(f"val frame 21: every route's mask beside the true mask{submitted}", fontsize=9)
+    return fig
+
+
+def val_examples(root, routes: dict, out_path, n: int = 4, sequences=None, frames=None, scores=None) -> Path:
+    """`examples_figure` of `load_examples`'s videos, written as a PNG."""
+    return save_png(examples_figure(load_examples(root, routes, n, sequences, frames, scores)), out_path, dpi=120)
 
 
 # ---------------------------------------------------------------- val animations
@@ -301,29 +451,38 @@ GIF_CAPTION_PX = 14
 NOT_KEPT_GREY = 200
 
 
-def animation_frames(true_frames, predicted: dict, predicted_mask, true_mask) -> np.ndarray:
-    """(22, h, w, 3) uint8 animation of one video, four panels side by side under captions:
-    the true video (inputs 0…10, then the true future); the same inputs, then the predicted
-    frames (`predicted` maps a frame number to its (H, W, 3) prediction; a frame that was not
-    kept shows grey); and, held still, the predicted and the true mask of frame 21."""
+def animation_frames(example: Example) -> np.ndarray:
+    """(22, h, w, 3) uint8 animation of one val video, panels side by side under captions.
+    Animated: the true video (inputs 0…10, then the true future); route frames' predicted
+    frames, when given (the inputs, then the predicted frames; one not kept shows grey); the
+    true masks; the masks of frames 11…21 of each route that forecasts them (grey before 11).
+    Held still, when a route forecasts frame 21 only: the true mask of frame 21 and each such
+    route's mask of frame 21. The submitted route's captions say so."""
     from PIL import Image, ImageDraw
 
-    height, width = true_frames.shape[1:3]
+    height, width = example.frames.shape[1:3]
     scale = max(1, math.ceil(GIF_MIN_HEIGHT / height))
     gap = 2 * scale
     panel_w, panel_h = width * scale, height * scale
     table = palette()
-    masks = (colourise(np.asarray(predicted_mask), table), colourise(np.asarray(true_mask), table))
-    not_kept = np.full((height, width, 3), NOT_KEPT_GREY, np.uint8)
+    grey = np.full((height, width, 3), NOT_KEPT_GREY, np.uint8)
+    true_masks = colourise(example.masks, table)
+    moving = [(g.title, colourise(g.sequence, table)) for g in example.routes if g.sequence is not None]
+    still = [(g.title, colourise(g.mask, table)) for g in example.routes if g.sequence is None]
+    held = ([(true_masks[data.TARGET_FRAME], f"true mask {data.TARGET_FRAME}")]
+            + [(mask, f"{title}: mask {data.TARGET_FRAME}") for title, mask in still]) if still else []
     animation = []
     for t in range(data.N_FRAMES):
-        if t < data.N_INPUT:
-            panels = [(true_frames[t], f"input {t}"), (true_frames[t], f"input {t}")]
-        else:
-            guess = predicted.get(t)
-            panels = [(true_frames[t], f"true {t}"),
-                      (not_kept, f"{t} not kept") if guess is None else (guess, f"predicted {t}")]
-        panels += [(masks[0], f"pred. mask {data.TARGET_FRAME}"), (masks[1], f"true mask {data.TARGET_FRAME}")]
+        future = t >= data.N_INPUT
+        panels = [(example.frames[t], f"true {t}" if future else f"input {t}")]
+        if example.predicted is not None:
+            guess = example.predicted.get(t)
+            panels.append((example.frames[t], f"input {t}") if not future
+                          else (grey, f"{t} not kept") if guess is None else (guess, f"predicted {t}"))
+        panels.append((true_masks[t], f"true mask {t}"))
+        panels += [(masks[t - data.N_INPUT], f"{title}: mask {t}") if future else (grey, f"{title}: from {data.N_INPUT}")
+                   for title, masks in moving]
+        panels += held
         canvas = Image.new("RGB", (len(panels) * (panel_w + gap) - gap, panel_h + GIF_CAPTION_PX), (255, 255, 255))
         draw = ImageDraw.Draw(canvas)
         for i, (image, label) in enumerate(panels):
@@ -334,7 +493,11 @@ def animation_frames(true_frames, predicted: dict, predicted_mask, true_mask) ->
     return np.stack(animation)
 
 
-def val_animations(root, frames_val, masks_val, out_html, n: int = 4) -> Path:
+def _routes_phrase(names: list[str]) -> str:
+    return ("route " if len(names) == 1 else "routes ") + ", ".join(names)
+
+
+def animations_page(examples: Examples) -> str:
     """One self-contained HTML page (the report shows it as is) with an animated GIF per val
     video, the same videos as the contact sheet; see `animation_frames`."""
     import base64
@@ -342,64 +505,114 @@ def val_animations(root, frames_val, masks_val, out_html, n: int = 4) -> Path:
 
     import imageio.v3 as iio
 
-    frames, frame_indices, masks, picked = _val_videos(root, frames_val, masks_val, n)
     figures = []
-    for row, video in picked:
-        predicted = {t: np.asarray(frames[row, c]) for c, t in enumerate(frame_indices)}
-        true_mask = data.read_mask(video)[data.TARGET_FRAME]
-        animation = animation_frames(data.read_frames(video), predicted, masks[row], true_mask)
-        gif = iio.imwrite("<bytes>", animation, extension=".gif", duration=GIF_FRAME_MS, loop=0)
+    for example in examples.examples:
+        gif = iio.imwrite("<bytes>", animation_frames(example), extension=".gif", duration=GIF_FRAME_MS, loop=0)
         figures.append(
-            f'<figure><img alt="val video {video.id}" src="data:image/gif;base64,{base64.b64encode(gif).decode()}">'
-            f"<figcaption>val video {video.id}</figcaption></figure>"
+            f'<figure><img alt="val video {example.video_id}" src="data:image/gif;base64,{base64.b64encode(gif).decode()}">'
+            f"<figcaption>val video {example.video_id}</figcaption></figure>"
         )
-    kept = ", ".join(str(t) for t in frame_indices)
-    page = (
+    still = [r for r in examples.routes if r not in examples.sequences]
+    parts = ["the true video"]
+    if examples.kept is not None:
+        kept = ", ".join(str(t) for t in examples.kept)
+        parts.append(f"route frames' predicted frames (kept: {kept}; the rest grey)")
+    parts.append("the true masks")
+    if examples.sequences:
+        parts.append(f"the masks of frames 11–21 forecast by {_routes_phrase(examples.sequences)} (grey before frame 11)")
+    text = "Frames 0–10 are the inputs. Animated, from the left: " + "; ".join(parts) + "."
+    if still:
+        text += f" Held still on the right: the true mask of frame 21 beside the mask of frame 21 of {_routes_phrase(still)}."
+    if examples.submitted:
+        text += f" Submitted: route {examples.submitted}, marked (submitted)."
+    text += f" {GIF_FRAME_MS} ms per frame, looping."
+    return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>val animations</title>'
         "<style>body{font-family:sans-serif;margin:1em} figure{margin:0 0 1.2em} "
         "img{image-rendering:pixelated}</style></head><body>\n"
-        f"<p>Frames 0–10 are the inputs. From frame 11: the true video (left) beside the predicted "
-        f"frames (kept: {html.escape(kept)}; the rest grey). Right: the masks of frame 21, "
-        f"predicted from the predicted frame, and true. {GIF_FRAME_MS} ms per frame, looping.</p>\n"
-        + "\n".join(figures)
-        + "\n</body></html>\n"
+        f"<p>{html.escape(text, quote=False)}</p>\n" + "\n".join(figures) + "\n</body></html>\n"
     )
-    out_html = Path(out_html)
-    with atomic_path(out_html) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return out_html
+
+
+def _write_page(path, text: str) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def val_animations(root, routes: dict, out_html, n: int = 4, sequences=None, frames=None, scores=None) -> Path:
+    """`animations_page` of `load_examples`'s videos, written."""
+    return _write_page(out_html, animations_page(load_examples(root, routes, n, sequences, frames, scores)))
 
 
 # ---------------------------------------------------------------- verb
 
 VERB = "report-figures"
-HELP = "training-curve and val-example figures for the report"
+HELP = "training-curve figure, val-example sheet and animations for the report"
+
+
+def name_path(text: str) -> tuple[str, str]:
+    """argparse type of --route and --sequence: NAME=PATH."""
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH, e.g. masks=results/forecaster/masks_val.npy")
+    return name, path
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--metrics", nargs="+", metavar="CSV", help="metrics.csv files written by training (MetricsLog)")
     parser.add_argument("--curves", metavar="PNG", help="training curves figure to write (with --metrics)")
-    parser.add_argument("--root", help="Dataset_Student root (for the examples sheet)")
-    parser.add_argument("--frames", help="frames_val.npy: predicted frames with ids sidecar")
-    parser.add_argument("--masks", help="masks_val.npy: predicted frame-21 masks with ids sidecar")
+    parser.add_argument("--root", help="Dataset_Student root (the val videos' true frames and masks)")
+    parser.add_argument("--route", type=name_path, action="append", default=[], metavar="NAME=MASKS",
+                        help="a route's masks of val frame 21 (masks_val.npy, ids sidecar beside it); repeat per route")
+    parser.add_argument("--sequence", type=name_path, action="append", default=[], metavar="NAME=MASKS",
+                        help="a route's masks of val frames 11…21 (N, 11, H, W), animated; repeat per route")
+    parser.add_argument("--frames", help="route frames' predicted frames of val (frames_val.npy), animated")
+    parser.add_argument("--scores", help="scores.json: its submitted_route is marked")
     parser.add_argument("--examples", metavar="PNG", help="contact sheet of val examples to write")
     parser.add_argument("--animations", metavar="HTML", help="page of animated GIFs of the same val videos to write")
     parser.add_argument("--n", type=int, default=4, help="videos in the examples sheet and animations")
 
 
+def _unique(pairs, flag: str) -> dict:
+    names = [name for name, _ in pairs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"{flag} {twice[0]}=...: given twice")
+    return dict(pairs)
+
+
 def main(args) -> None:
     curves = (args.metrics, args.curves)
-    inputs = (args.root, args.frames, args.masks)
     outputs = (args.examples, args.animations)
     if any(curves) and not all(curves):
         raise ConfigError("--metrics and --curves go together: give both or neither")
-    if (any(inputs) or any(outputs)) and not (all(inputs) and any(outputs)):
-        raise ConfigError("--root, --frames and --masks go with --examples and/or --animations: give them together or none")
+    inputs = (args.root, args.route, args.sequence, args.frames, args.scores)
+    if (any(inputs) or any(outputs)) and not (args.root and args.route and any(outputs)):
+        raise ConfigError("--root and --route NAME=MASKS (with --sequence, --frames, --scores) go with --examples "
+                          "and/or --animations: give them together or none")
     if not any(curves) and not any(outputs):
-        raise ConfigError("nothing to draw: give --metrics/--curves and/or --root/--frames/--masks with --examples/--animations")
+        raise ConfigError("nothing to draw: give --metrics/--curves and/or --root/--route with --examples/--animations")
+    routes, sequences = _unique(args.route, "--route"), _unique(args.sequence, "--sequence")
+    # every input is read, checked and drawn before anything is written; the outputs then
+    # appear together (each renamed into place), or none of them
+    figures = []
     if all(curves):
-        print(f"training curves -> {training_curves(args.metrics, args.curves)}")
-    if args.examples:
-        print(f"val examples -> {val_examples(args.root, args.frames, args.masks, args.examples, args.n)}")
+        figures.append(("training curves", training_curves_figure(args.metrics), args.curves))
+    if any(outputs):
+        examples = load_examples(args.root, routes, args.n, sequences, args.frames, args.scores)
+        if args.examples:
+            figures.append(("val examples", examples_figure(examples), args.examples))
+        page = animations_page(examples) if args.animations else None
+    with contextlib.ExitStack() as stack:
+        for _, fig, path in figures:
+            fig.savefig(stack.enter_context(atomic_path(path)), format="png", dpi=120 if path == args.examples else 110)
+        if args.animations:
+            stack.enter_context(atomic_path(args.animations)).write_text(page, encoding="utf-8")
+    for what, _, path in figures:
+        print(f"{what} -> {path}")
     if args.animations:
-        print(f"val animations -> {val_animations(args.root, args.frames, args.masks, args.animations, args.n)}")
+        print(f"val animations -> {args.animations}")
