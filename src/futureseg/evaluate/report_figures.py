@@ -283,6 +283,8 @@ class Example:
 
 @dataclass
 class Examples:
+    """The val videos of the sheet and the animations, and what was given about the routes."""
+
     examples: list[Example]
     routes: list[str]  # in the order given
     sequences: list[str]  # the routes whose masks of frames 11…21 were given
@@ -399,7 +401,7 @@ def load_examples(root, routes: dict, n: int = 4, sequences: dict | None = None,
             video.id, data.read_frames(video, size=size), data.read_mask(video, size), guesses,
             None if predicted is None else {t: np.array(predicted[row, c]) for c, t in enumerate(kept)},
         ))
-    return Examples(examples, list(routes), list(sequences), submitted, kept)
+    return Examples(examples, list(routes), [name for name in routes if name in sequences], submitted, kept)
 
 
 def examples_figure(examples: Examples):
