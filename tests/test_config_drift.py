@@ -11,7 +11,7 @@ import yaml
 
 from futureseg.forecast import train_direct, train_forecaster
 from futureseg.predict import train_predictor
-from futureseg.segment import train_segmenter
+from futureseg.segment import pseudo_label, segment, train_segmenter
 from futureseg.models import predictors
 from futureseg.models.mask_forecaster import MaskForecasterConfig
 from futureseg.models.maskrcnn_torchvision import BACKBONES, NORMS, MaskRCNNConfig
@@ -82,6 +82,26 @@ def test_segmenter_sections_are_config_fields_or_training_settings():
     for backend, mapping in MASKRCNN_FIELDS.items():
         assert set(mapping) == set(MASKRCNN_FIELDS["torchvision"]), backend
     assert set(MASKRCNN_FIELDS["torchvision"].values()) <= fields(MaskRCNNConfig)
+
+
+def test_the_segmenter_votes_are_mask_flags_not_training_settings():
+    # segmenter's own keys beside the model sections: the run's (seed, checkpoint_every) and
+    # the votes on its masks, flags of the verbs that paint masks, never of the training
+    section = CONFIG["segmenter"]
+    schema = schema_section("segmenter")
+    assert set(schema["properties"]) == set(schema["required"]) == set(section)
+    assert set(section) - {"unet", "maskrcnn"} == {"model", "seed", "checkpoint_every", "object_vote", "track_vote"}
+    for key in ("object_vote", "track_vote"):
+        assert schema["properties"][key] == {"type": "boolean"} and isinstance(section[key], bool), key
+    votes = parse(pseudo_label, ["--model", "m", "--cache", "c", "--out", "o", "--frames", 11, "--object-vote",
+                                 "--track-vote"])
+    assert votes.object_vote and votes.track_vote
+    assert parse(segment, ["--model", "m", "--object-vote"]).object_vote
+    assert not hasattr(parse(segment, ["--model", "m"]), "track_vote")
+    trainer = parse(train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m",
+                                      "--checkpoints", "c", "--epochs", 1, "--batch-size", 1, "--lr", 0.1,
+                                      "--weight-decay", 0])
+    assert not {"object_vote", "track_vote"} & set(vars(trainer))
 
 
 def _flags(section: dict) -> list[str]:

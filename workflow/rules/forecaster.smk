@@ -19,6 +19,9 @@ rule pseudo_label:
     params:
         # every frame of the training split; only the inputs 0…10 where frame 21 is the question
         frames=lambda wildcards: 22 if wildcards.split == "unlabeled" else 11,
+        # per frame, one class per connected component; then per video, one class per track
+        votes=" ".join(flag for flag, on in (("--object-vote", S["object_vote"]), ("--track-vote", S["track_vote"]))
+                       if on),
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -30,7 +33,7 @@ rule pseudo_label:
         f"{RESULTS}/logs/pseudo_label_{{split}}.log",
     shell:
         "futureseg pseudo-label --model {input.model} --cache {input.cache} --out {output.masks}"
-        " --frames {params.frames} --threads {threads} 2> {log}"
+        " --frames {params.frames} {params.votes} --threads {threads} 2> {log}"
 
 
 rule train_forecaster:

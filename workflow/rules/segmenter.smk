@@ -8,6 +8,9 @@ SEGMENTER = S[S["model"]]  # the selected segmenter's settings
 # Mask R-CNN paints instances above this score; a U-Net has no threshold (argmax)
 SCORE_THRESHOLD = SEGMENTER.get("score_threshold", 0.5)
 TRAINING_SETTINGS = {k: v for k, v in SEGMENTER.items() if k != "score_threshold"}
+# one class per connected foreground component of every mask (segmenter.object_vote): it
+# shapes the masks (rules segment*, pseudo_label), not the weights
+OBJECT_VOTE = "--object-vote" if S["object_vote"] else ""
 
 
 rule make_seg_frames:
@@ -86,6 +89,7 @@ rule segment:
         val=f"{RESULTS}/segmenter/masks_val.npy",
     params:
         score_threshold=SCORE_THRESHOLD,
+        object_vote=OBJECT_VOTE,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -97,7 +101,7 @@ rule segment:
         f"{RESULTS}/logs/segment.log",
     shell:
         "futureseg segment --model {input.model} --val-frames {input.val_frames} --out-val {output.val}"
-        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+        " --score-threshold {params.score_threshold} {params.object_vote} --threads {threads} 2> {log}"
 
 
 # What every route is measured against: the segmenter on the true frame 21 (oracle) and on
@@ -112,6 +116,7 @@ rule segment_references:
         val_frame10=f"{RESULTS}/segmenter/masks_val_frame10.npy",
     params:
         score_threshold=SCORE_THRESHOLD,
+        object_vote=OBJECT_VOTE,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -124,7 +129,7 @@ rule segment_references:
     shell:
         "futureseg segment --root {input.data} --model {input.model}"
         " --out-val-oracle {output.val_oracle} --out-val-frame10 {output.val_frame10}"
-        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+        " --score-threshold {params.score_threshold} {params.object_vote} --threads {threads} 2> {log}"
 
 
 rule segment_hidden_shard:
@@ -135,6 +140,7 @@ rule segment_hidden_shard:
         f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy",
     params:
         score_threshold=SCORE_THRESHOLD,
+        object_vote=OBJECT_VOTE,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -146,7 +152,7 @@ rule segment_hidden_shard:
         f"{RESULTS}/logs/segment_hidden_{{scatteritem}}.log",
     shell:
         "futureseg segment --model {input.model} --hidden-frames {input.frames} --out-hidden {output}"
-        " --score-threshold {params.score_threshold} --threads {threads} 2> {log}"
+        " --score-threshold {params.score_threshold} {params.object_vote} --threads {threads} 2> {log}"
 
 
 # Hidden-set masks of any route, gathered from its shards (route frames: segmenter/,
