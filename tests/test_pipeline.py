@@ -15,10 +15,13 @@ from pipeline_helpers import merged, planned_jobs, snakemake, tiny_config, write
 SCORING = {"score", "submission", "report_figures", "all"}
 MASKS_ROUTE = {"train_forecaster", "forecast", "forecast_hidden_shard", "gather_hidden_masks"}
 DIRECT_ROUTE = {"train_direct", "predict_direct", "predict_direct_hidden_shard", "gather_hidden_masks"}
+MOTION_ROUTE = {"extrapolate", "extrapolate_hidden_shard", "gather_hidden_masks"}
+# the segmenter's masks feed route motion, and the motion priors of the forecaster's pseudo-labelled videos
 SEGMENTATION = ({"train_segmenter", "segment", "segment_hidden_shard", "segment_references", "gather_hidden_masks",
-                 "pseudo_label"} | MASKS_ROUTE | DIRECT_ROUTE | SCORING)
+                 "pseudo_label", "motion_prior"} | MASKS_ROUTE | DIRECT_ROUTE | MOTION_ROUTE | SCORING)
 PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION
-ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames"} | PREDICTION
+# motion_truth reads the true masks and frames only
+ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames", "motion_truth"} | PREDICTION
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +41,12 @@ def test_outputs(finished_run):
         assert 0.0 <= scores[method]["iou"] <= 1.0
         assert 0.0 <= scores[method]["pixel_acc"] <= 1.0
     # every route side by side; `best` submits the route of the highest val IoU
-    assert set(scores["routes"]) == {"frames", "masks", "direct"}
+    assert set(scores["routes"]) == {"frames", "masks", "direct", "motion"}
+    assert 0.0 <= scores["motion_truth"]["iou"] <= 1.0
     best = max(scores["routes"], key=lambda r: scores["routes"][r]["iou"])
     assert scores["routes"][scores["submitted_route"]]["iou"] == scores["routes"][best]["iou"]
     assert scores["pipeline"] == scores["routes"][scores["submitted_route"]]
-    assert set(scores["temporal_iou"]) == {"masks", "true_masks"}
+    assert set(scores["temporal_iou"]) == {"masks", "motion", "true_masks"}
     submission = torch.load(results / "submission.pt", weights_only=True)
     assert submission.shape == (2, 32, 48) and int(submission.max()) <= 48
     check = subprocess.run(
@@ -99,13 +103,17 @@ def test_nothing_reruns_without_a_change(finished_run):
         ({"forecaster": {"lr": 0.002}}, MASKS_ROUTE | SCORING),
         ({"direct": {"lr": 0.002}}, DIRECT_ROUTE | SCORING),
         ({"eval": {"submit": "masks"}}, SCORING),
+        # the motion settings: route motion, the reference, the forecaster's priors and so the forecaster
+        ({"motion": {"velocity_frames": 2}}, MOTION_ROUTE | MASKS_ROUTE | SCORING | {"motion_truth", "motion_prior"}),
+        ({"forecaster": {"prior": "copy_last"}}, MASKS_ROUTE | SCORING),
         ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
         ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
         ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, set()),
     ],
-    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct", "submit", "augment",
+    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct", "submit",
+         "motion", "forecaster-prior", "augment",
          "predictor", "report-only", "mean-std", "resources"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
@@ -122,3 +130,29 @@ def test_the_painting_threshold_reaches_segment_not_training(tmp_path):
     assert train and segment
     assert all("--score-threshold" not in line and "--warmup-steps" in line for line in train)
     assert all("--score-threshold 0.5" in line for line in segment)
+
+
+@pytest.mark.parametrize("vote", ["object_vote", "track_vote"])
+def test_a_flipped_vote_reruns_the_masks_and_what_follows_never_the_training(finished_run, vote):
+    # the votes shape the segmenter's masks, not its weights: flipping one reruns the rules
+    # that paint masks (object_vote: segment*, pseudo_label; track_vote: pseudo_label only)
+    # and what reads them, never train_segmenter or the frame predictor
+    flipped = not tiny_config()["segmenter"][vote]
+    jobs = set(planned_jobs(finished_run, override={"segmenter": {vote: flipped}}))
+    painting = {"segment", "segment_hidden_shard", "segment_references"}
+    assert "pseudo_label" in jobs and {"train_forecaster", "score"} <= jobs
+    assert painting <= jobs if vote == "object_vote" else not painting & jobs
+    assert not jobs & {"train_segmenter", "make_seg_frames", "train_predictor", "predict_frames",
+                       "predict_hidden_shard", "mean_std", "cache_frames"}
+
+
+def test_the_votes_reach_the_painting_rules_not_training(tmp_path):
+    write_config(tmp_path, merged(tiny_config(), {"segmenter": {"object_vote": True, "track_vote": True}}))
+    commands = snakemake(tmp_path, "--dry-run", "--printshellcmds").stdout.splitlines()
+    train = [line for line in commands if "futureseg train-segmenter" in line]
+    segment = [line for line in commands if "futureseg segment " in line]
+    pseudo = [line for line in commands if "futureseg pseudo-label" in line]
+    assert train and segment and pseudo
+    assert all("vote" not in line for line in train)
+    assert all("--object-vote" in line and "--track-vote" not in line for line in segment)
+    assert all("--object-vote --track-vote" in line for line in pseudo)
