@@ -277,13 +277,19 @@ def test_score_writes_the_three_way_table_as_html(random_case):
     scores = score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=folder / "masks_val_oracle.npy",
                        table=folder / "scores.html")
     page = (folder / "scores.html").read_text()
-    rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th>((?:<td>.*?</td>)+)</tr>", page)
+    main_table, factor_table = page.split("Which factor fails")
+    rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th>((?:<td>.*?</td>)+)</tr>", main_table)
     assert [label.split(" ")[0] for label, _ in rows] == ["pipeline", "oracle", "copy-last"]
     for (_, cells), method in zip(rows, score.METHODS):
         values = re.findall(r"<td>(.*?)</td>", cells)
         s = scores[method]
         assert values == [f"{s['iou']:.4f}", f"{s['iou_micro']:.4f}", f"{s['pixel_acc']:.4f}", str(s["n_classes_counted"])]
-    assert "5 val videos" in page
+    factor_rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th>((?:<td>.*?</td>)+)</tr>", factor_table)
+    for (_, cells), method in zip(factor_rows, score.METHODS):
+        s = scores[method]
+        expected = [s["foreground_iou"], *(s["factor_accuracy"][f] for f in score.FACTORS)]
+        assert re.findall(r"<td>(.*?)</td>", cells) == [f"{v:.4f}" for v in expected]
+    assert len(factor_rows) == 3 and "5 val videos" in page
 
 
 def _gif_panels(animation, n_panels, scale):
@@ -329,3 +335,37 @@ def test_val_animations_show_inputs_then_true_beside_predicted_and_the_masks(ran
     assert close(true_masks[3], up(report_figures.colourise(frame10[4]))) and close(true_masks[21], up(report_figures.colourise(frame21[4])))
     assert not close(predicted[21], up(true_frames[21]))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_foreground_iou_and_factor_accuracy_on_a_hand_made_case(tmp_path):
+    # ids: 2 = metal red cube, 18 = metal red sphere (shape wrong), 10 = rubber red cube
+    # (material wrong), 3 = metal blue cube (colour wrong)
+    target = np.array([[[0, 2, 2, 2, 2, 0]]], np.uint8)
+    pred = np.array([[[2, 2, 18, 10, 3, 0]]], np.uint8)
+    root = tmp_path / "dataset"
+    ids = write_val_split(root, full_masks(target, np.zeros_like(target)))
+    save_array(tmp_path / "routes.npy", pred, ids)
+    save_array(tmp_path / "motion_truth.npy", target, ids)
+    scores = score.run(root, None, tmp_path / "scores.json", routes={"motion": tmp_path / "routes.npy"},
+                       motion_truth=tmp_path / "motion_truth.npy", table=tmp_path / "scores.html")
+    route = scores["routes"]["motion"]
+    # objects: predicted at 5 pixels, true at 4, both at 4 → 4 / 5; of those 4, one wrong per factor
+    assert route["foreground_iou"] == pytest.approx(0.8)
+    assert route["factor_accuracy"] == pytest.approx({"shape": 0.75, "material": 0.75, "colour": 0.75})
+    assert scores["motion_truth"]["iou"] == pytest.approx(1.0) and scores["motion_truth"]["foreground_iou"] == 1.0
+    # copy-last (frame 10 all background) finds no object: no factor to judge
+    assert scores["copy_last"]["foreground_iou"] == 0.0
+    assert scores["copy_last"]["factor_accuracy"] == {"shape": None, "material": None, "colour": None}
+    assert json.loads((tmp_path / "scores.json").read_text()) == scores
+    page = (tmp_path / "scores.html").read_text()
+    assert "motion truth" in page and "route motion" in page
+
+
+def test_diagnostics_of_a_random_case_match_a_pixel_count(random_case):
+    root, folder, frame21, frame10, pred, oracle = random_case
+    scores = score.run(root, folder / "masks_val.npy", folder / "scores.json", oracle=folder / "masks_val_oracle.npy")
+    both = (pred > 0) & (frame21 > 0)
+    assert scores["pipeline"]["foreground_iou"] == pytest.approx(both.sum() / ((pred > 0) | (frame21 > 0)).sum())
+    p, t = pred[both].astype(int) - 1, frame21[both].astype(int) - 1
+    for factor, part in (("shape", lambda k: k // 16), ("material", lambda k: (k // 8) % 2), ("colour", lambda k: k % 8)):
+        assert scores["pipeline"]["factor_accuracy"][factor] == pytest.approx((part(p) == part(t)).mean()), factor

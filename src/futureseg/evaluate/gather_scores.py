@@ -18,10 +18,13 @@ SCORES_FILE = Path("eval") / "scores.json"
 COLUMNS = (
     ("pipeline IoU", "pipeline", "iou"),
     ("oracle IoU", "oracle", "iou"),
+    ("motion truth IoU", "motion_truth", "iou"),
     ("segmented copy-last IoU", "segmented_copy_last", "iou"),
     ("copy-last IoU", "copy_last", "iou"),
     ("pipeline micro IoU", "pipeline", "iou_micro"),
     ("pipeline pixel acc", "pipeline", "pixel_acc"),
+    ("pipeline foreground IoU", "pipeline", "foreground_iou"),
+    ("oracle shape acc", "oracle", "shape"),
 )
 
 
@@ -50,7 +53,9 @@ def run_labels(folders, labels=None) -> list[str]:
 
 
 def _cell(scores: dict, method: str, key: str) -> str:
-    value = scores.get(method, {}).get(key) if isinstance(scores.get(method), dict) else None
+    entry = scores.get(method) if isinstance(scores.get(method), dict) else {}
+    # a factor's accuracy lives under factor_accuracy
+    value = entry.get(key, (entry.get("factor_accuracy") or {}).get(key))
     return "–" if value is None else f"{float(value):.4f}"
 
 
@@ -60,8 +65,9 @@ def table(folders, labels=None) -> str:
     names = run_labels(folders, labels)
     rows = [(name, read_scores(folder)) for name, folder in zip(names, folders)]
     routes = list(dict.fromkeys(r for _, scores in rows for r in scores.get("routes", {})))
-    # a reference no run has (segmented copy-last before routes existed) gets no column
-    columns = [c for c in COLUMNS if c[1] != "segmented_copy_last" or any(c[1] in scores for _, scores in rows)]
+    # a figure no run has (segmented copy-last before routes existed, motion truth and the
+    # factor diagnostics before motion did) gets no column
+    columns = [c for c in COLUMNS if any(_cell(scores, c[1], c[2]) != "–" for _, scores in rows)]
     route_headers = [*(f"{r} IoU" for r in routes), "submitted"] if routes else []
     header = ["run", *route_headers, *(c[0] for c in columns), "val videos"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]

@@ -1,16 +1,25 @@
-"""Stage 5: the competition metric on the val split, for the pipeline and two references.
+"""Stage 5: the competition metric on the val split, for every route and the references.
 
 The metric is torchmetrics' multiclass Jaccard index over the 49 classes, macro average
 (its default), of the mask of frame 21 of every val video. It is accumulated over the
 whole split (one confusion matrix, `update` per batch), so it is not an average of
 per-batch or per-video scores: a class counts once, with all its pixels of the split.
 
-Three guesses of frame 21's mask are scored side by side:
-  pipeline   the segmenter run on the predicted frame 21 (`--pred`)
-  oracle     the segmenter run on the true frame 21 (`--oracle`): the ceiling a perfect
-             frame predictor would reach with this segmenter
-  copy_last  the true mask of frame 10, the last input frame: the floor a model that
-             predicts no motion at all would reach
+Guesses of frame 21's mask scored side by side:
+  routes        each route's masks (`--route NAME=MASKS`; `pipeline` = the submitted one),
+                or one pipeline's (`--pred`)
+  oracle        the segmenter run on the true frame 21 (`--oracle`): segmentation alone,
+                the ceiling a perfect forecast would reach with this segmenter
+  motion_truth  route motion's motion applied to the true masks of frames 0…10
+                (`--motion-truth`): motion alone, with a perfect segmenter
+  segmented_copy_last  the segmenter on the true frame 10 (`--segmented-copy-last`)
+  copy_last     the true mask of frame 10, the last input frame: the floor a model that
+                predicts no motion at all would reach
+
+Each entry also carries `foreground_iou` (objects vs background, whatever their class) and
+`factor_accuracy` {shape, material, colour} over the pixels that both call an object, read
+off its confusion matrix: they tell a segmenter that misses objects from one that finds
+them and gets their shape wrong.
 
 How torchmetrics (1.9) treats classes: with average="macro" a class absent from both the
 prediction and the target of the whole split gets weight 0, so it is left out of the mean
@@ -35,8 +44,10 @@ from futureseg.core.io import atomic_path, read_array, save_npy, write_json
 log = logging.getLogger("futureseg")
 
 METHODS = ("pipeline", "oracle", "copy_last")
-# the references a route is measured against, beside copy-last (DESIGN.md §3b)
-REFERENCES = ("oracle", "segmented_copy_last", "copy_last")
+# the references a route is measured against, beside copy-last (DESIGN.md §3b): oracle is
+# segmentation alone, motion_truth motion alone
+REFERENCES = ("oracle", "motion_truth", "segmented_copy_last", "copy_last")
+FACTORS = ("shape", "material", "colour")
 COPY_LAST_FRAME = data.N_INPUT - 1  # frame 10, the last frame the model sees
 
 
@@ -74,6 +85,25 @@ def make_metrics():
     )
 
 
+def factor_diagnostics(confusion: np.ndarray) -> dict:
+    """What a 49x49 confusion matrix (rows: true class) says of objects, beside the IoU:
+    `foreground_iou`, the class-agnostic IoU of object vs background pixels (did it find the
+    objects?), and `factor_accuracy`, over the pixels that truth and prediction both call an
+    object, the fraction whose shape, material and colour agree (which factor fails?).
+    None where there are no such pixels."""
+    from futureseg.core.classes import class_parts
+
+    object_pixels = confusion[1:, 1:]
+    both = int(object_pixels.sum())
+    union = both + int(confusion[0, 1:].sum()) + int(confusion[1:, 0].sum())
+    parts = np.array([class_parts(c) for c in range(1, data.NUM_CLASSES)])  # (48, 3)
+    accuracy = {}
+    for k, factor in enumerate(FACTORS):
+        agree = parts[:, k][:, None] == parts[:, k][None, :]
+        accuracy[factor] = float(object_pixels[agree].sum() / both) if both else None
+    return {"foreground_iou": both / union if union else None, "factor_accuracy": accuracy}
+
+
 def summarize(computed: dict) -> dict:
     """Plain-Python results of one method from its computed collection."""
     confusion = computed["confusion"].numpy().astype(np.int64)
@@ -84,6 +114,7 @@ def summarize(computed: dict) -> dict:
         "iou_micro": float(computed["iou_micro"]),
         "pixel_acc": float(computed["pixel_acc"]),
         "n_classes_counted": int(present.sum()),
+        **factor_diagnostics(confusion),
         # None where the class is in neither prediction nor target (left out of the macro mean)
         "per_class_iou": [float(v) if p else None for v, p in zip(per_class, present)],
         "confusion": confusion,
@@ -186,7 +217,7 @@ def temporal_ious(root, sequences: dict) -> dict:
     return out
 
 
-SUMMARY_KEYS = ("iou", "iou_micro", "pixel_acc", "n_classes_counted")
+SUMMARY_KEYS = ("iou", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou", "factor_accuracy")
 
 
 def scores_json(result: dict, files: dict, routes: dict | None = None, submit: str | None = None,
@@ -203,7 +234,7 @@ def scores_json(result: dict, files: dict, routes: dict | None = None, submit: s
         "pixel_acc = MulticlassAccuracy micro",
         "inputs": {k: str(v) for k, v in files.items()},
     }
-    for method in (*METHODS, "segmented_copy_last"):
+    for method in dict.fromkeys((*METHODS, *REFERENCES)):
         if method in result:
             out[method] = {k: result[method][k] for k in SUMMARY_KEYS}
     if routes:
@@ -244,6 +275,7 @@ def write_per_class_csv(path, result: dict, methods) -> None:
 METHOD_LABELS = {
     "pipeline": "pipeline (segmenter on the predicted frame 21)",
     "oracle": "oracle (segmenter on the true frame 21)",
+    "motion_truth": "motion truth (route motion's motion on the true masks 0…10)",
     "segmented_copy_last": "segmented copy-last (segmenter on the true frame 10)",
     "copy_last": "copy-last (true mask of frame 10)",
 }
@@ -251,6 +283,7 @@ ROUTE_LABELS = {
     "frames": "route frames (segmenter on the predicted frame 21)",
     "masks": "route masks (forecast from the segmented frames 0…10)",
     "direct": "route direct (U-Net on the 11 stacked frames)",
+    "motion": "route motion (each segmented object of frame 10 moved by its own motion)",
 }
 
 
@@ -272,11 +305,23 @@ def table_rows(scores: dict) -> list[tuple[str, str, dict]]:
 
 def write_scores_html(path, scores: dict) -> None:
     """The side-by-side comparison as a small self-contained HTML table (the report shows it)."""
+    def cell(value):
+        return "–" if value is None else f"{value:.4f}"
+
     rows = [
         f"<tr><th scope=\"row\">{label}</th><td>{s['iou']:.4f}</td>"
         f"<td>{s['iou_micro']:.4f}</td><td>{s['pixel_acc']:.4f}</td><td>{s['n_classes_counted']}</td></tr>"
         for _, label, s in table_rows(scores)
     ]
+    factor_rows = "".join(
+        f"<tr><th scope=\"row\">{label}</th><td>{cell(s['foreground_iou'])}</td>"
+        + "".join(f"<td>{cell(s['factor_accuracy'][f])}</td>" for f in FACTORS) + "</tr>"
+        for _, label, s in table_rows(scores)
+    )
+    factors = ("<p>Which factor fails: foreground IoU (objects vs background, whatever their class) and, on "
+               "the pixels that truth and prediction both call an object, how often shape, material and colour "
+               "agree.</p>\n<table><thead><tr><th>method</th><th>foreground IoU</th><th>shape</th><th>material</th>"
+               f"<th>colour</th></tr></thead><tbody>{factor_rows}</tbody></table>\n")
     temporal = ""
     if scores.get("temporal_iou"):
         cells = "".join(f"<tr><th scope=\"row\">{name}</th><td>{value:.4f}</td></tr>"
@@ -295,14 +340,15 @@ def write_scores_html(path, scores: dict) -> None:
         "<table><thead><tr><th>method</th><th>IoU (macro)</th><th>IoU (micro)</th>"
         "<th>pixel accuracy</th><th>classes counted</th></tr></thead><tbody>\n"
         + "\n".join(rows)
-        + "\n</tbody></table>\n" + temporal + "</body></html>\n"
+        + "\n</tbody></table>\n" + factors + temporal + "</body></html>\n"
     )
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
 
 
 def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_class=None, plot_confusion=None,
-        table=None, batch_size=32, routes=None, segmented_copy_last=None, submit="best", sequences=None) -> dict:
+        table=None, batch_size=32, routes=None, segmented_copy_last=None, submit="best", sequences=None,
+        motion_truth=None) -> dict:
     """Score and write the outputs. Either `pred` (one pipeline's masks) or `routes`
     ({route: masks path}, scored side by side, `submit` picking the pipeline)."""
     routes = dict(routes or {})
@@ -312,6 +358,7 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
     if taken:
         raise ConfigError(f"--route {taken[0]}=...: {taken[0]!r} names a reference, not a route")
     files = {**({"pipeline": pred} if pred else routes), **({"oracle": oracle} if oracle else {}),
+             **({"motion_truth": motion_truth} if motion_truth else {}),
              **({"segmented_copy_last": segmented_copy_last} if segmented_copy_last else {})}
     result = score(root, files, batch_size)
     submitted = None
@@ -365,6 +412,7 @@ def add_arguments(parser) -> None:
                         help="a route's masks of frames 11…21 (N, 11, H, W): its temporal IoU is reported")
     parser.add_argument("--oracle", help="masks_val_oracle.npy: the segmenter on the true frame 21")
     parser.add_argument("--segmented-copy-last", help="masks_val_frame10.npy: the segmenter on the true frame 10")
+    parser.add_argument("--motion-truth", help="masks_val_truth.npy: route motion's motion on the true masks 0…10")
     parser.add_argument("--out", required=True, help="scores.json to write")
     parser.add_argument("--per-class", help="per-class IoU CSV to write")
     parser.add_argument("--confusion", help="the pipeline's 49x49 confusion matrix (.npy, rows = true class)")
@@ -388,6 +436,7 @@ def main(args) -> None:
         batch_size=args.batch_size,
         routes=dict(args.route),
         segmented_copy_last=args.segmented_copy_last,
+        motion_truth=args.motion_truth,
         submit=args.submit,
         sequences=dict(args.sequence),
     )
