@@ -108,9 +108,9 @@ def test_an_object_painted_in_two_classes_becomes_its_majority_class():
 def test_separate_objects_keep_their_own_classes_and_the_background_stays():
     mask = np.zeros((7, 12), dtype=np.uint8)
     mask[0:3, 0:3] = 5
-    mask[0, 0] = 21  # outvoted inside the first object
+    mask[0, 0] = 21  # outvoted inside the first object (same colour, brown; another shape)
     mask[4:7, 8:12] = 40  # a second object, not touching the first
-    mask[6, 11] = 7
+    mask[6, 11] = 24  # yellow like 40
     mask[5, 4] = 9  # a single pixel, its own object
     out = object_vote(mask)
     assert out[0:3, 0:3].tolist() == [[5] * 3] * 3
@@ -121,9 +121,19 @@ def test_separate_objects_keep_their_own_classes_and_the_background_stays():
 
 def test_corner_touching_pixels_are_one_object_and_ties_go_to_the_lowest_class():
     mask = np.array([[12, 0, 0],
-                     [0, 30, 0],
-                     [0, 0, 0]], dtype=np.int32)
+                     [0, 28, 0],
+                     [0, 0, 0]], dtype=np.int32)  # 12 and 28: both green
     np.testing.assert_array_equal(object_vote(mask), [[12, 0, 0], [0, 12, 0], [0, 0, 0]])
+
+
+def test_touching_objects_of_different_colours_keep_their_classes():
+    mask = np.zeros((5, 10), dtype=np.uint8)
+    mask[1:4, 1:5] = 2  # metal red cube
+    mask[1:4, 5:9] = 19  # metal blue sphere, touching it
+    mask[1, 1:3] = 18  # part of the cube called a red sphere: outvoted within the red pixels
+    expected = mask.copy()
+    expected[1, 1:3] = 2
+    np.testing.assert_array_equal(object_vote(mask), expected)
 
 
 def test_empty_masks_and_stacks_of_frames():
@@ -131,8 +141,8 @@ def test_empty_masks_and_stacks_of_frames():
     out = object_vote(empty)
     assert out.dtype == np.uint8 and out.shape == (4, 5) and not out.any()
     frames = np.zeros((2, 3, 4, 5), dtype=np.uint8)
-    frames[0, 1, 1:3, 1:4] = [[3, 3, 4], [3, 4, 4]]
-    frames[1, 2, 0:2, 0:2] = [[6, 6], [6, 8]]
+    frames[0, 1, 1:3, 1:4] = [[3, 3, 19], [3, 19, 19]]  # 3 and 19: blue
+    frames[1, 2, 0:2, 0:2] = [[6, 6], [6, 22]]  # 6 and 22: brown
     voted = object_vote(frames)
     assert voted.shape == frames.shape
     for index in np.ndindex(2, 3):  # each frame voted on its own
