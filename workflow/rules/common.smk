@@ -1,4 +1,6 @@
-# Paths and helpers shared by the rule files.
+# Paths and helpers shared by the rule files. Every function of the rule files lives here and
+# no rule does (snakemake --lint flags a file with both, tests/test_lint.py); nor may a comment
+# here read like a rule's header, the word rule, a name and a colon: the lint takes it for one.
 
 import functools
 import hashlib
@@ -23,7 +25,7 @@ DATA_SPLITS = [
              # the unlabeled frames that route masks pseudo-labels (and route direct may train on)
              *config["forecaster"]["pseudo_splits"], *(["unlabeled"] if config["direct"]["pseudo_labels"] else [])}
 ]
-# The report of rule check_data: an input of every rule that reads the dataset, so that a
+# The report of rule check_data, an input of every rule that reads the dataset, so that a
 # bad dataset stops the run before anything trains.
 DATA_CHECK = f"{RESULTS}/data/check.json"
 
@@ -78,6 +80,16 @@ def shard_arg(wildcards):
     """Snakemake's scatter item 'i-of-K' (1-based) as the verbs' '--shard i/K' (0-based)."""
     index, count = wildcards.scatteritem.split("-of-")
     return f"{int(index) - 1}/{count}"
+
+
+def motion_frames(split):
+    """The frame cache route motion's optical flow reads, when motion.flow is on."""
+    return [f"{RESULTS}/cache/{split}.npy"] if config["motion"]["flow"] != "none" else []
+
+
+def frames_flag(wildcards, input):
+    """The frame cache of motion_frames as the extrapolate verb's flag (none when flow is off)."""
+    return f"--frames {input.frames}" if input.frames else ""
 
 
 @functools.lru_cache(maxsize=None)

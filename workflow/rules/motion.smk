@@ -3,15 +3,8 @@
 # forecaster's motion priors of its training videos (forecaster.prior: motion).
 
 M = config["motion"]
-
-
-def motion_frames(split):
-    """The frame cache the optical flow reads, when motion.flow is on."""
-    return [f"{RESULTS}/cache/{split}.npy"] if M["flow"] != "none" else []
-
-
-def frames_flag(wildcards, input):
-    return f"--frames {input.frames}" if input.frames else ""
+# Its input functions motion_frames and frames_flag are in common.smk: a rule file with its
+# own functions fails `snakemake --lint` (tests/test_lint.py).
 
 
 rule extrapolate:
