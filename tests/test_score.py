@@ -369,3 +369,80 @@ def test_diagnostics_of_a_random_case_match_a_pixel_count(random_case):
     p, t = pred[both].astype(int) - 1, frame21[both].astype(int) - 1
     for factor, part in (("shape", lambda k: k // 16), ("material", lambda k: (k // 8) % 2), ("colour", lambda k: k % 8)):
         assert scores["pipeline"]["factor_accuracy"][factor] == pytest.approx((part(p) == part(t)).mean()), factor
+
+
+@pytest.fixture
+def motion_case(tmp_path):
+    """Two 32×48 val videos, each a 10×10 object on background (video 0: class 2, metal red
+    cube; video 1: class 48, rubber yellow cylinder), frame 10 = frame 21. Route motion's
+    masks: video 0 gets 50 pixels right, 25 as class 18 (metal red sphere: shape wrong), 25
+    missed, and 50 false pixels of class 10 on the background; video 1 all 100 as class 47
+    (rubber purple cylinder: colour wrong). Route frames is the truth. motion_truth = the truth."""
+    h, w = 32, 48
+    target = np.zeros((2, h, w), np.uint8)
+    target[0, 0:10, 0:10] = 2
+    target[1, 5:15, 20:30] = 48
+    pred = np.zeros_like(target)
+    pred[0, 0:5, 0:10] = 2
+    pred[0, 5:10, 0:5] = 18
+    pred[0, 20:25, 30:40] = 10
+    pred[1, 5:15, 20:30] = 47
+    root = tmp_path / "dataset"
+    ids = write_val_split(root, full_masks(target))
+    save_array(tmp_path / "motion.npy", pred, ids)
+    save_array(tmp_path / "frames.npy", target, ids)
+    save_array(tmp_path / "masks_val_truth.npy", target, ids)
+    # sequences of frames 11…21: route motion's flips between two whole-frame classes every
+    # frame (each pair's macro IoU 0), route frames' never changes (1)
+    flip = np.zeros((2, 11, h, w), np.uint8)
+    flip[:, 0::2], flip[:, 1::2] = 3, 4
+    save_array(tmp_path / "motion_sequence.npy", flip, ids)
+    save_array(tmp_path / "frames_sequence.npy", np.repeat(target[:, None], 11, axis=1), ids)
+    return root, tmp_path
+
+
+def test_diagnostics_motion_truth_and_sequences_of_any_route_through_the_cli(monkeypatch, motion_case):
+    root, folder = motion_case
+    plotted = {}
+    monkeypatch.setattr(report_figures, "per_class_iou", lambda per_method, *args: plotted.update(per_method))
+    argv = ["score", "--root", str(root), "--route", f"frames={folder / 'frames.npy'}",
+            "--route", f"motion={folder / 'motion.npy'}", "--motion-truth", str(folder / "masks_val_truth.npy"),
+            "--sequence", f"motion={folder / 'motion_sequence.npy'}", "--sequence", f"frames={folder / 'frames_sequence.npy'}",
+            "--submit", "motion", "--out", str(folder / "scores.json"), "--table", str(folder / "scores.html"),
+            "--per-class", str(folder / "per_class.csv"), "--plot-per-class", str(folder / "per_class.png")]
+    assert run_cli(monkeypatch, argv) == 0
+    scores = json.loads((folder / "scores.json").read_text())
+    # objects: 175 pixels that both call an object, of a union of 250; of the 175, the shape
+    # is wrong on video 0's 25 sphere pixels, the colour on video 1's 100
+    motion = scores["routes"]["motion"]
+    assert motion["foreground_iou"] == pytest.approx(175 / 250)
+    assert motion["factor_accuracy"] == pytest.approx({"shape": 150 / 175, "material": 1.0, "colour": 75 / 175})
+    assert scores["pipeline"] == motion and scores["submitted_route"] == "motion"
+    for entry in (scores["routes"]["frames"], scores["motion_truth"], scores["copy_last"]):
+        assert entry["iou"] == pytest.approx(1.0) and entry["foreground_iou"] == pytest.approx(1.0)
+        assert entry["factor_accuracy"] == {"shape": 1.0, "material": 1.0, "colour": 1.0}
+    assert set(scores["motion_truth"]) == set(score.SUMMARY_KEYS)
+    assert scores["inputs"]["motion_truth"] == str(folder / "masks_val_truth.npy")
+    assert scores["temporal_iou"] == pytest.approx({"motion": 0.0, "frames": 1.0, "true_masks": 1.0})
+    # motion truth beside the oracle's place: after the routes, before copy-last
+    with open(folder / "per_class.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[2:-1] == ["iou_frames", "iou_motion", "iou_motion_truth", "iou_copy_last"]
+    assert list(plotted) == ["frames", "motion", "motion_truth", "copy_last"]
+    page = (folder / "scores.html").read_text()
+    main_table, factor_table = page.split("Which factor fails")
+    assert "motion truth" in main_table and "motion truth" in factor_table
+    assert f"<td>{175 / 250:.4f}</td><td>{150 / 175:.4f}</td><td>1.0000</td><td>{75 / 175:.4f}</td>" in factor_table
+    assert "<th scope=\"row\">motion</th><td>0.0000</td>" in page  # its temporal IoU
+
+
+def test_motion_truth_is_optional_and_checked_like_the_oracle(motion_case):
+    root, folder = motion_case
+    routes = {"motion": folder / "motion.npy"}
+    scores = score.run(root, None, folder / "scores.json", routes=routes, table=folder / "scores.html")
+    assert "motion_truth" not in scores and "motion truth" not in (folder / "scores.html").read_text()
+    save_array(folder / "other.npy", np.load(folder / "motion.npy"), [7, 8])
+    with pytest.raises(FuturesegError, match="ids in other.json do not match"):
+        score.run(root, None, folder / "scores.json", routes=routes, motion_truth=folder / "other.npy")
+    with pytest.raises(score.ConfigError, match="'motion_truth' names a reference"):
+        score.run(root, None, folder / "scores.json", routes={"motion_truth": folder / "motion.npy"})
