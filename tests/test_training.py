@@ -56,3 +56,25 @@ def test_checkpoints_of_another_loop_are_refused_by_name(tmp_path):
     save_checkpoint(path, {k: v for k, v in old.items() if k != "scheduler"})
     with pytest.raises(FuturesegError, match=r"another futureseg version \(no scheduler\)"):
         run(tmp_path)
+
+
+def test_a_truncated_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path, caplog):
+    fresh, _, _, _ = run(tmp_path / "fresh")
+    run(tmp_path)
+    path = checkpoint_path(tmp_path / "ckpt", fingerprint({**SETTINGS, "total_steps": 6}))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    half = path.read_bytes()
+    corrupt = path.with_name("last.pt.corrupt")
+    corrupt.write_bytes(b"an older corrupt checkpoint")
+    with caplog.at_level("WARNING", logger="futureseg"):
+        model, _, _, rows = run(tmp_path)
+    # trained from step 0 to the end: every epoch's row, the weights of a fresh run
+    assert [r["step"] for r in rows] == ["2", "4", "6"]
+    assert torch.equal(model.weight, fresh.weight) and torch.equal(model.bias, fresh.bias)
+    assert torch.load(path, weights_only=True)["step"] == 6
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["step"] == 6
+    assert corrupt.read_bytes() == half, "the truncated file replaced the older .corrupt"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, caplog.text
+    text = warnings[0].getMessage()
+    assert str(path) in text and "truncated" in text and "starts over" in text and "\n" not in text, text

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import signal
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,11 @@ class TrainingInterrupted(FuturesegError):
 
 class NonFiniteLoss(FuturesegError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class UnreadableCheckpoint(FuturesegError):
+    """torch.load could not parse the file (truncated, empty, garbage); `fit` moves its own
+    run's checkpoint aside and trains afresh, every other reader stops with the file named."""
 
 
 # ---------------------------------------------------------------- config fingerprint
@@ -72,7 +80,14 @@ def load_checkpoint(path: str | Path, expected_fingerprint: str | None = None) -
                 f"{path}: not a weights-only checkpoint (it holds pickled objects); refusing to load it"
             ) from None
         reason = text.splitlines()[0] if text else "file is empty" if path.stat().st_size == 0 else type(exc).__name__
-        raise FuturesegError(f"{path}: unreadable or truncated checkpoint ({reason})") from None
+        # What torch.load raises on bytes it cannot parse: a truncated zip gives RuntimeError
+        # (no central directory) or OSError EINVAL (a seek before the file's start), an empty
+        # file EOFError, garbage UnpicklingError. Other OSErrors (permissions, a folder, I/O)
+        # are no verdict on the file's contents.
+        unreadable = isinstance(exc, (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile)) or (
+            isinstance(exc, OSError) and exc.errno == errno.EINVAL)
+        raise (UnreadableCheckpoint if unreadable else FuturesegError)(
+            f"{path}: unreadable or truncated checkpoint ({reason})") from None
     if not isinstance(state, dict) or "model" not in state or "fingerprint" not in state:
         raise FuturesegError(f"{path}: not a futureseg checkpoint (no 'model'/'fingerprint' entries)")
     if expected_fingerprint is not None and state["fingerprint"] != expected_fingerprint:
@@ -316,7 +331,9 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     optimizer, scheduler, every RNG and the running loss sums, so a resumed run ends with the
     weights of an uninterrupted one. It is written every `checkpoint_every` steps and at
     each epoch end; SIGTERM/SIGUSR1 write it and stop; a NaN loss stops with the last good
-    one kept. `log_every` > 0 adds a training-loss row every that many steps. Under DDP
+    one kept; one torch.load cannot parse (truncated) is moved to `last.pt.corrupt` with a
+    warning and the run starts over, while one of another config or loop stops the run.
+    `log_every` > 0 adds a training-loss row every that many steps. Under DDP
     (world > 1) one all-reduce per step carries the losses and the stop flag, so every rank
     logs the global mean and stops, or fails, at the same step; rank 0 alone writes files.
     At the end it writes the model file `out`: `model_file` (what rebuilds the model: its
@@ -330,7 +347,20 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     ckpt_path = checkpoint_path(checkpoints, fp)
     run_dir = ckpt_path.parent
     step, tally, last_val = 0, {"epoch": {}, "window": {}}, {}
-    resumed = resume(ckpt_path, fp, weights.load_state_dict, optimizer, scheduler)
+    try:
+        resumed = resume(ckpt_path, fp, weights.load_state_dict, optimizer, scheduler)
+    except UnreadableCheckpoint as exc:
+        # A checkpoint cut short (a full disk before atomic saves, a copy interrupted): what it
+        # held is lost, so it goes aside (the newest .corrupt replaces an older one) and the run
+        # starts over. Every rank read the same bytes and got here; rank 0 moves the file once
+        # every rank is done reading it.
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            corrupt = ckpt_path.with_name(ckpt_path.name + ".corrupt")
+            os.replace(ckpt_path, corrupt)
+            log.warning("%s; moved it to %s, training starts over from scratch", exc, corrupt)
+        resumed = None
     if resumed:
         step, tally, last_val = resumed
         if set(tally) != {"epoch", "window"}:
