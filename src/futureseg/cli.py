@@ -81,6 +81,14 @@ def given(args, names) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def name_path(text: str) -> tuple[str, str]:
+    """argparse type of --route and --sequence (score, submission, report-figures): NAME=PATH."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH, e.g. masks=results/forecaster/masks_val.npy")
+    return name, path
+
+
 def json_object(text: str) -> dict:
     """argparse type of --model-config: a JSON object (a model's config section)."""
     import json

@@ -554,17 +554,9 @@ VERB = "report-figures"
 HELP = "training-curve figure, val-example sheet and animations for the report"
 
 
-def name_path(text: str) -> tuple[str, str]:
-    """argparse type of --route and --sequence: NAME=PATH."""
-    import argparse
-
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH, e.g. masks=results/forecaster/masks_val.npy")
-    return name, path
-
-
 def add_arguments(parser) -> None:
+    from futureseg.cli import name_path
+
     parser.add_argument("--metrics", nargs="+", metavar="CSV", help="metrics.csv files written by training (MetricsLog)")
     parser.add_argument("--curves", metavar="PNG", help="training curves figure to write (with --metrics)")
     parser.add_argument("--root", help="Dataset_Student root (the val videos' true frames and masks)")

@@ -389,26 +389,18 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
 
 
 VERB = "score"
-HELP = "competition IoU of val frame 21: pipeline vs oracle vs copy-last (stage 5)"
-
-
-def route_path(text: str) -> tuple[str, str]:
-    """argparse type of --route and --sequence: NAME=PATH."""
-    import argparse
-
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH, e.g. masks=results/forecaster/masks_val.npy")
-    return name, path
+HELP = "competition IoU of val frame 21: every route beside the references, with factor diagnostics (stage 5)"
 
 
 def add_arguments(parser) -> None:
+    from futureseg.cli import name_path
+
     parser.add_argument("--root", required=True, help="Dataset_Student root (ground truth: val mask.npy[21])")
     parser.add_argument("--pred", help="masks_val.npy: one pipeline's frame-21 masks (ids sidecar beside it)")
-    parser.add_argument("--route", type=route_path, action="append", default=[], metavar="NAME=MASKS",
+    parser.add_argument("--route", type=name_path, action="append", default=[], metavar="NAME=MASKS",
                         help="a route's frame-21 masks of val; repeat to score routes side by side")
     parser.add_argument("--submit", default="best", help="the route submitted, or best (highest val IoU)")
-    parser.add_argument("--sequence", type=route_path, action="append", default=[], metavar="NAME=MASKS",
+    parser.add_argument("--sequence", type=name_path, action="append", default=[], metavar="NAME=MASKS",
                         help="a route's masks of frames 11…21 (N, 11, H, W): its temporal IoU is reported")
     parser.add_argument("--oracle", help="masks_val_oracle.npy: the segmenter on the true frame 21")
     parser.add_argument("--segmented-copy-last", help="masks_val_frame10.npy: the segmenter on the true frame 10")

@@ -177,11 +177,11 @@ def submitted_masks(routes: dict, scores_path) -> tuple[str, str]:
 
 
 def add_arguments(parser) -> None:
-    from futureseg.evaluate.score import route_path
+    from futureseg.cli import name_path
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", help="masks_hidden.npy with its ids sidecar")
-    source.add_argument("--route", type=route_path, action="append", metavar="NAME=MASKS",
+    source.add_argument("--route", type=name_path, action="append", metavar="NAME=MASKS",
                         help="a route's masks_hidden.npy; repeat; --scores says which one is submitted")
     parser.add_argument("--scores", help="scores.json of score --route: its submitted_route picks the masks")
     parser.add_argument("--out", required=True, help="submission .pt to write (ids go to the same name .json)")
