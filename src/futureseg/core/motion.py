@@ -210,14 +210,15 @@ def extrapolate(masks, frames=None, config: MotionConfig | None = None) -> np.nd
         raise ValueError(f"extrapolate: frames {np.shape(frames)} do not match masks {masks.shape} (T, H, W, 3)")
     h, w = masks.shape[1:]
     out = np.zeros((HORIZON, h, w), dtype=np.uint8)
-    depth = max(config.velocity_frames, config.flow_pairs + 1 if frames is not None and config.flow != "none" else 1)
+    use_flow = frames is not None and config.flow != "none"
+    depth = max(config.velocity_frames, config.flow_pairs + 1 if use_flow else 1)
     recent = masks[max(0, len(masks) - depth) :]
     linked_frames, predecessors = _link(recent, config.max_jump)
     objects = linked_frames[-1][0]
     if not objects:
         return out
     flows = []
-    if frames is not None and config.flow != "none":
+    if use_flow:
         frames = np.asarray(frames)
         for k in range(min(config.flow_pairs, len(masks) - 1)):
             flows.append(_backward_flow(frames[-1 - k], frames[-2 - k], config.flow))
@@ -227,15 +228,13 @@ def extrapolate(masks, frames=None, config: MotionConfig | None = None) -> np.nd
     for index, obj in enumerate(objects):
         # the object's track backwards: its components in frames T-1, T-2, …
         chain = [(len(linked_frames) - 1, index)]
-        while chain[-1][1] >= 0 and chain[-1][0] > 0 and len(chain) < depth:
+        while chain[-1][0] > 0 and len(chain) < depth:
             t, k = chain[-1]
             previous = predecessors[t][k]
             if previous < 0:
                 break
             chain.append((t - 1, previous))
         components = [linked_frames[t][0][k] for t, k in chain]
-        centroids = [c.centroid for c in components[: config.velocity_frames]][::-1]
-        velocity = _centroid_velocity(centroids)
         if flows:
             estimates = []
             for flow, component in zip(flows, components):
@@ -243,16 +242,18 @@ def extrapolate(masks, frames=None, config: MotionConfig | None = None) -> np.nd
                 dx, dy = np.median(flow.reshape(-1, 2)[component.flat], axis=0)
                 estimates.append((-dy, -dx))
             velocity = np.mean(estimates, axis=0)
+        else:
+            velocity = _centroid_velocity([c.centroid for c in components[: config.velocity_frames]][::-1])
         rows, cols = np.divmod(obj.flat, w)
         centre = obj.centroid
         future = centre[None, :] + steps[:, None] * velocity[None, :]  # (11, 2) centroids
         if config.bounce:
+            # the centroid's range that keeps the object's visible box inside the image; an
+            # object cut by a border at frame 10 has its box at that border, so it may move in
             extent_low = centre - (rows.min(), cols.min())
             extent_high = (rows.max(), cols.max()) - centre
             for axis, size in enumerate((h, w)):
-                low = min(extent_low[axis], centre[axis])
-                high = max(size - 1 - extent_high[axis], centre[axis])
-                future[:, axis] = _reflect(future[:, axis], low, high)
+                future[:, axis] = _reflect(future[:, axis], extent_low[axis], size - 1 - extent_high[axis])
         shift = np.rint(future - centre[None, :]).astype(np.int64)  # (11, 2)
         painted.append((obj.class_id, rows, cols, shift))
 
