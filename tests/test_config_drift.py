@@ -84,24 +84,44 @@ def test_segmenter_sections_are_config_fields_or_training_settings():
     assert set(MASKRCNN_FIELDS["torchvision"].values()) <= fields(MaskRCNNConfig)
 
 
-def test_the_segmenter_votes_are_mask_flags_not_training_settings():
-    # segmenter's own keys beside the model sections: the run's (seed, checkpoint_every) and
-    # the votes on its masks, flags of the verbs that paint masks, never of the training
+def test_one_class_per_object_is_a_mask_flag_not_a_training_setting():
+    # segmenter's own keys beside the model sections: the run's (seed, checkpoint_every), how
+    # each object gets one class and the track vote (flags of the verbs that paint masks, never
+    # of the segmenter's training), and the object classifier's section (its own trainer's)
     section = CONFIG["segmenter"]
     schema = schema_section("segmenter")
     assert set(schema["properties"]) == set(schema["required"]) == set(section)
-    assert set(section) - {"unet", "maskrcnn"} == {"model", "seed", "checkpoint_every", "object_vote", "track_vote"}
-    for key in ("object_vote", "track_vote"):
-        assert schema["properties"][key] == {"type": "boolean"} and isinstance(section[key], bool), key
+    assert set(section) - {"unet", "maskrcnn", "object_classifier"} == {
+        "model", "seed", "checkpoint_every", "object_class", "track_vote"}
+    assert schema["properties"]["object_class"]["enum"] == ["classifier", "vote", "none"]
+    assert schema["properties"]["track_vote"] == {"type": "boolean"} and isinstance(section["track_vote"], bool)
     votes = parse(pseudo_label, ["--model", "m", "--cache", "c", "--out", "o", "--frames", 11, "--object-vote",
                                  "--track-vote"])
-    assert votes.object_vote and votes.track_vote
+    assert votes.object_vote and votes.track_vote and votes.object_classifier is None
     assert parse(segment, ["--model", "m", "--object-vote"]).object_vote
+    assert parse(segment, ["--model", "m", "--object-classifier", "c.pt"]).object_classifier == "c.pt"
     assert not hasattr(parse(segment, ["--model", "m"]), "track_vote")
     trainer = parse(train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m",
                                       "--checkpoints", "c", "--epochs", 1, "--batch-size", 1, "--lr", 0.1,
                                       "--weight-decay", 0])
-    assert not {"object_vote", "track_vote"} & set(vars(trainer))
+    assert not {"object_vote", "track_vote", "object_classifier"} & set(vars(trainer))
+
+
+def test_object_classifier_section_matches_its_trainer_and_config():
+    # every key of segmenter.object_classifier is a flag of train-object-classifier, in the
+    # schema, and the model's keys are ObjectClassifierConfig's fields (their one default)
+    from futureseg.models.object_classifier import ObjectClassifierConfig
+    from futureseg.segment import train_object_classifier
+
+    section = CONFIG["segmenter"]["object_classifier"]
+    schema = schema_section("segmenter")["properties"]["object_classifier"]
+    assert set(schema["properties"]) == set(schema["required"]) == set(section)
+    args = parse(train_object_classifier, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m",
+                                           "--checkpoints", "c", *_flags(section)])
+    for key, value in section.items():
+        assert getattr(args, key) == value, key
+    model_keys = {"crop_size", "width"}
+    assert model_keys <= fields(ObjectClassifierConfig) and model_keys <= set(section)
 
 
 def _flags(section: dict) -> list[str]:

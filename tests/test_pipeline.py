@@ -19,7 +19,9 @@ MOTION_ROUTE = {"extrapolate", "extrapolate_hidden_shard", "gather_hidden_masks"
 # the segmenter's masks feed route motion, and the motion priors of the forecaster's pseudo-labelled videos
 SEGMENTATION = ({"train_segmenter", "segment", "segment_hidden_shard", "segment_references", "gather_hidden_masks",
                  "pseudo_label", "motion_prior"} | MASKS_ROUTE | DIRECT_ROUTE | MOTION_ROUTE | SCORING)
-PREDICTION = {"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames"} | SEGMENTATION
+# the object classifier trains on the segmentation training set: what remakes it retrains it
+PREDICTION = ({"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames", "train_object_classifier"}
+              | SEGMENTATION)
 # motion_truth reads the true masks and frames only
 ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames", "motion_truth"} | PREDICTION
 
@@ -106,7 +108,7 @@ def test_nothing_reruns_without_a_change(finished_run):
         # the motion settings: route motion, the reference, the forecaster's priors and so the forecaster
         ({"motion": {"velocity_frames": 2}}, MOTION_ROUTE | MASKS_ROUTE | SCORING | {"motion_truth", "motion_prior"}),
         ({"forecaster": {"prior": "copy_last"}}, MASKS_ROUTE | SCORING),
-        ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames"}),
+        ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames", "train_object_classifier"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
         ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
@@ -132,27 +134,34 @@ def test_the_painting_threshold_reaches_segment_not_training(tmp_path):
     assert all("--score-threshold 0.5" in line for line in segment)
 
 
-@pytest.mark.parametrize("vote", ["object_vote", "track_vote"])
-def test_a_flipped_vote_reruns_the_masks_and_what_follows_never_the_training(finished_run, vote):
-    # the votes shape the segmenter's masks, not its weights: flipping one reruns the rules
-    # that paint masks (object_vote: segment*, pseudo_label; track_vote: pseudo_label only)
+@pytest.mark.parametrize("change", [{"object_class": "vote"}, {"object_class": "none"}, {"track_vote": False},
+                                    {"object_classifier": {"width": 5}}])
+def test_one_class_per_object_reruns_the_masks_and_what_follows_never_the_training(finished_run, change):
+    # how objects get their class shapes the segmenter's masks, not its weights: changing it
+    # reruns the rules that paint masks (object_class: segment*, pseudo_label; track_vote:
+    # pseudo_label only; the classifier's settings: its training, then the painting rules)
     # and what reads them, never train_segmenter or the frame predictor
-    flipped = not tiny_config()["segmenter"][vote]
-    jobs = set(planned_jobs(finished_run, override={"segmenter": {vote: flipped}}))
+    assert tiny_config()["segmenter"]["object_class"] == "classifier" and tiny_config()["segmenter"]["track_vote"]
+    jobs = set(planned_jobs(finished_run, override={"segmenter": change}))
     painting = {"segment", "segment_hidden_shard", "segment_references"}
     assert "pseudo_label" in jobs and {"train_forecaster", "score"} <= jobs
-    assert painting <= jobs if vote == "object_vote" else not painting & jobs
+    assert painting <= jobs if "track_vote" not in change else not painting & jobs
+    assert ("train_object_classifier" in jobs) == ("object_classifier" in change)
     assert not jobs & {"train_segmenter", "make_seg_frames", "train_predictor", "predict_frames",
                        "predict_hidden_shard", "mean_std", "cache_frames"}
 
 
-def test_the_votes_reach_the_painting_rules_not_training(tmp_path):
-    write_config(tmp_path, merged(tiny_config(), {"segmenter": {"object_vote": True, "track_vote": True}}))
-    commands = snakemake(tmp_path, "--dry-run", "--printshellcmds").stdout.splitlines()
-    train = [line for line in commands if "futureseg train-segmenter" in line]
-    segment = [line for line in commands if "futureseg segment " in line]
-    pseudo = [line for line in commands if "futureseg pseudo-label" in line]
-    assert train and segment and pseudo
-    assert all("vote" not in line for line in train)
-    assert all("--object-vote" in line and "--track-vote" not in line for line in segment)
-    assert all("--object-vote --track-vote" in line for line in pseudo)
+def test_one_class_per_object_reaches_the_painting_rules_not_training(tmp_path):
+    for object_class, flag in (("classifier", "--object-classifier results/segmenter/object_classifier.pt"),
+                               ("vote", "--object-vote")):
+        write_config(tmp_path, merged(tiny_config(), {"segmenter": {"object_class": object_class, "track_vote": True}}))
+        commands = snakemake(tmp_path, "--dry-run", "--printshellcmds").stdout.splitlines()
+        train = [line for line in commands if "futureseg train-segmenter" in line]
+        segment = [line for line in commands if "futureseg segment " in line]
+        pseudo = [line for line in commands if "futureseg pseudo-label" in line]
+        classifier = [line for line in commands if "futureseg train-object-classifier" in line]
+        assert train and segment and pseudo
+        assert bool(classifier) == (object_class == "classifier")
+        assert all("vote" not in line and "object-classifier" not in line for line in train)
+        assert all(flag in line and "--track-vote" not in line for line in segment)
+        assert all(f"{flag} --track-vote" in line for line in pseudo)

@@ -29,6 +29,7 @@ VERB_MODULES = (
     "predict.predict_frames",
     "segment.make_seg_frames",
     "segment.train_segmenter",
+    "segment.train_object_classifier",
     "segment.segment",
     "segment.pseudo_label",
     "forecast.extrapolate",

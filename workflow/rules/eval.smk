@@ -69,9 +69,9 @@ rule submission:
 
 # The report's figures, whatever routes run: the training curves (the frame predictor's when
 # it trains: route frames, or generated frames for the segmenter; the segmenter's, which every
-# route needs), and the val examples: every route's mask of frame 21 beside the truth, the
-# masks of frames 11…21 of the routes in SEQUENCES, route frames' predicted frames, the
-# submitted route (scores.json) marked.
+# route needs; the object classifier's when it is used), and the val examples: every route's
+# mask of frame 21 beside the truth, the masks of frames 11…21 of the routes in SEQUENCES,
+# route frames' predicted frames, the submitted route (scores.json) marked.
 rule report_figures:
     input:
         data=DATA,
@@ -79,6 +79,7 @@ rule report_figures:
         metrics=[
             *([f"{RESULTS}/predictor/metrics.csv"] if "frames" in ROUTES or config["augment"]["generated"] else []),
             f"{RESULTS}/segmenter/metrics.csv",
+            *([f"{RESULTS}/segmenter/object_classifier_metrics.csv"] if OBJECT_CLASSIFIER else []),
         ],
         scores=f"{RESULTS}/eval/scores.json",
         routes=[f"{ROUTE_DIRS[route]}/masks_val.npy" for route in ROUTES],

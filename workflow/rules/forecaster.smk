@@ -11,6 +11,7 @@ rule pseudo_label:
     input:
         model=f"{RESULTS}/segmenter/model.pt",
         cache=f"{RESULTS}/cache/{{split}}.npy",
+        object_classifier=OBJECT_CLASSIFIER,
     output:
         masks=f"{RESULTS}/pseudo/{{split}}.npy",
         ids=f"{RESULTS}/pseudo/{{split}}.json",
@@ -19,9 +20,8 @@ rule pseudo_label:
     params:
         # every frame of the training split; only the inputs 0…10 where frame 21 is the question
         frames=lambda wildcards: 22 if wildcards.split == "unlabeled" else 11,
-        # per frame, one class per connected component; then per video, one class per track
-        votes=" ".join(flag for flag, on in (("--object-vote", S["object_vote"]), ("--track-vote", S["track_vote"]))
-                       if on),
+        # per frame, one class per object; then per video, one class per track
+        votes=" ".join(flag for flag in (OBJECT_CLASS, "--track-vote" if S["track_vote"] else "") if flag),
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],

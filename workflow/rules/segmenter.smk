@@ -8,9 +8,16 @@ SEGMENTER = S[S["model"]]  # the selected segmenter's settings
 # Mask R-CNN paints instances above this score; a U-Net has no threshold (argmax)
 SCORE_THRESHOLD = SEGMENTER.get("score_threshold", 0.5)
 TRAINING_SETTINGS = {k: v for k, v in SEGMENTER.items() if k != "score_threshold"}
-# one class per connected foreground component of every mask (segmenter.object_vote): it
-# shapes the masks (rules segment*, pseudo_label), not the weights
-OBJECT_VOTE = "--object-vote" if S["object_vote"] else ""
+# One class per object (segmenter.object_class): it shapes the masks (rules segment*,
+# pseudo_label), not the segmenter's weights. The classifier's model file is an input of
+# those rules only when it is used.
+OBJECT_CLASSIFIER_MODEL = f"{RESULTS}/segmenter/object_classifier.pt"
+OBJECT_CLASSIFIER = [OBJECT_CLASSIFIER_MODEL] if S["object_class"] == "classifier" else []
+OBJECT_CLASS = {
+    "classifier": f"--object-classifier {OBJECT_CLASSIFIER_MODEL}",
+    "vote": "--object-vote",
+    "none": "",
+}[S["object_class"]]
 
 
 rule make_seg_frames:
@@ -81,15 +88,53 @@ rule train_segmenter:
         " --checkpoint-every {params.checkpoint_every} --threads {threads} 2> {log}"
 
 
+# Each object's shape and material, decided from its crop and silhouette (segmenter.object_class:
+# classifier): trained on the true objects of the segmenter's own training set, beside it.
+rule train_object_classifier:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        seg_frames=f"{RESULTS}/segframes",
+        mean_std=f"{RESULTS}/data/mean_std.json",
+    output:
+        model=OBJECT_CLASSIFIER_MODEL,
+        metrics=report(
+            f"{RESULTS}/segmenter/object_classifier_metrics.csv",
+            caption="../report/object_classifier_metrics.rst",
+            category="Segmentation",
+        ),
+    params:
+        settings=S["object_classifier"],
+        flags=flags(S["object_classifier"]),
+        seed=S["seed"],
+        checkpoint_every=S["checkpoint_every"],
+        checkpoints=f"{RESULTS}/segmenter/object_classifier_checkpoints",
+    threads: res("train_object_classifier")["threads"]
+    resources:
+        runtime=res("train_object_classifier")["runtime"],
+        mem_mb=res("train_object_classifier")["mem_mb"],
+        gpu=res("train_object_classifier")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/train_object_classifier.log",
+    shell:
+        "futureseg train-object-classifier --root {input.data} --seg-frames {input.seg_frames}"
+        " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
+        " --checkpoints {params.checkpoints} {params.flags} --seed {params.seed}"
+        " --checkpoint-every {params.checkpoint_every} --threads {threads} 2> {log}"
+
+
 rule segment:
     input:
         model=f"{RESULTS}/segmenter/model.pt",
         val_frames=f"{RESULTS}/predictor/frames_val.npy",
+        object_classifier=OBJECT_CLASSIFIER,
     output:
         val=f"{RESULTS}/segmenter/masks_val.npy",
     params:
         score_threshold=SCORE_THRESHOLD,
-        object_vote=OBJECT_VOTE,
+        object_class=OBJECT_CLASS,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -101,7 +146,7 @@ rule segment:
         f"{RESULTS}/logs/segment.log",
     shell:
         "futureseg segment --model {input.model} --val-frames {input.val_frames} --out-val {output.val}"
-        " --score-threshold {params.score_threshold} {params.object_vote} --threads {threads} 2> {log}"
+        " --score-threshold {params.score_threshold} {params.object_class} --threads {threads} 2> {log}"
 
 
 # What every route is measured against: the segmenter on the true frame 21 (oracle) and on
@@ -111,12 +156,13 @@ rule segment_references:
         data=DATA,
         checked=DATA_CHECK,
         model=f"{RESULTS}/segmenter/model.pt",
+        object_classifier=OBJECT_CLASSIFIER,
     output:
         val_oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
         val_frame10=f"{RESULTS}/segmenter/masks_val_frame10.npy",
     params:
         score_threshold=SCORE_THRESHOLD,
-        object_vote=OBJECT_VOTE,
+        object_class=OBJECT_CLASS,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -129,18 +175,19 @@ rule segment_references:
     shell:
         "futureseg segment --root {input.data} --model {input.model}"
         " --out-val-oracle {output.val_oracle} --out-val-frame10 {output.val_frame10}"
-        " --score-threshold {params.score_threshold} {params.object_vote} --threads {threads} 2> {log}"
+        " --score-threshold {params.score_threshold} {params.object_class} --threads {threads} 2> {log}"
 
 
 rule segment_hidden_shard:
     input:
         model=f"{RESULTS}/segmenter/model.pt",
         frames=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.npy",
+        object_classifier=OBJECT_CLASSIFIER,
     output:
         f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy",
     params:
         score_threshold=SCORE_THRESHOLD,
-        object_vote=OBJECT_VOTE,
+        object_class=OBJECT_CLASS,
     threads: res("segment")["threads"]
     resources:
         runtime=res("segment")["runtime"],
@@ -152,7 +199,7 @@ rule segment_hidden_shard:
         f"{RESULTS}/logs/segment_hidden_{{scatteritem}}.log",
     shell:
         "futureseg segment --model {input.model} --hidden-frames {input.frames} --out-hidden {output}"
-        " --score-threshold {params.score_threshold} {params.object_vote} --threads {threads} 2> {log}"
+        " --score-threshold {params.score_threshold} {params.object_class} --threads {threads} 2> {log}"
 
 
 # Hidden-set masks of any route, gathered from its shards (route frames: segmenter/,

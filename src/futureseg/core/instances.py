@@ -148,17 +148,29 @@ def object_vote(mask: np.ndarray) -> np.ndarray:
     return _vote_frame(mask)
 
 
-def _vote_frame(mask: np.ndarray) -> np.ndarray:
+def colour_components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """The objects of a (H, W) class-id mask as a segmenter sees them: the 8-connected
+    components of the pixels of each colour (see `object_vote`). Returns (labels int64
+    (H, W), 1…n on the objects, 0 on the background; n; colour (n,) int64, each object's
+    colour index 0…7), numbered colour by colour, then in row-major order of a component's
+    first pixel."""
     from futureseg.core.classes import COLORS
 
     # colour of each pixel, 1…8 (0: background); class id = shape*16 + material*8 + colour + 1
     colour = np.where(mask != 0, (mask.astype(np.int64) - 1) % len(COLORS) + 1, 0)
     labels = np.zeros(mask.shape, dtype=np.int64)
+    colours = []
     n = 0
     for c in np.unique(colour[colour != 0]):
         pieces, count = ndimage.label(colour == c, structure=_EIGHT_NEIGHBOURS)
         labels[pieces != 0] = pieces[pieces != 0] + n
         n += count
+        colours += [int(c) - 1] * count
+    return labels, n, np.asarray(colours, dtype=np.int64)
+
+
+def _vote_frame(mask: np.ndarray) -> np.ndarray:
+    labels, n, _ = colour_components(mask)
     if n == 0:
         return mask.astype(np.uint8)
     width = int(mask.max()) + 1

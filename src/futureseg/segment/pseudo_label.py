@@ -5,11 +5,12 @@ train's true masks plus these pseudo-labels of `unlabeled` (all 22 frames), and 
 inference time it sees only what a user has, the segmenter's masks of frames 0…10 of
 `val` and `hidden`. The output is a mask cache like the frame caches: uint8
 (N, T, H, W) class ids, with the `io.save_array` sidecar {"ids", "frame_indices",
-"split", "model", "object_vote", "track_vote"}.
+"split", "model", "object_vote", "object_classifier", "track_vote"}.
 
-Two votes clean a segmenter's masks with what this dataset guarantees (each object has its
-own class and keeps it through the video): `--object-vote` repaints each connected
-foreground component of every frame in its majority class (`core.instances.object_vote`),
+Two steps clean a segmenter's masks with what this dataset guarantees (each object has its
+own class and keeps it through the video): each object of every frame gets one class, by
+`--object-vote` (its majority class, `core.instances.object_vote`) or by
+`--object-classifier` (the shape and material the object classifier sees, as in `segment`),
 then `--track-vote` repaints each object of a video in the majority class of its track
 through the video's frames (`core.motion.track_vote`).
 """
@@ -28,9 +29,10 @@ log = logging.getLogger("futureseg")
 
 
 def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, object_vote: bool = False,
-                 track_vote: bool = False) -> dict:
+                 track_vote: bool = False, object_classifier=None) -> dict:
     """Segment frames 0…n_frames-1 of every video of a frame cache, the votes applied; return a summary."""
-    from futureseg.core import instances, motion
+    from futureseg.core import motion
+    from futureseg.segment.segment import check_object_flags, load_object_classifier, one_class_per_object
     from futureseg.core.io import array_writer, load_cache
     from futureseg.models import segmenters
     from futureseg.core.training import progress, select_device
@@ -39,6 +41,7 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
         raise ConfigError(f"--frames {n_frames}: must lie in 1…{data.N_FRAMES}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    check_object_flags(object_vote, object_classifier)
     cache, meta = load_cache(cache_path)
     if cache.shape[1] < n_frames:
         raise DataError(f"{cache_path}: cache holds {cache.shape[1]} frames per video, pseudo-labels of "
@@ -46,17 +49,19 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
     device = select_device()
     segmenter, _ = segmenters.load(model)
     segmenter.to(device)
+    classifier = load_object_classifier(object_classifier, device)
     n, height, width = len(cache), *cache.shape[2:4]
     videos_per_batch = max(1, batch_size // n_frames)
     sidecar = {"frame_indices": list(range(n_frames)), "split": meta.get("split"), "model": str(model),
-               "object_vote": bool(object_vote), "track_vote": bool(track_vote)}
+               "object_vote": bool(object_vote),
+               "object_classifier": str(object_classifier) if object_classifier else None, "track_vote": bool(track_vote)}
     with array_writer(out, (n, n_frames, height, width), meta["ids"], **sidecar) as masks:
         starts = range(0, n, videos_per_batch)
         for start in progress(starts, total=len(starts), desc=f"pseudo-label {Path(cache_path).name}"):
             clips = np.asarray(cache[start : start + videos_per_batch, :n_frames])
-            labels = segmenter.masks(clips.reshape(-1, height, width, 3), device, batch_size)
-            if object_vote:
-                labels = instances.object_vote(labels)
+            frames = clips.reshape(-1, height, width, 3)
+            labels = one_class_per_object(segmenter.masks(frames, device, batch_size), frames, object_vote, classifier,
+                                          device, batch_size)
             labels = labels.reshape(len(clips), n_frames, height, width)
             if track_vote:
                 labels = np.stack([motion.track_vote(video) for video in labels])
@@ -76,7 +81,10 @@ def add_arguments(parser) -> None:
                         help="segment frames 0…FRAMES-1 (22 for training splits, 11 for val and hidden)")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
     parser.add_argument("--object-vote", action="store_true",
-                        help="repaint each connected foreground component of a frame in its majority class")
+                        help="repaint each object (connected component of one colour) in its majority class")
+    parser.add_argument("--object-classifier",
+                        help="model file of train-object-classifier: repaint each object in the shape and material it "
+                             "gives (instead of --object-vote)")
     parser.add_argument("--track-vote", action="store_true",
                         help="then repaint each object in the majority class of its track through the video")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -88,5 +96,5 @@ def main(args) -> None:
 
         torch.set_num_threads(args.threads)
     summary = pseudo_label(args.model, args.cache, args.out, args.frames, args.batch_size, args.object_vote,
-                           args.track_vote)
+                           args.track_vote, args.object_classifier)
     print(f"{args.out}: masks of {summary['n_frames']} frames of {summary['n_videos']} videos")

@@ -15,9 +15,11 @@ Four outputs, each uint8 (N, H, W) with the ids sidecar of `io.save_array`
 Each output needs only its own input, so any subset may be asked for. In the predicted
 frames files (N, K, H, W, 3) the position of frame 21 comes from the sidecar's
 `frame_indices`. How a segmenter paints a mask: `futureseg.models.segmenters`
-(`--score-threshold` applies to Mask R-CNN only). `--object-vote` repaints each connected
-foreground component of every mask in its majority class (`core.instances.object_vote`:
-one class per object, as in this dataset); the sidecar records it.
+(`--score-threshold` applies to Mask R-CNN only). One class per object, as in this
+dataset: `--object-vote` repaints each object (a connected component of one colour) of
+every mask in its majority class (`core.instances.object_vote`); `--object-classifier`
+repaints it in the shape and material the object classifier sees in the frame, its colour
+kept (`models.object_classifier.repaint`). The sidecar records which.
 """
 
 from __future__ import annotations
@@ -54,9 +56,36 @@ def true_frames(root, frame: int) -> tuple[np.ndarray, list[int]]:
     return np.stack([data.read_frames(v, [frame], size)[0] for v in videos]), [v.id for v in videos]
 
 
+def check_object_flags(object_vote: bool, object_classifier) -> None:
+    if object_vote and object_classifier:
+        raise ConfigError("--object-vote and --object-classifier: give one (both decide each object's class)")
+
+
+def load_object_classifier(path, device):
+    """The object classifier of `path` on `device`, or None when no path is given."""
+    if not path:
+        return None
+    from futureseg.models import object_classifier
+
+    classifier, _ = object_classifier.load(path)
+    return classifier.to(device)
+
+
+def one_class_per_object(masks, frames, object_vote: bool, classifier, device, batch_size: int) -> np.ndarray:
+    """The segmenter's masks with each object given one class: by the vote, by the object
+    classifier (`classifier`, loaded), or left as they are."""
+    if object_vote:
+        return instances.object_vote(masks)
+    if classifier is not None:
+        from futureseg.models.object_classifier import repaint
+
+        return repaint(classifier, frames, masks, device, batch_size)
+    return masks
+
+
 def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, val_frames=None,
         hidden_frames=None, out_val=None, out_hidden=None, out_val_oracle=None, out_val_frame10=None,
-        object_vote: bool = False) -> dict:
+        object_vote: bool = False, object_classifier=None) -> dict:
     """Write the requested outputs; return {output path: number of masks}."""
     from futureseg.models import segmenters
     from futureseg.core.training import select_device
@@ -86,19 +115,20 @@ def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, va
         raise ConfigError(f"--score-threshold: must lie in 0…1, got {score_threshold}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: must be at least 1, got {batch_size}")
+    check_object_flags(object_vote, object_classifier)
 
     device = select_device()
     segmenter, _ = segmenters.load(model, score_threshold)
     segmenter.to(device)
+    classifier = load_object_classifier(object_classifier, device)
     written = {}
     for out, source, read, frame in jobs:
         frames, ids = read()
         log.info("segmenting frame %d of %d videos (%s)", frame, len(ids), source)
         masks = segmenter.masks(frames, device, batch_size)
-        if object_vote:
-            masks = instances.object_vote(masks)
+        masks = one_class_per_object(masks, frames, object_vote, classifier, device, batch_size)
         save_array(out, masks, ids, frame_index=frame, source=source, model=str(model), score_threshold=score_threshold,
-                   object_vote=bool(object_vote))
+                   object_vote=bool(object_vote), object_classifier=str(object_classifier) if object_classifier else None)
         written[str(out)] = len(masks)
     return written
 
@@ -119,7 +149,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.5, help="instances below this score are not painted")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     parser.add_argument("--object-vote", action="store_true",
-                        help="repaint each connected foreground component in its majority class (one class per object)")
+                        help="repaint each object (connected component of one colour) in its majority class")
+    parser.add_argument("--object-classifier",
+                        help="model file of train-object-classifier: repaint each object in the shape and material it "
+                             "gives (instead of --object-vote)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
@@ -129,6 +162,7 @@ def main(args) -> None:
 
         torch.set_num_threads(args.threads)
     written = run(args.model, args.score_threshold, args.batch_size, args.root, args.val_frames, args.hidden_frames,
-                  args.out_val, args.out_hidden, args.out_val_oracle, args.out_val_frame10, args.object_vote)
+                  args.out_val, args.out_hidden, args.out_val_oracle, args.out_val_frame10, args.object_vote,
+                  args.object_classifier)
     for path, n in written.items():
         print(f"{path}: {n} masks")
