@@ -1,0 +1,332 @@
+"""Training speed of the U-Net segmenter on the CPU, and the val oracle IoU it reaches in a
+fixed wall-clock budget, beside faster ways to run it and a ResNet-18 U-Net (issue: a faster
+segmenter on CPU).
+
+    python bench/bench_segmenter.py                                   # both parts, demo data
+    python bench/bench_segmenter.py --part speed --size 160x240
+    python bench/bench_segmenter.py --part quality --budget-s 480 --quality-variants ours,smp
+    python bench/bench_segmenter.py --variants ours,ours+bf16 --repeats 30
+
+Variants are "+"-joined tokens: a model, `ours` (futureseg.models.unet.UNet, base 16,
+depth 4: the demo's) or `smp` (segmentation_models_pytorch.Unet, ResNet-18 encoder of
+depth 4 from random weights, decoder (128, 64, 32, 16); its input normalised with the same
+mean/std and reflect-padded to a multiple of 16 as ours pads, its logits cropped back),
+then any of `cl` (channels_last weights and inputs), `bf16` (torch.autocast("cpu",
+bfloat16); weights, optimiser and loss stay fp32) and `compile` (torch.compile of the
+model, default inductor; its first steps are timed apart as the compile time, and a
+failure is printed and the variant dropped).
+
+The recipe is train-segmenter's U-Net path: batch 16 of the training set (`--data`:
+images.npy, masks.npy), flips and brightness x U(0.8, 1.2) (`train_segmenter.augment`),
+AdamW lr 0.005 weight decay 0.01 under OneCycleLR, cross-entropy with background weight 0.2
+(`dense.dense_losses`), `--threads` torch threads (2, the demo's).
+
+Part `speed`: the time of one training step (forward, backward, AdamW step) on one fixed
+augmented batch (`--size` resizes it: bilinear frames, nearest masks), in turns, one step of
+every variant per round, so that the drift of a shared machine's load reaches each alike;
+median (and quartiles) of `--repeats` rounds after `--warmup` rounds.
+
+Part `quality`: each variant trains for `--budget-s` seconds of its own wall time (batch
+reading and augmentation included, a compile included), the variants again in turns (the
+next step goes to the one that has used the least of its budget). The one-cycle schedule
+follows the fraction of the budget used, not a step count, so every variant ends its cycle
+when its time is up. `--clock cpu` counts the process's CPU seconds per thread instead of
+wall seconds: near the wall time of an unshared machine, less swayed by other jobs. Then
+the model (fp32, eval mode, plain argmax) segments the true frame 21 of every val video
+(`--root`) and `dense.macro_iou` scores it: val oracle IoU, what train-segmenter's
+validation reports. `--quality-variants auto`: ours, smp, and the fastest other variant of
+ours in the speed part when it is more than 1.1x as fast as ours.
+
+torch.compile's first step is ~70 s on 2 cores with a cold inductor cache and ~4 s once
+the cache (/tmp/torchinductor_$USER) holds the graphs; the figure printed is whichever
+this run met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from futureseg.core import data, dense
+from futureseg.core.training import epoch_order
+from futureseg.models.unet import UNet, UNetConfig
+from futureseg.segment.train_segmenter import augment
+
+DEMO = Path("/tmp/democlone")
+BATCH, LR, WEIGHT_DECAY, BACKGROUND_WEIGHT = 16, 0.005, 0.01, 0.2
+SCHEDULE_POINTS = 100_000  # resolution of the time-driven one-cycle schedule
+MODELS, OPTIONS = ("ours", "smp"), ("cl", "bf16", "compile")
+DEFAULT_VARIANTS = "ours,ours+cl,ours+bf16,ours+compile,smp,smp+cl"
+
+
+class SmpUNet(nn.Module):
+    """segmentation_models_pytorch's U-Net behind our interface: 0…1 input, normalised here,
+    reflect-padded to a multiple of 16, logits cropped back to the input's size."""
+
+    multiple = 16
+
+    def __init__(self, mean01, std01):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.net = smp.Unet(encoder_name="resnet18", encoder_weights=None, encoder_depth=4,
+                            decoder_channels=(128, 64, 32, 16), in_channels=3, classes=data.NUM_CLASSES)
+        self.register_buffer("mean", torch.tensor(mean01).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std01).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        x = (x - self.mean) / self.std
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate")
+        return self.net(x)[..., :height, :width]
+
+
+def parse_variant(name: str) -> tuple[str, set[str]]:
+    model, *options = name.split("+")
+    if model not in MODELS or any(o not in OPTIONS for o in options):
+        raise SystemExit(f"{name!r}: a variant is one of {'|'.join(MODELS)} then +{'/+'.join(OPTIONS)} options")
+    return model, set(options)
+
+
+class Variant:
+    """One model with its optimiser and schedule; `step` trains on one batch and returns
+    its wall seconds."""
+
+    def __init__(self, name: str, mean01, std01, seed: int = 0):
+        self.name = name
+        model, self.options = parse_variant(name)
+        torch.manual_seed(seed)
+        if model == "ours":
+            self.net = UNet(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=16, depth=4,
+                                       image_mean=tuple(mean01), image_std=tuple(std01)))
+        else:
+            self.net = SmpUNet(mean01, std01)
+        self.net.train()
+        self.memory_format = torch.channels_last if "cl" in self.options else torch.contiguous_format
+        self.net = self.net.to(memory_format=self.memory_format)
+        self.params = sum(p.numel() for p in self.net.parameters())
+        self.forward = torch.compile(self.net) if "compile" in self.options else self.net
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=LR, total_steps=SCHEDULE_POINTS)
+        self.steps = 0
+        self.first_steps_s = []  # the first steps' times (a compile's cost lies in them)
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in self.options)
+
+    def set_progress(self, fraction: float) -> None:
+        """The one-cycle rate (and AdamW beta1) at `fraction` of the run."""
+        point = min(SCHEDULE_POINTS - 1, max(0, int(fraction * (SCHEDULE_POINTS - 1))))
+        self.scheduler.last_epoch = point - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            self.scheduler.step()
+
+    def step(self, x, y) -> float:
+        started, cpu = time.perf_counter(), time.process_time()
+        x = x.contiguous(memory_format=self.memory_format)
+        with self.autocast():
+            logits = self.forward(x)
+        loss = dense.dense_losses(logits.float(), y, 0.0, BACKGROUND_WEIGHT)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        self.last_loss = float(loss.detach())
+        seconds = time.perf_counter() - started
+        self.last_cpu_s = time.process_time() - cpu
+        if len(self.first_steps_s) < 3:
+            self.first_steps_s.append(seconds)
+        return seconds
+
+    def predict(self, frames: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Plain argmax class ids of uint8 frames (N, H, W, 3), fp32, eval mode (the
+        uncompiled module: no eval-mode recompile)."""
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(frames), batch_size):
+                x = torch.from_numpy(np.array(frames[start : start + batch_size])).permute(0, 3, 1, 2).float().div_(255.0)
+                out.append(self.net(x.contiguous(memory_format=self.memory_format)).argmax(1).to(torch.uint8).numpy())
+        self.net.train()
+        return np.concatenate(out)
+
+
+def batch_tensors(images, masks, indices, seed: int, epoch: int, size=None):
+    """An augmented batch as train_unet builds it: x float (B, 3, H, W) 0…1, y int64 (B, H, W)."""
+    pairs = [augment(np.asarray(images[i]), np.asarray(masks[i]), np.random.default_rng((seed, epoch, i)))
+             for i in indices]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float().div_(255.0)
+    y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+    if size is not None and tuple(size) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).contiguous()
+        y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return x, y
+
+
+def build(names, mean01, std01):
+    variants = []
+    for name in names:
+        try:
+            variants.append(Variant(name, mean01, std01))
+        except Exception as exc:  # smp missing, say
+            print(f"{name}: cannot build ({type(exc).__name__}: {exc}); skipped")
+    return variants
+
+
+def first_step(variant, x, y) -> bool:
+    """The first step (a compile happens here); False, with the error printed, if it fails."""
+    try:
+        variant.step(x, y)
+        return True
+    except Exception as exc:
+        print(f"{variant.name}: first training step failed, skipped: {type(exc).__name__}: {exc}")
+        traceback.print_exc(limit=3)
+        return False
+
+
+def speed(args, names, images, masks, mean01, std01) -> dict:
+    size = args.size or images.shape[1:3]
+    x, y = batch_tensors(images, masks, range(BATCH), args.seed, 0, size)
+    print(f"\n== step time: batch {BATCH} at {size[0]}x{size[1]}, {torch.get_num_threads()} threads, "
+          f"{args.warmup} warm-up + {args.repeats} rounds, one step of each variant per round")
+    variants = build(names, mean01, std01)
+    variants = [v for v in variants if first_step(v, x, y)]
+    for v in variants:
+        v.compile_s = v.first_steps_s[0]
+    times = {v.name: [] for v in variants}
+    cpu = {v.name: [] for v in variants}
+    for round_ in range(args.warmup + args.repeats):
+        for v in variants:
+            seconds = v.step(x, y)
+            if round_ >= args.warmup:
+                times[v.name].append(seconds)
+                cpu[v.name].append(v.last_cpu_s)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = medians.get("ours")
+    print(f"{'variant':16s} {'params':>8s} {'median s':>9s} {'q1':>7s} {'q3':>7s} {'vs ours':>8s} {'cpu s':>6s} {'first step s':>13s}")
+    for v in variants:
+        q1, _, q3 = statistics.quantiles(times[v.name], n=4)
+        ratio = f"{base / medians[v.name]:7.2f}x" if base else "      -"
+        print(f"{v.name:16s} {v.params / 1e6:7.2f}M {medians[v.name]:9.3f} {q1:7.3f} {q3:7.3f} {ratio:>8s} "
+              f"{statistics.median(cpu[v.name]):6.2f} {v.compile_s:13.1f}")
+    print("(median, q1, q3: wall seconds a step; vs ours: ours' median over the variant's; cpu s: the median step's "
+          "process CPU time, both threads; first step: includes a compile, the first-call overheads)")
+    return medians
+
+
+def quality(args, names, images, masks, mean01, std01) -> None:
+    videos = data.list_videos(args.root, "val")
+    frames = np.stack([data.read_frames(v, [data.TARGET_FRAME])[0] for v in videos])
+    truth = np.stack([data.read_mask(v, frames.shape[1:3])[data.TARGET_FRAME] for v in videos])
+    if frames.shape[1:3] != images.shape[1:3]:
+        raise SystemExit(f"val frames are {frames.shape[1:3]}, training frames {images.shape[1:3]}")
+    print(f"\n== val oracle IoU after {args.budget_s:.0f} s ({args.clock} clock) of training each ({len(images)} training frames, "
+          f"{len(videos)} val videos, frame {data.TARGET_FRAME}), variants in turns")
+    if args.clock == "wall":
+        clock = time.perf_counter
+    else:  # the process's CPU seconds per thread: about the wall time of an unshared machine
+        threads = torch.get_num_threads()
+        clock = lambda: time.process_time() / threads  # noqa: E731
+    variants = build(names, mean01, std01)
+    state = {}
+    for v in variants:
+        order = [b for e in range(1000) for b in ((e, batch) for batch in epoch_order(len(images), BATCH, args.seed, e))]
+        state[v.name] = {"order": iter(order), "used": 0.0, "epoch": 0, "failed": False}
+    live = list(variants)
+    while live:
+        v = min(live, key=lambda v: state[v.name]["used"])
+        s = state[v.name]
+        started = clock()
+        epoch, indices = next(s["order"])
+        x, y = batch_tensors(images, masks, indices, args.seed, epoch)
+        v.set_progress(s["used"] / args.budget_s)
+        if v.steps == 0:
+            if not first_step(v, x, y):
+                live.remove(v)
+                s["failed"] = True
+                continue
+        else:
+            v.step(x, y)
+        s["used"] += clock() - started
+        s["epoch"] = epoch
+        if not math.isfinite(v.last_loss):
+            print(f"{v.name}: loss {v.last_loss} at step {v.steps}; stopped")
+            live.remove(v)
+        elif s["used"] >= args.budget_s:
+            live.remove(v)
+    print(f"{'variant':16s} {'steps':>6s} {'epochs':>7s} {'s/step':>7s} {'first step s':>13s} {'last loss':>10s} {'val IoU':>8s}")
+    for v in variants:
+        s = state[v.name]
+        if s["failed"]:
+            continue
+        iou = dense.macro_iou(v.predict(frames), truth)
+        print(f"{v.name:16s} {v.steps:6d} {v.steps * BATCH / len(images):7.1f} {s['used'] / v.steps:7.3f} "
+              f"{v.first_steps_s[0]:13.1f} {v.last_loss:10.4f} {iou:8.4f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("speed", "quality", "both"), default="both")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated, for the speed part")
+    parser.add_argument("--quality-variants", default="auto", help="comma-separated, or auto (ours, smp, the fastest of ours)")
+    parser.add_argument("--budget-s", type=float, default=240.0, help="wall seconds of training per variant (demo: 240)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="the budget's clock: wall seconds, or process CPU seconds / threads (less "
+                             "sensitive to other jobs on a shared machine)")
+    parser.add_argument("--size", help="HxW of the speed part's batch (default: the data's)")
+    parser.add_argument("--data", default=str(DEMO / "results/segframes"), help="folder of images.npy and masks.npy")
+    parser.add_argument("--root", default=str(DEMO / "resources/synthetic"), help="dataset root (val frame 21 and masks)")
+    parser.add_argument("--mean-std", default=str(DEMO / "results/data/mean_std.json"),
+                        help="stage 1's mean_std.json (missing: ImageNet's)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.size:
+        args.size = tuple(int(v) for v in args.size.lower().split("x"))
+    for name in args.variants.split(",") + [n for n in args.quality_variants.split(",") if n != "auto"]:
+        parse_variant(name)
+
+    torch.set_num_threads(args.threads)
+    images = np.load(Path(args.data) / "images.npy", mmap_mode="r")
+    masks = np.load(Path(args.data) / "masks.npy", mmap_mode="r")
+    mean01, std01 = dense.normalisation(args.mean_std if Path(args.mean_std).is_file() else None)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.data}: {images.shape[0]} frames of "
+          f"{images.shape[1]}x{images.shape[2]}; mean {np.round(mean01, 3).tolist()} std {np.round(std01, 3).tolist()}")
+
+    print(f"load average {os.getloadavg()[0]:.2f} (this machine's other jobs slow every variant alike, in turns)")
+    medians = {}
+    if args.part in ("speed", "both"):
+        medians = speed(args, args.variants.split(","), images, masks, mean01, std01)
+    if args.part in ("quality", "both"):
+        names = args.quality_variants.split(",")
+        if names == ["auto"]:
+            names = ["ours", "smp"]
+            ours = {n: t for n, t in medians.items() if n.startswith("ours+")}
+            if ours and "ours" in medians:
+                fastest = min(ours, key=ours.get)
+                if ours[fastest] < medians["ours"] / 1.1:
+                    names.insert(1, fastest)
+        quality(args, names, images, masks, mean01, std01)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
