@@ -75,7 +75,7 @@ def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):
     subprocess.run(
         [*futureseg, "segment", "--model", str(results / "segmenter" / "model.pt"),
          "--hidden-frames", str(tmp_path / "frames_hidden.npy"), "--out-hidden", str(tmp_path / "masks_hidden.npy"),
-         "--threads", "1"],
+         "--object-classifier", str(results / "segmenter" / "object_classifier.pt"), "--threads", "1"],
         check=True, capture_output=True,
     )
     np.testing.assert_array_equal(np.load(tmp_path / "masks_hidden.npy"), np.load(results / "segmenter" / "masks_hidden.npy"))
