@@ -764,3 +764,33 @@ def test_train_forecaster_needs_a_prior_per_training_source(motion, tiny_dataset
     argv.remove(motion / "motion_seq_unlabeled.npy")
     assert run_cli(*argv) == 2
     assert "--priors" in capsys.readouterr().err and not (tmp_path / "fc.pt").exists()
+
+
+def test_new_pseudo_labels_under_the_same_path_train_afresh(routes, tiny_dataset, tmp_path, caplog):
+    # a retrained segmenter (or another object_class) rewrites pseudo/unlabeled.npy in place:
+    # the forecaster's and the direct U-Net's finished checkpoints of the old labels must not
+    # be resumed and re-exported as if trained on the new ones
+    import logging
+    import shutil
+
+    from futureseg.core.io import load_array, save_array
+
+    folder = tmp_path / "f"
+    shutil.copytree(routes / "pseudo", folder / "pseudo")
+    shutil.copytree(routes / "cache", folder / "cache")
+    shutil.copy(routes / "ms.json", folder / "ms.json")
+    fc = forecaster_argv(tiny_dataset, folder, folder / "fc.pt", folder / "fck", folder / "fm.csv")
+    direct = direct_argv(tiny_dataset, folder, "d", "--pseudo-cache", folder / "cache" / "unlabeled.npy",
+                         "--pseudo", folder / "pseudo" / "unlabeled.npy")
+    ok(*fc)
+    ok(*direct)
+    old = {name: load_checkpoint(folder / name)["fingerprint"] for name in ("fc.pt", "d.pt")}
+    masks, meta = load_array(folder / "pseudo" / "unlabeled.npy")
+    relabelled = np.where(masks != 0, 1 + (masks.astype(int) + 15) % 48, 0).astype(np.uint8)  # same shape and ids
+    save_array(folder / "pseudo" / "unlabeled.npy", relabelled, meta.pop("ids"), **meta)
+    with caplog.at_level(logging.INFO, logger="futureseg"):
+        ok(*fc)
+        ok(*direct)
+    assert "resuming" not in caplog.text and caplog.text.count("from scratch") == 2
+    for name in ("fc.pt", "d.pt"):
+        assert load_checkpoint(folder / name)["fingerprint"] != old[name], name

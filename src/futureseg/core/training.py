@@ -57,6 +57,20 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def data_fingerprint(*arrays, samples: int = 32) -> str:
+    """A short hash of what arrays hold, cheaply: their shapes, dtypes and `samples` evenly
+    spaced rows of each (memory-mapped arrays read only those rows). A trainer's settings
+    carry it, so a checkpoint never resumes on other data under the same paths and shapes
+    (the pseudo-labels of a retrained segmenter, say), where it would re-export the model of
+    the old data as finished."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype}{tuple(array.shape)}".encode())
+        for row in np.unique(np.linspace(0, len(array) - 1, min(len(array), samples)).astype(int)):
+            digest.update(np.ascontiguousarray(array[row]).tobytes())
+    return digest.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

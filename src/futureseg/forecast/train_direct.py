@@ -31,7 +31,8 @@ def train(args) -> dict:
                         macro_iou, normalisation)
     from futureseg.core.io import load_cache
     from futureseg.models.unet import UNet, UNetConfig
-    from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
+    from futureseg.core.training import (adamw_one_cycle, autocast, data_fingerprint, epoch_order, fit, plan_steps,
+                                         seed_everything, select_device)
 
     args.iou_finetune_epochs = 0
     check_training_settings(args)
@@ -72,7 +73,8 @@ def train(args) -> dict:
     settings = {"kind": "direct", "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
                 "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
                 "background_weight": args.background_weight, "seed": args.seed, "training_videos": [len(f) for f, _ in sources],
-                "pseudo": str(args.pseudo) if args.pseudo_cache else None}
+                "pseudo": str(args.pseudo) if args.pseudo_cache else None,
+                "training_data": data_fingerprint(*(a for pair in sources for a in pair))}
 
     def step_losses(epoch, indices, step, total):
         xs, ys = [], []

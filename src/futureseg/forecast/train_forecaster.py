@@ -42,7 +42,8 @@ def train(args) -> dict:
 
     from futureseg.core.dense import check_training_settings, dense_losses, flip_together, forecast_masks, load_mask_cache, macro_iou
     from futureseg.models import forecasters
-    from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
+    from futureseg.core.training import (adamw_one_cycle, autocast, data_fingerprint, epoch_order, fit, plan_steps,
+                                         seed_everything, select_device)
 
     check_training_settings(args)
     if args.threads:
@@ -88,7 +89,8 @@ def train(args) -> dict:
                 "iou_finetune_epochs": args.iou_finetune_epochs, "soft_iou_weight": args.soft_iou_weight,
                 "background_weight": args.background_weight, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                 "training_videos": len(samples), "label_splits": list(args.label_splits),
-                "pseudo": [str(p) for p in args.pseudo], "prior": args.prior, "motion": motion}
+                "pseudo": [str(p) for p in args.pseudo], "prior": args.prior, "motion": motion,
+                "training_data": data_fingerprint(*sources, *(priors or []))}
 
     def sample(epoch, i):
         s, row = samples[i]
