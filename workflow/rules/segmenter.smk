@@ -1,6 +1,7 @@
 # Stages 3-4: the segmentation training set (real + generated frames, blur, frameskip),
-# segmenter training (U-Net or Mask R-CNN), masks of the predicted frame 21 (route
-# `frames`) and of the true frames 21 and 10 (the references every route is scored by).
+# segmenter training (U-Net or Mask R-CNN) and the object classifier's, masks of the
+# predicted frame 21 (route `frames`) and of the true frames 21 and 10 (the references every
+# route is scored by).
 
 A = config["augment"]
 S = config["segmenter"]
