@@ -44,7 +44,8 @@ from test_slurm_cluster import (
 # shards take predict_frames' and segment's resources.
 GPU_RULES = {
     "train_predictor", "predict_frames", "predict_hidden_shard",
-    "train_segmenter", "segment", "segment_hidden_shard", "segment_references", "pseudo_label",
+    "train_segmenter", "train_object_classifier", "segment", "segment_hidden_shard", "segment_references",
+    "pseudo_label",
     "train_forecaster", "forecast", "forecast_hidden_shard",
     "train_direct", "predict_direct", "predict_direct_hidden_shard",
 }  # fmt: skip
