@@ -149,12 +149,13 @@ def forecast_masks(model, inputs, device, batch_size: int, priors=None) -> np.nd
 
 
 def check_training_settings(args) -> None:
-    """The dense trainers' numeric flags, each error naming the flag."""
+    """The numeric flags of the trainers on `training.fit` (the dense models', the object
+    classifier's), those the verb has, each error naming the flag."""
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
     for name in ("iou_finetune_epochs", "max_steps", "threads", "soft_iou_weight", "weight_decay", "background_weight"):
-        if getattr(args, name) < 0:
+        if hasattr(args, name) and getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
     if not args.lr > 0:
         raise ConfigError(f"--lr: must be positive, got {args.lr}")

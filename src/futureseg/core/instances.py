@@ -169,15 +169,22 @@ def colour_components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     return labels, n, np.asarray(colours, dtype=np.int64)
 
 
-def _vote_frame(mask: np.ndarray) -> np.ndarray:
-    labels, n, _ = colour_components(mask)
-    if n == 0:
-        return mask.astype(np.uint8)
-    width = int(mask.max()) + 1
+def majority_class(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """int64 (n + 1,): at k, the class of most of the pixels of component k (1…n) of a label
+    image over a class-id mask (ties: the lowest class id); at 0, the background, 0. One
+    bincount over (component, class) pairs."""
+    width = int(mask.max()) + 1 if mask.size else 1
     flat_labels = labels.ravel()
     foreground = flat_labels != 0
     pairs = flat_labels[foreground].astype(np.int64) * width + mask.ravel()[foreground]
     counts = np.bincount(pairs, minlength=(n + 1) * width).reshape(n + 1, width)
-    winner = counts.argmax(1).astype(np.uint8)  # argmax: the first, i.e. lowest, class of a tie
+    winner = counts.argmax(1)  # argmax: the first, i.e. lowest, class of a tie
     winner[0] = 0  # background
-    return winner[labels]
+    return winner
+
+
+def _vote_frame(mask: np.ndarray) -> np.ndarray:
+    labels, n, _ = colour_components(mask)
+    if n == 0:
+        return mask.astype(np.uint8)
+    return majority_class(mask, labels, n).astype(np.uint8)[labels]

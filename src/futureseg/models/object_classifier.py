@@ -34,6 +34,8 @@ Interface (as the Mask R-CNN backends' contract, `models/maskrcnn_torchvision.py
                                  (colour component) of each mask repainted in the class
                                  of (its predicted shape, material; its colour); runs in
                                  eval mode under inference mode and leaves the mode as it was
+    paint(labels, n_objects, colour, shape, material) -> uint8 (N, H, W): the masks of
+                                 objects whose factors are known (repaint's last step)
     load(path) -> (model, model file contents) of a file written by
                                  `futureseg train-object-classifier`
 
@@ -173,15 +175,23 @@ def repaint(model: ObjectClassifier, frames, masks, device=None, batch_size: int
             crops, _ = object_crops(model, np.asarray(frames[start : start + len(parts)]), labels,
                                     [p[1] for p in parts])
             predicted = predict_parts(model, crops)
-            offset = 0
-            for i, (lab, n, colour) in enumerate(parts):
-                shape = predicted["shape"][offset : offset + n]
-                material = predicted["material"][offset : offset + n]
-                offset += n
-                # class id = shape*16 + material*8 + colour + 1, index 0 the background
-                table = np.concatenate([[0], shape * 2 * len(COLORS) + material * len(COLORS) + colour + 1])
-                out[start + i] = table[lab].astype(np.uint8)
+            out[start : start + len(parts)] = paint(labels, [p[1] for p in parts], np.concatenate([p[2] for p in parts]),
+                                                    predicted["shape"], predicted["material"])
     model.train(was_training)
+    return out
+
+
+def paint(labels, n_objects, colour, shape, material) -> np.ndarray:
+    """uint8 (N, H, W) class-id masks of label images (N, H, W) (object k of frame i:
+    labels[i] == k, 1…n_objects[i]) from each object's colour, shape and material, (sum n,)
+    int arrays in frame order."""
+    # class id = shape*16 + material*8 + colour + 1, index 0 the background
+    classes = np.asarray(shape) * 2 * len(COLORS) + np.asarray(material) * len(COLORS) + np.asarray(colour) + 1
+    out = np.zeros(np.shape(labels), np.uint8)
+    offset = 0
+    for i, n in enumerate(n_objects):
+        out[i] = np.concatenate([[0], classes[offset : offset + n]])[labels[i]]
+        offset += n
     return out
 
 

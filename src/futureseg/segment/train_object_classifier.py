@@ -26,17 +26,8 @@ import numpy as np
 
 from futureseg.cli import given
 from futureseg.core import data, dense
-from futureseg.core.errors import ConfigError
 
 MIN_PIXELS = 4  # training objects smaller than this are slivers an occluder left, not shapes
-
-
-def object_targets(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """int64 (n,) class of most of the pixels of each object 1…n of a label image."""
-    pairs = labels.ravel() * data.NUM_CLASSES + mask.ravel().astype(np.int64)
-    counts = np.bincount(pairs, minlength=(n + 1) * data.NUM_CLASSES).reshape(n + 1, data.NUM_CLASSES)
-    counts[:, 0] = 0
-    return counts[1:].argmax(1)
 
 
 def class_factors(classes) -> dict:
@@ -48,7 +39,7 @@ def class_factors(classes) -> dict:
 def objects_of(masks: np.ndarray, min_pixels: int = 0):
     """(labels (N, H, W), n per frame, target classes of all objects) of true masks, objects
     under `min_pixels` pixels dropped (relabelled as background for the crops)."""
-    from futureseg.core.instances import colour_components
+    from futureseg.core.instances import colour_components, majority_class
 
     labels, counts, targets = [], [], []
     for mask in masks:
@@ -61,19 +52,8 @@ def objects_of(masks: np.ndarray, min_pixels: int = 0):
             lab, n = renumber[lab], len(keep)
         labels.append(lab)
         counts.append(n)
-        targets.append(object_targets(mask, lab, n))
+        targets.append(majority_class(mask, lab, n)[1:])
     return np.stack(labels), np.asarray(counts), np.concatenate(targets) if targets else np.zeros(0, np.int64)
-
-
-def check_settings(args) -> None:
-    for name in ("epochs", "batch_size", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
-    for name in ("max_steps", "threads", "weight_decay"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise ConfigError(f"--lr: must be positive, got {args.lr}")
 
 
 def train(args) -> dict:
@@ -83,11 +63,12 @@ def train(args) -> dict:
     import torch.nn.functional as F
 
     from futureseg.core.training import adamw_one_cycle, epoch_order, fit, plan_steps, seed_everything, select_device
+    from futureseg.core.classes import COLORS
     from futureseg.models.object_classifier import (FACTORS, ObjectClassifier, ObjectClassifierConfig, object_crops,
-                                                    predict_parts, repaint)
+                                                    paint, predict_parts)
     from futureseg.segment.train_segmenter import TrainingSet, augment, load_validation
 
-    check_settings(args)
+    dense.check_training_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device()
@@ -133,7 +114,11 @@ def train(args) -> dict:
             predicted = predict_parts(model, crops)
         metrics = {f"val_{name}_acc": float((predicted[name] == val_factors[name]).mean()) if len(val_targets) else 0.0
                    for name in FACTORS}
-        metrics["val_repaint_iou"] = dense.macro_iou(repaint(model, val_frames, val_masks, device), val_masks)
+        # the val objects repainted from these predictions (what `repaint` gives on the true
+        # masks: its objects are these, each of one colour, its majority class's)
+        repainted = paint(val_labels, val_counts, (val_targets - 1) % len(COLORS), predicted["shape"],
+                          predicted["material"])
+        metrics["val_repaint_iou"] = dense.macro_iou(repainted, val_masks)
         return metrics
 
     return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
