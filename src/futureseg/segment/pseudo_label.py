@@ -80,11 +80,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, required=True,
                         help="segment frames 0…FRAMES-1 (22 for training splits, 11 for val and hidden)")
     parser.add_argument("--batch-size", type=int, default=64, help="frames per forward pass")
-    parser.add_argument("--object-vote", action="store_true",
-                        help="repaint each object (connected component of one colour) in its majority class")
-    parser.add_argument("--object-classifier",
-                        help="model file of train-object-classifier: repaint each object in the shape and material it "
-                             "gives (instead of --object-vote)")
+    from futureseg.segment.segment import add_object_arguments
+
+    add_object_arguments(parser)
     parser.add_argument("--track-vote", action="store_true",
                         help="then repaint each object in the majority class of its track through the video")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -61,6 +61,15 @@ def check_object_flags(object_vote: bool, object_classifier) -> None:
         raise ConfigError("--object-vote and --object-classifier: give one (both decide each object's class)")
 
 
+def add_object_arguments(parser) -> None:
+    """segment's and pseudo-label's flags of one class per object."""
+    parser.add_argument("--object-vote", action="store_true",
+                        help="repaint each object (connected component of one colour) in its majority class")
+    parser.add_argument("--object-classifier",
+                        help="model file of train-object-classifier: repaint each object in the shape and material it "
+                             "gives (instead of --object-vote)")
+
+
 def load_object_classifier(path, device):
     """The object classifier of `path` on `device`, or None when no path is given."""
     if not path:
@@ -148,11 +157,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-val-frame10", help="masks of the true val frame 10 (.npy)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="instances below this score are not painted")
     parser.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
-    parser.add_argument("--object-vote", action="store_true",
-                        help="repaint each object (connected component of one colour) in its majority class")
-    parser.add_argument("--object-classifier",
-                        help="model file of train-object-classifier: repaint each object in the shape and material it "
-                             "gives (instead of --object-vote)")
+    add_object_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
