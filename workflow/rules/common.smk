@@ -23,7 +23,9 @@ DATA_SPLITS = [
     s for s in SPLITS
     if s in {*config["data"]["mean_std_splits"], *config["predictor"]["train_splits"], "train", "val", "hidden",
              # the unlabeled frames that route masks pseudo-labels (and route direct may train on)
-             *config["forecaster"]["pseudo_splits"], *(["unlabeled"] if config["direct"]["pseudo_labels"] else [])}
+             *config["forecaster"]["pseudo_splits"], *(["unlabeled"] if config["direct"]["pseudo_labels"] else []),
+             # the pseudo-labelled tracks route dynamics learns from
+             *(config["dynamics"]["pseudo_splits"] if "dynamics" in config["routes"] else [])}
 ]
 # The report of rule check_data, an input of every rule that reads the dataset, so that a
 # bad dataset stops the run before anything trains.
@@ -32,7 +34,7 @@ DATA_CHECK = f"{RESULTS}/data/check.json"
 # Routes to the mask of frame 21 (DESIGN.md §3b); each writes masks_{val,hidden}.npy here.
 ROUTES = config["routes"]
 ROUTE_DIRS = {"frames": f"{RESULTS}/segmenter", "masks": f"{RESULTS}/forecaster", "direct": f"{RESULTS}/direct",
-              "motion": f"{RESULTS}/motion"}
+              "motion": f"{RESULTS}/motion", "dynamics": f"{RESULTS}/dynamics"}
 SUBMIT = config["eval"]["submit"]
 if SUBMIT != "best" and SUBMIT not in ROUTES:
     raise ValueError(f"config eval.submit: route {SUBMIT!r} does not run (routes: {', '.join(ROUTES)}); "

@@ -3,7 +3,11 @@
 
 
 # routes that forecast all of frames 11…21 (their temporal IoU is reported)
-SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy", "motion": f"{RESULTS}/motion/sequence_val.npy"}
+SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy", "motion": f"{RESULTS}/motion/sequence_val.npy",
+             "dynamics": f"{RESULTS}/dynamics/sequence_val.npy"}
+# route dynamics' references: its model on the true masks, and the ceiling of moving what was seen
+DYNAMICS_REFERENCES = {"dynamics_truth": f"{RESULTS}/dynamics/masks_val_truth.npy",
+                       "placement_oracle": f"{RESULTS}/dynamics/masks_val_placement_oracle.npy"}
 
 
 rule score:
@@ -15,6 +19,9 @@ rule score:
         oracle=f"{RESULTS}/segmenter/masks_val_oracle.npy",
         segmented_copy_last=f"{RESULTS}/segmenter/masks_val_frame10.npy",
         motion_truth=f"{RESULTS}/motion/masks_val_truth.npy",
+        # the placement ceiling whatever routes run; the learnt model's truth when it runs
+        placement_oracle=DYNAMICS_REFERENCES["placement_oracle"],
+        dynamics_truth=[DYNAMICS_REFERENCES["dynamics_truth"]] if "dynamics" in ROUTES else [],
     output:
         scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores_json.rst", category="Scores"),
         table=report(f"{RESULTS}/eval/scores.html", caption="../report/scores.rst", category="Scores"),
@@ -29,6 +36,7 @@ rule score:
         routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(ROUTES, input.routes)),
         sequences=" ".join(f"--sequence {r}={p}" for r, p in SEQUENCES.items() if r in ROUTES),
         submit=SUBMIT,
+        dynamics_truth=lambda wildcards, input: f"--dynamics-truth {input.dynamics_truth}" if input.dynamics_truth else "",
     resources:
         runtime=res("score")["runtime"],
         mem_mb=res("score")["mem_mb"],
@@ -39,6 +47,7 @@ rule score:
     shell:
         "futureseg score --root {input.data} {params.routes} {params.sequences} --submit {params.submit}"
         " --oracle {input.oracle} --segmented-copy-last {input.segmented_copy_last} --motion-truth {input.motion_truth}"
+        " --placement-oracle {input.placement_oracle} {params.dynamics_truth}"
         " --out {output.scores} --table {output.table} --per-class {output.per_class}"
         " --plot-per-class {output.plot_per_class} --plot-confusion {output.plot_confusion} 2> {log}"
 
@@ -80,6 +89,7 @@ rule report_figures:
             *([f"{RESULTS}/predictor/metrics.csv"] if "frames" in ROUTES or config["augment"]["generated"] else []),
             f"{RESULTS}/segmenter/metrics.csv",
             *([f"{RESULTS}/segmenter/object_classifier_metrics.csv"] if OBJECT_CLASSIFIER else []),
+            *([f"{RESULTS}/dynamics/metrics.csv"] if "dynamics" in ROUTES else []),
         ],
         scores=f"{RESULTS}/eval/scores.json",
         routes=[f"{ROUTE_DIRS[route]}/masks_val.npy" for route in ROUTES],

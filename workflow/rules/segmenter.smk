@@ -204,14 +204,14 @@ rule segment_hidden_shard:
 
 
 # Hidden-set masks of any route, gathered from its shards (route frames: segmenter/,
-# masks: forecaster/, direct: direct/, motion: motion/).
+# masks: forecaster/, direct: direct/, motion: motion/, dynamics: dynamics/).
 rule gather_hidden_masks:
     input:
         lambda wildcards: gather.hidden(f"{RESULTS}/{wildcards.stage}/hidden_shards/masks_{{scatteritem}}.npy"),
     output:
         f"{RESULTS}/{{stage}}/masks_hidden.npy",
     wildcard_constraints:
-        stage="segmenter|forecaster|direct|motion",
+        stage="segmenter|forecaster|direct|motion|dynamics",
     resources:
         runtime=res("gather_hidden_masks")["runtime"],
         mem_mb=res("gather_hidden_masks")["mem_mb"],

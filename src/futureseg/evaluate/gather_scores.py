@@ -19,6 +19,8 @@ COLUMNS = (
     ("pipeline IoU", "pipeline", "iou"),
     ("oracle IoU", "oracle", "iou"),
     ("motion truth IoU", "motion_truth", "iou"),
+    ("dynamics truth IoU", "dynamics_truth", "iou"),
+    ("placement oracle IoU", "placement_oracle", "iou"),
     ("segmented copy-last IoU", "segmented_copy_last", "iou"),
     ("copy-last IoU", "copy_last", "iou"),
     ("pipeline micro IoU", "pipeline", "iou_micro"),

@@ -12,6 +12,10 @@ Guesses of frame 21's mask scored side by side:
                 the ceiling a perfect forecast would reach with this segmenter
   motion_truth  route motion's motion applied to the true masks of frames 0…10
                 (`--motion-truth`): motion alone, with a perfect segmenter
+  dynamics_truth  route dynamics' learnt model on the true masks of frames 0…10
+                (`--dynamics-truth`): learnt motion alone
+  placement_oracle  each object of the true mask 10 at its true centroid and size in frame 21
+                (`--placement-oracle`): the ceiling of any route that moves what it saw
   segmented_copy_last  the segmenter on the true frame 10 (`--segmented-copy-last`)
   copy_last     the true mask of frame 10, the last input frame: the floor a model that
                 predicts no motion at all would reach
@@ -45,8 +49,9 @@ log = logging.getLogger("futureseg")
 
 METHODS = ("pipeline", "oracle", "copy_last")
 # the references a route is measured against, beside copy-last (DESIGN.md §3b): oracle is
-# segmentation alone, motion_truth motion alone
-REFERENCES = ("oracle", "motion_truth", "segmented_copy_last", "copy_last")
+# segmentation alone; motion_truth the rule's motion alone, dynamics_truth the learnt one's,
+# placement_oracle the ceiling of moving what was seen (a user reads them in this order)
+REFERENCES = ("oracle", "motion_truth", "dynamics_truth", "placement_oracle", "segmented_copy_last", "copy_last")
 FACTORS = ("shape", "material", "colour")
 COPY_LAST_FRAME = data.N_INPUT - 1  # frame 10, the last frame the model sees
 
@@ -276,6 +281,8 @@ METHOD_LABELS = {
     "pipeline": "pipeline (segmenter on the predicted frame 21)",
     "oracle": "oracle (segmenter on the true frame 21)",
     "motion_truth": "motion truth (route motion's motion on the true masks 0…10)",
+    "dynamics_truth": "dynamics truth (route dynamics' learnt motion on the true masks 0…10)",
+    "placement_oracle": "placement oracle (each true object of frame 10 at its true frame-21 centroid and size)",
     "segmented_copy_last": "segmented copy-last (segmenter on the true frame 10)",
     "copy_last": "copy-last (true mask of frame 10)",
 }
@@ -284,6 +291,7 @@ ROUTE_LABELS = {
     "masks": "route masks (forecast from the segmented frames 0…10)",
     "direct": "route direct (U-Net on the 11 stacked frames)",
     "motion": "route motion (each segmented object of frame 10 moved by its own motion)",
+    "dynamics": "route dynamics (each segmented object of frame 10 moved and scaled by the learnt dynamics)",
 }
 
 
@@ -348,7 +356,7 @@ def write_scores_html(path, scores: dict) -> None:
 
 def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_class=None, plot_confusion=None,
         table=None, batch_size=32, routes=None, segmented_copy_last=None, submit="best", sequences=None,
-        motion_truth=None) -> dict:
+        motion_truth=None, dynamics_truth=None, placement_oracle=None) -> dict:
     """Score and write the outputs. Either `pred` (one pipeline's masks) or `routes`
     ({route: masks path}, scored side by side, `submit` picking the pipeline)."""
     routes = dict(routes or {})
@@ -359,6 +367,8 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
         raise ConfigError(f"--route {taken[0]}=...: {taken[0]!r} names a reference, not a route")
     files = {**({"pipeline": pred} if pred else routes), **({"oracle": oracle} if oracle else {}),
              **({"motion_truth": motion_truth} if motion_truth else {}),
+             **({"dynamics_truth": dynamics_truth} if dynamics_truth else {}),
+             **({"placement_oracle": placement_oracle} if placement_oracle else {}),
              **({"segmented_copy_last": segmented_copy_last} if segmented_copy_last else {})}
     result = score(root, files, batch_size)
     submitted = None
@@ -405,6 +415,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--oracle", help="masks_val_oracle.npy: the segmenter on the true frame 21")
     parser.add_argument("--segmented-copy-last", help="masks_val_frame10.npy: the segmenter on the true frame 10")
     parser.add_argument("--motion-truth", help="masks_val_truth.npy: route motion's motion on the true masks 0…10")
+    parser.add_argument("--dynamics-truth", help="dynamics/masks_val_truth.npy: route dynamics' model on the true masks 0…10")
+    parser.add_argument("--placement-oracle", help="masks_val_placement_oracle.npy: each true object of frame 10 at its "
+                                                   "true frame-21 centroid and size")
     parser.add_argument("--out", required=True, help="scores.json to write")
     parser.add_argument("--per-class", help="per-class IoU CSV to write")
     parser.add_argument("--confusion", help="the pipeline's 49x49 confusion matrix (.npy, rows = true class)")
@@ -429,12 +442,14 @@ def main(args) -> None:
         routes=dict(args.route),
         segmented_copy_last=args.segmented_copy_last,
         motion_truth=args.motion_truth,
+        dynamics_truth=args.dynamics_truth,
+        placement_oracle=args.placement_oracle,
         submit=args.submit,
         sequences=dict(args.sequence),
     )
     for key, _, s in table_rows(scores):
         mark = " (submitted)" if key == scores.get("submitted_route") else ""
-        print(f"{key:9s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
+        print(f"{key:16s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
     for name, value in scores.get("temporal_iou", {}).items():
         print(f"temporal IoU {value:.4f}  {name}")
     print(f"over {scores['n_videos']} val videos -> {args.out}")

@@ -1,0 +1,156 @@
+# Route `dynamics`: object tracks of the training videos (train's true masks, the pseudo splits'
+# pseudo-labels), a dynamics model learnt from them (a GPU rule that runs on CPU too), its
+# forecasts of val and hidden (hidden in shards), and the references `dynamics_truth` (the
+# model on val's true masks 0…10) and `placement_oracle` (each true object of frame 10 at its
+# true centroid and size: the ceiling of a route that moves what it saw).
+
+DYN = config["dynamics"]
+# the trainer's flags: every key of the section but the splits it reads
+DYN_TRAINING = {key: value for key, value in DYN.items() if key != "pseudo_splits"}
+DYNAMICS_MODEL = f"{RESULTS}/dynamics/model.pt"
+
+
+rule tracks:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        # train's true masks, the other training splits' pseudo-labels
+        masks=lambda wildcards: [] if wildcards.split == "train" else f"{RESULTS}/pseudo/{wildcards.split}.npy",
+        frames=lambda wildcards: motion_frames(wildcards.split),
+    output:
+        f"{RESULTS}/dynamics/tracks_{{split}}.npz",
+    wildcard_constraints:
+        split="train|unlabeled",
+    params:
+        flow=M["flow"],
+        frames=frames_flag,
+        masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
+    threads: res("extrapolate")["threads"]
+    resources:
+        runtime=res("extrapolate")["runtime"],
+        mem_mb=res("extrapolate")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/tracks_{{split}}.log",
+    shell:
+        "futureseg tracks {params.masks} {params.frames} --flow {params.flow} --out {output} 2> {log}"
+
+
+rule train_dynamics:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        tracks=expand(f"{RESULTS}/dynamics/tracks_{{split}}.npz", split=["train", *DYN["pseudo_splits"]]),
+        val_frames=motion_frames("val"),
+    output:
+        model=DYNAMICS_MODEL,
+        metrics=report(
+            f"{RESULTS}/dynamics/metrics.csv", caption="../report/dynamics_metrics.rst", category="Dynamics"
+        ),
+    params:
+        settings=DYN_TRAINING,
+        flags=flags(DYN_TRAINING),
+        motion=json.dumps(M),
+        val_frames=lambda wildcards, input: f"--val-frames {input.val_frames}" if input.val_frames else "",
+        checkpoints=f"{RESULTS}/dynamics/checkpoints",
+    threads: res("train_dynamics")["threads"]
+    resources:
+        runtime=res("train_dynamics")["runtime"],
+        mem_mb=res("train_dynamics")["mem_mb"],
+        gpu=res("train_dynamics")["gpu"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/train_dynamics.log",
+    shell:
+        "futureseg train-dynamics --tracks {input.tracks} --val-root {input.data} {params.val_frames}"
+        " --motion-config '{params.motion}' {params.flags} --out {output.model} --metrics {output.metrics}"
+        " --checkpoints {params.checkpoints} --threads {threads} 2> {log}"
+
+
+rule dynamics:
+    input:
+        model=DYNAMICS_MODEL,
+        masks=f"{RESULTS}/pseudo/val.npy",
+        frames=motion_frames("val"),
+    output:
+        masks=f"{RESULTS}/dynamics/masks_val.npy",
+        sequence=f"{RESULTS}/dynamics/sequence_val.npy",
+    params:
+        frames=frames_flag,
+    threads: res("dynamics")["threads"]
+    resources:
+        runtime=res("dynamics")["runtime"],
+        mem_mb=res("dynamics")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/dynamics.log",
+    shell:
+        "futureseg dynamics --model {input.model} --masks {input.masks} {params.frames}"
+        " --out {output.masks} --out-sequence {output.sequence} --threads {threads} 2> {log}"
+
+
+rule dynamics_hidden_shard:
+    input:
+        model=DYNAMICS_MODEL,
+        masks=f"{RESULTS}/pseudo/hidden.npy",
+        frames=motion_frames("hidden"),
+    output:
+        f"{RESULTS}/dynamics/hidden_shards/masks_{{scatteritem}}.npy",
+    params:
+        frames=frames_flag,
+        shard=shard_arg,
+    threads: res("dynamics")["threads"]
+    resources:
+        runtime=res("dynamics")["runtime"],
+        mem_mb=res("dynamics")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/dynamics_hidden_{{scatteritem}}.log",
+    shell:
+        "futureseg dynamics --model {input.model} --masks {input.masks} {params.frames} --shard {params.shard}"
+        " --out {output} --threads {threads} 2> {log}"
+
+
+rule dynamics_truth:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        model=DYNAMICS_MODEL,
+        frames=motion_frames("val"),
+    output:
+        f"{RESULTS}/dynamics/masks_val_truth.npy",
+    params:
+        frames=frames_flag,
+    threads: res("dynamics")["threads"]
+    resources:
+        runtime=res("dynamics")["runtime"],
+        mem_mb=res("dynamics")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/dynamics_truth.log",
+    shell:
+        "futureseg dynamics --model {input.model} --root {input.data} --split val {params.frames}"
+        " --out {output} --threads {threads} 2> {log}"
+
+
+rule placement_oracle:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+    output:
+        f"{RESULTS}/dynamics/masks_val_placement_oracle.npy",
+    threads: res("dynamics")["threads"]
+    resources:
+        runtime=res("dynamics")["runtime"],
+        mem_mb=res("dynamics")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/placement_oracle.log",
+    shell:
+        "futureseg dynamics --placement-oracle --root {input.data} --split val --out {output} 2> {log}"
