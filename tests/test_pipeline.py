@@ -16,14 +16,17 @@ SCORING = {"score", "submission", "report_figures", "all"}
 MASKS_ROUTE = {"train_forecaster", "forecast", "forecast_hidden_shard", "gather_hidden_masks"}
 DIRECT_ROUTE = {"train_direct", "predict_direct", "predict_direct_hidden_shard", "gather_hidden_masks"}
 MOTION_ROUTE = {"extrapolate", "extrapolate_hidden_shard", "gather_hidden_masks"}
+# route dynamics learns from unlabeled's pseudo-labelled tracks and train's true ones
+DYNAMICS_ROUTE = {"train_dynamics", "dynamics", "dynamics_hidden_shard", "dynamics_truth", "gather_hidden_masks"}
 # the segmenter's masks feed route motion, and the motion priors of the forecaster's pseudo-labelled videos
 SEGMENTATION = ({"train_segmenter", "segment", "segment_hidden_shard", "segment_references", "gather_hidden_masks",
-                 "pseudo_label", "motion_prior"} | MASKS_ROUTE | DIRECT_ROUTE | MOTION_ROUTE | SCORING)
+                 "pseudo_label", "motion_prior", "tracks"} | MASKS_ROUTE | DIRECT_ROUTE | MOTION_ROUTE | DYNAMICS_ROUTE
+                | SCORING)
 # the object classifier trains on the segmentation training set: what remakes it retrains it
 PREDICTION = ({"train_predictor", "predict_frames", "predict_hidden_shard", "make_seg_frames", "train_object_classifier"}
               | SEGMENTATION)
-# motion_truth reads the true masks and frames only
-ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames", "motion_truth"} | PREDICTION
+# motion_truth and placement_oracle read the true masks and frames only
+ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames", "motion_truth", "placement_oracle"} | PREDICTION
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +46,15 @@ def test_outputs(finished_run):
         assert 0.0 <= scores[method]["iou"] <= 1.0
         assert 0.0 <= scores[method]["pixel_acc"] <= 1.0
     # every route side by side; `best` submits the route of the highest val IoU
-    assert set(scores["routes"]) == {"frames", "masks", "direct", "motion"}
-    assert 0.0 <= scores["motion_truth"]["iou"] <= 1.0
+    assert set(scores["routes"]) == {"frames", "masks", "direct", "motion", "dynamics"}
+    for reference in ("motion_truth", "dynamics_truth", "placement_oracle"):
+        assert 0.0 <= scores[reference]["iou"] <= 1.0
+    # the ceiling of moving what was seen: every true object of frame 10 at its true place
+    assert scores["placement_oracle"]["iou"] >= scores["motion_truth"]["iou"]
     best = max(scores["routes"], key=lambda r: scores["routes"][r]["iou"])
     assert scores["routes"][scores["submitted_route"]]["iou"] == scores["routes"][best]["iou"]
     assert scores["pipeline"] == scores["routes"][scores["submitted_route"]]
-    assert set(scores["temporal_iou"]) == {"masks", "motion", "true_masks"}
+    assert set(scores["temporal_iou"]) == {"masks", "motion", "dynamics", "true_masks"}
     submission = torch.load(results / "submission.pt", weights_only=True)
     assert submission.shape == (2, 32, 48) and int(submission.max()) <= 48
     check = subprocess.run(
@@ -104,9 +110,14 @@ def test_nothing_reruns_without_a_change(finished_run):
         # a route's setting reruns that route and the scoring only (the report shows every route)
         ({"forecaster": {"lr": 0.002}}, MASKS_ROUTE | SCORING),
         ({"direct": {"lr": 0.002}}, DIRECT_ROUTE | SCORING),
+        ({"dynamics": {"lr": 0.003}}, DYNAMICS_ROUTE | SCORING),
         ({"eval": {"submit": "masks"}}, SCORING),
         # the motion settings: route motion, the reference, the forecaster's priors and so the forecaster
-        ({"motion": {"velocity_frames": 2}}, MOTION_ROUTE | MASKS_ROUTE | SCORING | {"motion_truth", "motion_prior"}),
+        ({"motion": {"velocity_frames": 2}}, MOTION_ROUTE | MASKS_ROUTE | DYNAMICS_ROUTE | SCORING
+         | {"motion_truth", "motion_prior"}),
+        # the flow method changes the tracks' velocities too
+        ({"motion": {"flow": "farneback"}}, MOTION_ROUTE | MASKS_ROUTE | DYNAMICS_ROUTE | SCORING
+         | {"motion_truth", "motion_prior", "tracks"}),
         ({"forecaster": {"prior": "copy_last"}}, MASKS_ROUTE | SCORING),
         ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames", "train_object_classifier"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
@@ -114,8 +125,8 @@ def test_nothing_reruns_without_a_change(finished_run):
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
         ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, set()),
     ],
-    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct", "submit",
-         "motion", "forecaster-prior", "augment",
+    ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct",
+         "dynamics", "submit", "motion", "motion-flow", "forecaster-prior", "augment",
          "predictor", "report-only", "mean-std", "resources"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):

@@ -446,3 +446,26 @@ def test_motion_truth_is_optional_and_checked_like_the_oracle(motion_case):
         score.run(root, None, folder / "scores.json", routes=routes, motion_truth=folder / "other.npy")
     with pytest.raises(score.ConfigError, match="'motion_truth' names a reference"):
         score.run(root, None, folder / "scores.json", routes={"motion_truth": folder / "motion.npy"})
+
+
+def test_dynamics_truth_and_placement_oracle_sit_in_reading_order(motion_case):
+    # a user reads, side by side: segmentation (oracle), the rule (motion_truth), the learnt
+    # motion (dynamics_truth), the ceiling of moving what was seen (placement_oracle)
+    root, folder = motion_case
+    save_array(folder / "dynamics_truth.npy", np.load(folder / "motion.npy"), json.loads(
+        (folder / "motion.json").read_text())["ids"])
+    scores = score.run(root, None, folder / "scores.json", routes={"motion": folder / "motion.npy"},
+                       oracle=folder / "frames.npy", motion_truth=folder / "masks_val_truth.npy",
+                       dynamics_truth=folder / "dynamics_truth.npy", placement_oracle=folder / "masks_val_truth.npy",
+                       table=folder / "scores.html", per_class=folder / "per_class.csv")
+    assert scores["dynamics_truth"]["iou"] == scores["routes"]["motion"]["iou"] < 1.0
+    assert scores["placement_oracle"]["iou"] == pytest.approx(1.0)
+    assert scores["inputs"]["placement_oracle"] == str(folder / "masks_val_truth.npy")
+    keys = [key for key, _, _ in score.table_rows(scores)]
+    assert keys == ["motion", "oracle", "motion_truth", "dynamics_truth", "placement_oracle", "copy_last"]
+    page = (folder / "scores.html").read_text()
+    assert page.index("motion truth") < page.index("dynamics truth") < page.index("placement oracle")
+    with open(folder / "per_class.csv", newline="") as f:
+        assert "iou_placement_oracle" in next(csv.reader(f))
+    with pytest.raises(score.ConfigError, match="'placement_oracle' names a reference"):
+        score.run(root, None, folder / "scores.json", routes={"placement_oracle": folder / "motion.npy"})

@@ -48,6 +48,7 @@ GPU_RULES = {
     "pseudo_label",
     "train_forecaster", "forecast", "forecast_hidden_shard",
     "train_direct", "predict_direct", "predict_direct_hidden_shard",
+    "train_dynamics",
 }  # fmt: skip
 # The chain's one local rule: `all` only gathers the targets, Snakemake runs it itself.
 LOCAL_RULES = {"all"}

@@ -215,41 +215,52 @@ def object_tracks(masks, frames=None, flow_frames=(), method: str = "dis") -> tu
     if frames is not None and (np.shape(frames)[:3] != masks.shape or np.shape(frames)[3:] != (3,)):
         raise ValueError(f"object_tracks: frames {np.shape(frames)} do not match masks {masks.shape} (T, H, W, 3)")
     n_frames, h, w = masks.shape
-    classes = np.unique(masks)
-    classes = classes[classes > 0].astype(np.int64)
+    counts = np.bincount(masks.ravel(), minlength=256)
+    classes = np.flatnonzero(counts[1:]).astype(np.int64) + 1
     states = np.zeros((len(classes), n_frames, len(STATE_FIELDS)), dtype=np.float32)
     states[:, :, STATE["flow_row"] :] = np.nan
     if not len(classes):
         return classes, states
-    lookup = np.zeros(int(classes.max()) + 1, dtype=np.int64)
+    lookup = np.zeros(len(counts), dtype=np.int64)
     lookup[classes] = np.arange(1, len(classes) + 1)
-    rows = np.repeat(np.arange(h, dtype=np.float64), w)
-    cols = np.tile(np.arange(w, dtype=np.float64), h)
     n = len(classes) + 1
-    for t in range(n_frames):
-        labels = lookup[masks[t]]
-        flat = labels.ravel()
-        area = np.bincount(flat, minlength=n)[1:]
-        present = area > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row = np.bincount(flat, rows, n)[1:] / area
-            col = np.bincount(flat, cols, n)[1:] / area
-        states[present, t, STATE["present"]] = 1
-        states[present, t, STATE["row"]] = row[present]
-        states[present, t, STATE["col"]] = col[present]
-        states[present, t, STATE["area"]] = area[present]
-        for k, box in enumerate(ndimage.find_objects(labels, len(classes))):
-            if box is not None:
-                states[k, t, STATE["top"] : STATE["right"] + 1] = (box[0].start, box[1].start,
-                                                                   box[0].stop - 1, box[1].stop - 1)
-        if frames is not None and t in flow_frames and t > 0:
+    # two bincounts over all frames: pixels per (frame, object, row) and per (frame, object,
+    # column), object 0 the background; areas, centroids and boxes all follow from them
+    key = (lookup[masks] + (np.arange(n_frames) * n)[:, None, None]).ravel()
+    rows, cols = _pixel_grid(masks.shape)
+    row_counts = np.bincount(key * h + rows, minlength=n_frames * n * h).reshape(n_frames, n, h)[:, 1:]
+    col_counts = np.bincount(key * w + cols, minlength=n_frames * n * w).reshape(n_frames, n, w)[:, 1:]
+    row_counts, col_counts = row_counts.transpose(1, 0, 2), col_counts.transpose(1, 0, 2)  # (K, T, H or W)
+    area = row_counts.sum(2)
+    present = area > 0
+    safe = np.maximum(area, 1)
+    row_hits, col_hits = row_counts > 0, col_counts > 0
+    box = np.stack([row_hits.argmax(2), col_hits.argmax(2),
+                    h - 1 - row_hits[..., ::-1].argmax(2), w - 1 - col_hits[..., ::-1].argmax(2)], axis=-1)
+    states[..., STATE["present"]] = present
+    states[..., STATE["row"]] = np.where(present, row_counts @ np.arange(h, dtype=np.float64) / safe, 0)
+    states[..., STATE["col"]] = np.where(present, col_counts @ np.arange(w, dtype=np.float64) / safe, 0)
+    states[..., STATE["area"]] = area
+    states[..., STATE["top"] : STATE["right"] + 1] = np.where(present[..., None], box, 0)
+    if frames is not None:
+        labels = key.reshape(n_frames, h * w) - (np.arange(n_frames) * n)[:, None]
+        for t in (t for t in flow_frames if 0 < t < n_frames):
             flow = _backward_flow(np.asarray(frames[t]), np.asarray(frames[t - 1]), method).reshape(-1, 2)
-            order = np.argsort(flat, kind="stable")
-            starts = np.searchsorted(flat[order], np.arange(1, n + 1))
-            for k in np.flatnonzero(present):
+            order = np.argsort(labels[t], kind="stable")
+            starts = np.searchsorted(labels[t][order], np.arange(1, n + 1))
+            for k in np.flatnonzero(present[:, t]):
                 dx, dy = np.median(flow[order[starts[k] : starts[k + 1]]], axis=0)
                 states[k, t, STATE["flow_row"] :] = (-dy, -dx)
     return classes, states
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The row and the column of every pixel of a (T, H, W) array, flat (made once per size)."""
+    t, h, w = shape
+    rows = np.broadcast_to(np.arange(h)[None, :, None], shape).ravel()
+    cols = np.broadcast_to(np.arange(w)[None, None, :], shape).ravel()
+    return rows, cols
 
 
 def track_velocity(states: np.ndarray, t: int, velocity_frames: int) -> np.ndarray:

@@ -42,13 +42,12 @@ def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis
     masks, frames, ids, source = read_inputs(masks_path, root, split, frames_path)
     n_frames, size = masks.shape[1], tuple(int(v) for v in masks.shape[2:4])
     flow_frames = tuple(range(FIRST_WINDOW_END, min(n_frames, 11)))
+    if frames is not None and flow != "none" and frames.shape[1] < n_frames:
+        raise DataError(f"{frames_path}: {frames.shape[1]} frames per video, the masks of {source} have {n_frames}")
     classes, states, offsets = [], [], [0]
     for row in progress(range(len(ids)), total=len(ids), desc="tracks"):
-        clip = None
-        if frames is not None and flow != "none":
-            clip = np.asarray(frames[row, :n_frames])
-            if len(clip) < n_frames:
-                raise DataError(f"{frames_path}: {len(clip)} frames per video, the masks of {source} have {n_frames}")
+        # the memory-mapped row itself: object_tracks reads only the frames of its flow
+        clip = frames[row, :n_frames] if frames is not None and flow != "none" else None
         c, s = motion.object_tracks(np.asarray(masks[row]), clip, flow_frames, flow)
         classes.append(c)
         states.append(s)
