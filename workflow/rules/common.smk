@@ -38,6 +38,12 @@ if SUBMIT != "best" and SUBMIT not in ROUTES:
     raise ValueError(f"config eval.submit: route {SUBMIT!r} does not run (routes: {', '.join(ROUTES)}); "
                      "name one of them or 'best'")
 
+# resources.allow_cpu reaches the GPU verbs (core/training.py: select_device) through the
+# environment every job inherits, SLURM jobs too (sbatch exports it, and the job's Snakemake
+# reads this file again). Not a param: it says where a job may run, not what it writes, so
+# changing it reruns nothing.
+os.environ.update(FUTURESEG_ALLOW_CPU="1" if config["resources"]["allow_cpu"] else "0")
+
 
 wildcard_constraints:
     split="|".join(SPLITS),
