@@ -131,3 +131,22 @@ def data_fingerprint(wildcards):
     if not config["data"]["root"]:
         return "synthetic"
     return _files_fingerprint(DATA, tuple(DATA_SPLITS))
+
+
+def resource_requests():
+    """Each rule's resources request, {rule: {threads, mem_mb, runtime (minutes), gpu}}, for the
+    resource table (its rule, resource_table), every rule of the workflow but `all` and the table's own, in
+    the order the rule files define them. Read from the rules themselves, so a rule that
+    borrows another's config entry (pseudo_label takes segment's) shows what it asks for."""
+    requests = {}
+    for step in workflow.rules:  # Snakemake's Rule objects
+        if step.name in ("all", "resource_table"):
+            continue
+        def value(name, default):
+            # a Snakemake Resource; one given as a function (none of ours) is known per job only
+            declared = step.resources.get(name)
+            return declared.value if declared is not None and not declared.is_evaluable() else default
+
+        requests[step.name] = {"threads": value("_cores", 1), "mem_mb": value("mem_mb", None),
+                               "runtime": value("runtime", None), "gpu": value("gpu", 0)}
+    return requests
