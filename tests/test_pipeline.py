@@ -74,6 +74,7 @@ def test_every_job_has_a_benchmark_and_the_resource_table_shows_them(finished_ru
     assert all(row["s"] and row["mem_mb"] in ("1000", "4000") for row in rows), rows  # tiny_config's requests
     assert [row["job"] for row in rows if row["rule"] == "cache_frames"] == ["hidden", "train", "unlabeled", "val"]
     assert {row["gpu"] for row in rows if row["rule"] == "train_segmenter"} == {"1"}
+    assert {row["gpu"] for row in rows if row["rule"] == "check_data"} == {"0"}
 
 
 def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):

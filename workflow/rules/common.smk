@@ -143,9 +143,11 @@ def resource_requests():
         if step.name in ("all", "resource_table"):
             continue
         def value(name, default):
-            # a Snakemake Resource; one given as a function (none of ours) is known per job only
+            # a Snakemake Resource; one given as a function (none of ours) is known per job only, and
+            # one a rule does not declare (gpu of the CPU rules) may be there with the value None
             declared = step.resources.get(name)
-            return declared.value if declared is not None and not declared.is_evaluable() else default
+            known = declared is not None and not declared.is_evaluable() and declared.value is not None
+            return declared.value if known else default
 
         requests[step.name] = {"threads": value("_cores", 1), "mem_mb": value("mem_mb", None),
                                "runtime": value("runtime", None), "gpu": value("gpu", 0)}
