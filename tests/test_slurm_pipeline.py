@@ -285,8 +285,9 @@ def test_a_gpu_job_without_a_usable_gpu_stops_at_once_saying_why(chains, tmp_pat
         assert seconds < 60, job
     log = (workdir / "results" / "logs" / "predict_direct.log").read_text()
     (line,) = [line for line in log.splitlines() if "error" in line]
+    # inside the job's step (the plugin runs the rule under srun) SLURM sets SLURM_STEP_GPUS, not SLURM_JOB_GPUS
     assert re.match(r"futureseg predict-direct: error: rule predict_direct in SLURM job \d+ on node \S+: SLURM gave it "
-                    r"GPUs \(SLURM_JOB_GPUS=\S+.*\) but torch finds no usable CUDA device \(torch .*CUDA_VISIBLE_DEVICES="
+                    r"GPUs \(SLURM_(?:JOB|STEP)_GPUS=\S+.*\) but torch finds no usable CUDA device \(torch .*CUDA_VISIBLE_DEVICES="
                     r"\S+, nvidia-smi: .*\); stopped instead of running on the CPU\..*resources\.allow_cpu: true", line), line
     assert not (workdir / target).exists()
     print(f"\na GPU job without a GPU: {line}")
