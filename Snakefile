@@ -41,3 +41,5 @@ rule all:
         f"{RESULTS}/{config['eval']['submission_name']}.pt",
         # the report's figures: every route's masks beside the truth, whatever routes run
         f"{RESULTS}/report/examples.png",
+        # each job's time and peak memory beside its resources request (rule resource_table)
+        f"{RESULTS}/report/resources.html",

@@ -1,6 +1,7 @@
 """The whole DAG on a tiny synthetic dataset: outputs, the report, and which rules a
 changed setting reruns (Snakemake's own dry run decides, not file times)."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import torch
 from pipeline_helpers import merged, planned_jobs, snakemake, tiny_config, write_config
 
 # rules in pipeline order; a changed setting must rerun its stage and everything after it
-SCORING = {"score", "submission", "report_figures", "all"}
+# resource_table runs last (after every final output) and shows every job's benchmark
+SCORING = {"score", "submission", "report_figures", "resource_table", "all"}
 MASKS_ROUTE = {"train_forecaster", "forecast", "forecast_hidden_shard", "gather_hidden_masks"}
 DIRECT_ROUTE = {"train_direct", "predict_direct", "predict_direct_hidden_shard", "gather_hidden_masks"}
 MOTION_ROUTE = {"extrapolate", "extrapolate_hidden_shard", "gather_hidden_masks"}
@@ -67,6 +69,20 @@ def test_outputs(finished_run):
     assert frames.shape == (3, 11, 32, 48, 3) and frames.dtype == np.uint8
 
 
+def test_every_job_has_a_benchmark_and_the_resource_table_shows_them(finished_run):
+    results = finished_run / "results"
+    ran = {path.name.split(".")[0] for path in (results / "benchmarks").glob("*.tsv")}
+    assert ran == ALL_STAGES - {"all"}
+    with open(results / "report" / "resources.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # every job but the table's own, each measured (wall time at least), beside its request
+    assert {row["rule"] for row in rows} == ALL_STAGES - {"all", "resource_table"}
+    assert all(row["s"] and row["mem_mb"] in ("1000", "4000") for row in rows), rows  # tiny_config's requests
+    assert [row["job"] for row in rows if row["rule"] == "cache_frames"] == ["hidden", "train", "unlabeled", "val"]
+    assert {row["gpu"] for row in rows if row["rule"] == "train_segmenter"} == {"1"}
+    assert {row["gpu"] for row in rows if row["rule"] == "check_data"} == {"0"}
+
+
 def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):
     results = finished_run / "results"
     shards = sorted((results / "predictor" / "hidden_shards").glob("frames_*.npy"))
@@ -91,7 +107,7 @@ def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):
 def test_report_builds(finished_run):
     snakemake(finished_run, "--report", "report.html")
     html = (finished_run / "report.html").read_text(errors="replace")
-    for name in ("scores.json", "scores.html", "examples.png", "animations.html", "training_curves.png"):
+    for name in ("scores.json", "scores.html", "examples.png", "animations.html", "training_curves.png", "resources.html"):
         assert name in html, name
 
 
@@ -121,13 +137,15 @@ def test_nothing_reruns_without_a_change(finished_run):
         ({"forecaster": {"prior": "copy_last"}}, MASKS_ROUTE | SCORING),
         ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames", "train_object_classifier"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
-        ({"eval": {"report_examples": 1}}, {"report_figures", "all"}),
+        ({"eval": {"report_examples": 1}}, {"report_figures", "resource_table", "all"}),
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
-        ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, set()),
+        # the resource table shows the requests; no stage reruns, whatever allow_cpu says
+        ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, {"resource_table", "all"}),
+        ({"resources": {"allow_cpu": True}}, set()),
     ],
     ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct",
          "dynamics", "submit", "motion", "motion-flow", "forecaster-prior", "augment",
-         "predictor", "report-only", "mean-std", "resources"],
+         "predictor", "report-only", "mean-std", "resources", "allow-cpu"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
     assert set(planned_jobs(finished_run, override=override)) == expected

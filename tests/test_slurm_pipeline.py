@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_helpers import planned_jobs, snakemake_command, tiny_config, write_config
+from pipeline_helpers import merged, planned_jobs, snakemake_command, tiny_config, write_config
 from test_slurm_cluster import (
     SlurmRun,
     default_partition,
@@ -78,7 +78,8 @@ class Chains:
 
 @pytest.fixture(scope="module")
 def chains(slurm_cluster, tmp_path_factory):  # noqa: F811
-    config = tiny_config()
+    # The local cluster's GPUs are fake (torch finds none): its GPU jobs run on the CPU on purpose.
+    config = merged(tiny_config(), {"resources": {"allow_cpu": True}})
     local, slurm = tmp_path_factory.mktemp("local_chain"), tmp_path_factory.mktemp("slurm_chain")
     for workdir in (local, slurm):
         write_config(workdir, config)
@@ -257,3 +258,37 @@ def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(cha
     assert model["step"] == total_steps == 60
     assert step_before_signal <= step_at_stop < total_steps, summary
     assert f"wrote {target} (step {total_steps})" in log, log
+
+
+# ---------------------------------------------------------------- a GPU job without a GPU
+
+
+def test_a_gpu_job_without_a_usable_gpu_stops_at_once_saying_why(chains, tmp_path):
+    # The local run's folder less route direct's val masks: only predict_direct runs, as a SLURM
+    # job given a fake GPU, with the config's default resources.allow_cpu: false (changing it
+    # reruns nothing else).
+    workdir = tmp_path / "no_gpu"
+    shutil.copytree(chains.local, workdir)
+    (workdir / "results" / "direct" / "masks_val.npy").unlink()
+    target = "results/direct/masks_val.npy"
+    strict = {"resources": {"allow_cpu": False}}
+    assert planned_jobs(workdir, target, override=strict) == {"predict_direct": 1}
+
+    run = start_snakemake_on_slurm(workdir, target, snakemake=snakemake_command(workdir, override=strict))
+    result = finish_snakemake_on_slurm(run, timeout=300, check=False)
+    assert result.returncode != 0, result.output[-3000:]
+    jobs = result.jobs["predict_direct"]
+    # the profile's `retries: 1` submits it twice; each attempt stops by itself, in seconds
+    assert [job.state for job in jobs] == ["FAILED", "FAILED"], jobs
+    for job in jobs:
+        assert job.gpus.endswith("gpu:1"), job
+        seconds = (datetime.fromisoformat(job.end) - datetime.fromisoformat(job.start)).total_seconds()
+        assert seconds < 60, job
+    log = (workdir / "results" / "logs" / "predict_direct.log").read_text()
+    (line,) = [line for line in log.splitlines() if "error" in line]
+    # inside the job's step (the plugin runs the rule under srun) SLURM sets SLURM_STEP_GPUS, not SLURM_JOB_GPUS
+    assert re.match(r"futureseg predict-direct: error: rule predict_direct in SLURM job \d+ on node \S+: SLURM gave it "
+                    r"GPUs \(SLURM_(?:JOB|STEP)_GPUS=\S+.*\) but torch finds no usable CUDA device \(torch .*CUDA_VISIBLE_DEVICES="
+                    r"\S+, nvidia-smi: .*\); stopped instead of running on the CPU\..*resources\.allow_cpu: true", line), line
+    assert not (workdir / target).exists()
+    print(f"\na GPU job without a GPU: {line}")

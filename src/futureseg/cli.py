@@ -46,6 +46,7 @@ VERB_MODULES = (
     "evaluate.check_submission",
     "evaluate.gather_scores",
     "evaluate.report_figures",
+    "evaluate.resource_table",
 )
 
 

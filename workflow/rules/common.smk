@@ -40,6 +40,12 @@ if SUBMIT != "best" and SUBMIT not in ROUTES:
     raise ValueError(f"config eval.submit: route {SUBMIT!r} does not run (routes: {', '.join(ROUTES)}); "
                      "name one of them or 'best'")
 
+# resources.allow_cpu reaches the GPU verbs (core/training.py: select_device) through the
+# environment every job inherits, SLURM jobs too (sbatch exports it, and the job's Snakemake
+# reads this file again). Not a param: it says where a job may run, not what it writes, so
+# changing it reruns nothing.
+os.environ.update(FUTURESEG_ALLOW_CPU="1" if config["resources"]["allow_cpu"] else "0")
+
 
 wildcard_constraints:
     split="|".join(SPLITS),
@@ -127,3 +133,24 @@ def data_fingerprint(wildcards):
     if not config["data"]["root"]:
         return "synthetic"
     return _files_fingerprint(DATA, tuple(DATA_SPLITS))
+
+
+def resource_requests():
+    """Each rule's resources request, {rule: {threads, mem_mb, runtime (minutes), gpu}}, for the
+    resource table (its rule, resource_table), every rule of the workflow but `all` and the table's own, in
+    the order the rule files define them. Read from the rules themselves, so a rule that
+    borrows another's config entry (pseudo_label takes segment's) shows what it asks for."""
+    requests = {}
+    for step in workflow.rules:  # Snakemake's Rule objects
+        if step.name in ("all", "resource_table"):
+            continue
+        def value(name, default):
+            # a Snakemake Resource; one given as a function (none of ours) is known per job only, and
+            # one a rule does not declare (gpu of the CPU rules) may be there with the value None
+            declared = step.resources.get(name)
+            known = declared is not None and not declared.is_evaluable() and declared.value is not None
+            return declared.value if known else default
+
+        requests[step.name] = {"threads": value("_cores", 1), "mem_mb": value("mem_mb", None),
+                               "runtime": value("runtime", None), "gpu": value("gpu", 0)}
+    return requests

@@ -13,6 +13,8 @@ rule synth_dataset:
         mem_mb=res("synth_dataset")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/synth_dataset.tsv",
     log:
         f"{SYNTHETIC}.log",
     shell:
@@ -37,6 +39,8 @@ rule check_data:
         mem_mb=res("check_data")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/check_data.tsv",
     log:
         f"{RESULTS}/logs/check_data.log",
     shell:
@@ -58,6 +62,8 @@ rule mean_std:
         mem_mb=res("mean_std")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/mean_std.tsv",
     log:
         f"{RESULTS}/logs/mean_std.log",
     shell:
@@ -78,6 +84,8 @@ rule cache_frames:
         mem_mb=res("cache_frames")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/cache_frames.{{split}}.tsv",
     log:
         f"{RESULTS}/logs/cache_frames_{{split}}.log",
     shell:

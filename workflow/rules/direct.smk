@@ -31,6 +31,8 @@ rule train_direct:
         gpu=res("train_direct")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/train_direct.tsv",
     log:
         f"{RESULTS}/logs/train_direct.log",
     shell:
@@ -54,6 +56,8 @@ rule predict_direct:
         gpu=res("predict_direct")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_direct.tsv",
     log:
         f"{RESULTS}/logs/predict_direct.log",
     shell:
@@ -76,6 +80,8 @@ rule predict_direct_hidden_shard:
         gpu=res("predict_direct")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_direct_hidden_shard.{{scatteritem}}.tsv",
     log:
         f"{RESULTS}/logs/predict_direct_hidden_{{scatteritem}}.log",
     shell:

@@ -31,6 +31,8 @@ rule tracks:
         mem_mb=res("extrapolate")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/tracks.{{split}}.tsv",
     log:
         f"{RESULTS}/logs/tracks_{{split}}.log",
     shell:
@@ -61,6 +63,8 @@ rule train_dynamics:
         gpu=res("train_dynamics")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/train_dynamics.tsv",
     log:
         f"{RESULTS}/logs/train_dynamics.log",
     shell:
@@ -85,6 +89,8 @@ rule dynamics:
         mem_mb=res("dynamics")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/dynamics.tsv",
     log:
         f"{RESULTS}/logs/dynamics.log",
     shell:
@@ -108,6 +114,8 @@ rule dynamics_hidden_shard:
         mem_mb=res("dynamics")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/dynamics_hidden_shard.{{scatteritem}}.tsv",
     log:
         f"{RESULTS}/logs/dynamics_hidden_{{scatteritem}}.log",
     shell:
@@ -131,6 +139,8 @@ rule dynamics_truth:
         mem_mb=res("dynamics")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/dynamics_truth.tsv",
     log:
         f"{RESULTS}/logs/dynamics_truth.log",
     shell:
@@ -150,6 +160,8 @@ rule placement_oracle:
         mem_mb=res("dynamics")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/placement_oracle.tsv",
     log:
         f"{RESULTS}/logs/placement_oracle.log",
     shell:

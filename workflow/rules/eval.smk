@@ -42,6 +42,8 @@ rule score:
         mem_mb=res("score")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/score.tsv",
     log:
         f"{RESULTS}/logs/score.log",
     shell:
@@ -70,6 +72,8 @@ rule submission:
         mem_mb=res("submission")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/submission.tsv",
     log:
         f"{RESULTS}/logs/submission.log",
     shell:
@@ -119,9 +123,41 @@ rule report_figures:
         mem_mb=res("report_figures")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/report_figures.tsv",
     log:
         f"{RESULTS}/logs/report_figures.log",
     shell:
         "futureseg report-figures --metrics {input.metrics} --curves {output.curves} --root {input.data}"
         " {params.routes} {params.sequences} {params.frames} --scores {input.scores}"
         " --examples {output.examples} --animations {output.animations} --n {params.examples} 2> {log}"
+
+
+# Where the time goes: every job's benchmark (wall time, CPU time, peak memory) beside its
+# rule's resources request and the fraction of mem_mb and runtime it used. Its inputs are the
+# other final outputs, so it runs last; it reads the benchmark folder itself (a rule without
+# a benchmark file, run by hand, gets an empty row). The requests are a param: changing them
+# reruns this table alone.
+rule resource_table:
+    input:
+        scores=rules.score.output.scores,
+        submission=rules.submission.output[0],
+        figures=rules.report_figures.output.examples,
+    output:
+        table=report(f"{RESULTS}/report/resources.html", caption="../report/resources.rst", category="Resources"),
+        csv=f"{RESULTS}/report/resources.csv",
+    params:
+        benchmarks=f"{RESULTS}/benchmarks",
+        requests=lambda wildcards: json.dumps(resource_requests()),
+    resources:
+        runtime=res("resource_table")["runtime"],
+        mem_mb=res("resource_table")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/resource_table.tsv",
+    log:
+        f"{RESULTS}/logs/resource_table.log",
+    shell:
+        "futureseg resource-table --benchmarks {params.benchmarks} --requests '{params.requests}'"
+        " --csv {output.csv} --html {output.table} 2> {log}"

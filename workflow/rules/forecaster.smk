@@ -29,6 +29,8 @@ rule pseudo_label:
         gpu=res("segment")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/pseudo_label.{{split}}.tsv",
     log:
         f"{RESULTS}/logs/pseudo_label_{{split}}.log",
     shell:
@@ -64,6 +66,8 @@ rule train_forecaster:
         gpu=res("train_forecaster")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/train_forecaster.tsv",
     log:
         f"{RESULTS}/logs/train_forecaster.log",
     shell:
@@ -96,6 +100,8 @@ rule forecast:
         gpu=res("forecast")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/forecast.tsv",
     log:
         f"{RESULTS}/logs/forecast.log",
     shell:
@@ -120,6 +126,8 @@ rule forecast_hidden_shard:
         gpu=res("forecast")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/forecast_hidden_shard.{{scatteritem}}.tsv",
     log:
         f"{RESULTS}/logs/forecast_hidden_{{scatteritem}}.log",
     shell:

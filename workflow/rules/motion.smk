@@ -23,6 +23,8 @@ rule extrapolate:
         mem_mb=res("extrapolate")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/extrapolate.tsv",
     log:
         f"{RESULTS}/logs/extrapolate.log",
     shell:
@@ -48,6 +50,8 @@ rule extrapolate_hidden_shard:
         mem_mb=res("extrapolate")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/extrapolate_hidden_shard.{{scatteritem}}.tsv",
     log:
         f"{RESULTS}/logs/extrapolate_hidden_{{scatteritem}}.log",
     shell:
@@ -71,6 +75,8 @@ rule motion_truth:
         mem_mb=res("extrapolate")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/motion_truth.tsv",
     log:
         f"{RESULTS}/logs/motion_truth.log",
     shell:
@@ -99,6 +105,8 @@ rule motion_prior:
         mem_mb=res("extrapolate")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/motion_prior.{{split}}.tsv",
     log:
         f"{RESULTS}/logs/motion_prior_{{split}}.log",
     shell:

@@ -41,6 +41,8 @@ rule train_predictor:
         gpu=res("train_predictor")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/train_predictor.tsv",
     log:
         f"{RESULTS}/logs/train_predictor.log",
     shell:
@@ -71,6 +73,8 @@ rule predict_frames:
         gpu=res("predict_frames")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_frames.{{split}}.tsv",
     log:
         f"{RESULTS}/logs/predict_frames_{{split}}.log",
     shell:
@@ -95,6 +99,8 @@ rule predict_hidden_shard:
         gpu=res("predict_frames")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_hidden_shard.{{scatteritem}}.tsv",
     log:
         f"{RESULTS}/logs/predict_hidden_{{scatteritem}}.log",
     shell:

@@ -42,6 +42,8 @@ rule make_seg_frames:
         mem_mb=res("make_seg_frames")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/make_seg_frames.tsv",
     log:
         f"{RESULTS}/logs/make_seg_frames.log",
     shell:
@@ -79,6 +81,8 @@ rule train_segmenter:
         gpu=res("train_segmenter")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/train_segmenter.tsv",
     log:
         f"{RESULTS}/logs/train_segmenter.log",
     shell:
@@ -117,6 +121,8 @@ rule train_object_classifier:
         gpu=res("train_object_classifier")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/train_object_classifier.tsv",
     log:
         f"{RESULTS}/logs/train_object_classifier.log",
     shell:
@@ -143,6 +149,8 @@ rule segment:
         gpu=res("segment")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/segment.tsv",
     log:
         f"{RESULTS}/logs/segment.log",
     shell:
@@ -171,6 +179,8 @@ rule segment_references:
         gpu=res("segment")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/segment_references.tsv",
     log:
         f"{RESULTS}/logs/segment_references.log",
     shell:
@@ -196,6 +206,8 @@ rule segment_hidden_shard:
         gpu=res("segment")["gpu"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/segment_hidden_shard.{{scatteritem}}.tsv",
     log:
         f"{RESULTS}/logs/segment_hidden_{{scatteritem}}.log",
     shell:
@@ -217,6 +229,8 @@ rule gather_hidden_masks:
         mem_mb=res("gather_hidden_masks")["mem_mb"],
     conda:
         "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/gather_hidden_masks.{{stage}}.tsv",
     log:
         f"{RESULTS}/logs/gather_hidden_masks_{{stage}}.log",
     shell:

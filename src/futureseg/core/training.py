@@ -20,6 +20,8 @@ import pickle
 import random
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -268,12 +270,106 @@ def progress(iterable, total: int, desc: str, initial: int = 0):
 # ---------------------------------------------------------------- devices and DDP
 
 
-def select_device() -> torch.device:
-    if torch.cuda.is_available():
+class NoUsableGpu(FuturesegError):
+    """A job that SLURM gave GPUs finds no CUDA device torch can use (a CPU build of torch, no
+    driver on the node, a broken CUDA_VISIBLE_DEVICES): it stops before reading anything rather
+    than train for hours on the CPU inside a GPU allocation."""
+
+
+# What SLURM sets in a job that holds GPUs (gres or --gpus): GPU indices ("0,1"), and a count.
+# Only these count: a CUDA_VISIBLE_DEVICES alone may come from the shell that submitted the
+# job (sbatch exports its environment).
+SLURM_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
+SLURM_GPU_COUNT = "SLURM_GPUS_ON_NODE"
+# 1: a GPU verb in a SLURM job given GPUs where torch finds none runs on the CPU instead of
+# stopping. The workflow sets it from config.yaml's resources.allow_cpu (common.smk) for every
+# job it runs; unset (a verb run by hand) it stops, as with the config's default.
+ALLOW_CPU_VARIABLE = "FUTURESEG_ALLOW_CPU"
+
+
+def cpu_allowed(environ=os.environ) -> bool:
+    value = environ.get(ALLOW_CPU_VARIABLE, "0").strip()
+    if value not in ("0", "1"):
+        raise FuturesegError(f"environment variable {ALLOW_CPU_VARIABLE}={value!r}: expected 0 or 1")
+    return value == "1"
+
+
+def slurm_job(environ=os.environ) -> str:
+    """This SLURM job as a message names it: its rule, from the job comment that
+    snakemake-executor-plugin-slurm gives every job (rule_NAME or rule_NAME_wildcards_VALUES),
+    and its id; the id alone when the comment cannot be read."""
+    job_id = environ.get("SLURM_JOB_ID", "?")
+    try:
+        shown = subprocess.run(["scontrol", "--oneliner", "show", "job", job_id], capture_output=True, text=True,
+                               timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        shown = ""
+    comment = next((field.removeprefix("Comment=") for field in shown.split() if field.startswith("Comment=")), "")
+    if not comment.startswith("rule_"):
+        return f"SLURM job {job_id}"
+    rule, _, wildcards = comment.removeprefix("rule_").partition("_wildcards_")
+    return f"rule {rule}" + (f" ({wildcards})" if wildcards else "") + f" in SLURM job {job_id}"
+
+
+def slurm_gpus(environ=os.environ) -> dict[str, str]:
+    """SLURM_GPU_VARIABLES that say this job holds GPUs, with their values ({} outside such a job)."""
+    held = {name: environ[name].strip() for name in SLURM_GPU_VARIABLES if environ.get(name, "").strip()}
+    if held.get(SLURM_GPU_COUNT) == "0":  # a count of none (the others hold indices, where 0 is a GPU)
+        del held[SLURM_GPU_COUNT]
+    return held
+
+
+def nvidia_smi() -> str:
+    """`nvidia-smi -L` (the GPUs the driver sees) on one line, or why there is nothing to show."""
+    try:
+        run = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except FileNotFoundError:
+        return "not installed"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"failed ({exc})"
+    text = " / ".join(line.strip() for line in (run.stdout + run.stderr).splitlines() if line.strip())
+    return text or f"no output (exit {run.returncode})"
+
+
+def precision(device: torch.device, bf16_autocast: bool) -> str:
+    """What `autocast(device)` gives a verb that uses it: bf16 autocast on GPU, else fp32."""
+    return "bf16 autocast" if bf16_autocast and device.type == "cuda" else "fp32"
+
+
+def select_device(*, bf16_autocast: bool) -> torch.device:
+    """The device of a GPU verb: CUDA when torch has it, else the CPU, which is refused (NoUsableGpu,
+    with what was found and what to do) inside a SLURM GPU allocation unless FUTURESEG_ALLOW_CPU=1
+    (config resources.allow_cpu) allows it. Logs one line first: the device, torch and its CUDA build, and the
+    precision (`bf16_autocast`: the caller runs its forward passes under `autocast`)."""
+    allow_cpu = cpu_allowed()  # a bad value stops every run, not only the one that would need it
+    versions = f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})"
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+        device = torch.device("cuda", local_rank)
+        log.info("device %s (%s), %s, precision %s", device, torch.cuda.get_device_name(device), versions,
+                 precision(device, bf16_autocast))
+        return device
+    device = torch.device("cpu")
+    allocated = slurm_gpus()
+    if not allocated:
+        log.info("device cpu: no CUDA device and no SLURM GPU allocation, so the CPU (a local run), %s, "
+                 "precision fp32", versions)
+        return device
+    found = (f"{versions}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
+             f"nvidia-smi: {nvidia_smi()}")
+    granted = " ".join(f"{name}={value}" for name, value in allocated.items())
+    if allow_cpu:
+        log.warning("device cpu: SLURM gave this job GPUs (%s) but torch finds no usable CUDA device (%s); "
+                    "running on the CPU as %s=1 (config resources.allow_cpu) allows, precision fp32",
+                    granted, found, ALLOW_CPU_VARIABLE)
+        return device
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    raise NoUsableGpu(
+        f"{slurm_job()} on node {node}: SLURM gave it GPUs ({granted}) but torch finds no usable CUDA device "
+        f"({found}); stopped instead of running on the CPU. Install a CUDA build of torch that the node's driver "
+        "supports (or ask the cluster's admins about the node), or set resources.allow_cpu: true in config.yaml "
+        f"({ALLOW_CPU_VARIABLE}=1 by hand) to run on the CPU on purpose")
 
 
 def autocast(device: torch.device):

@@ -30,7 +30,7 @@ def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: 
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
-    device = select_device()
+    device = select_device(bf16_autocast=False)
     model, saved = forecasters.load(model_path)
     model.to(device)
     inputs, meta = load_mask_cache(masks_path, data.N_INPUT)

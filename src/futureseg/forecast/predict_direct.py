@@ -23,7 +23,7 @@ def run(model_path, cache_path, out, shard=None, batch_size: int = 16) -> int:
     state = load_checkpoint(model_path)
     if state.get("kind") != "direct":
         raise FuturesegError(f"{model_path}: not a direct U-Net (no kind 'direct'); expected the --out of train-direct")
-    device = select_device()
+    device = select_device(bf16_autocast=False)
     model = UNet(UNetConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(device)

@@ -38,7 +38,7 @@ def train(args) -> dict:
     check_training_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device()
+    device = select_device(bf16_autocast=True)
     # (frames memmap, targets of frame 21) per source
     sources = []
     for path, split in zip(args.cache, args.label_splits):

@@ -117,7 +117,7 @@ def train(args) -> dict:
     motion_config = motion.config_from(args.motion_config)
     if motion_config.flow != "none" and not args.val_frames:
         raise ConfigError(f"motion.flow is {motion_config.flow!r}: --val-frames (val's frame cache) is needed")
-    device = select_device()
+    device = select_device(bf16_autocast=False)  # fp32: its steps are small, its targets pixels
     files = [Tracks(path) for path in args.tracks]
     sizes = {f.size for f in files}
     if len(sizes) != 1:

@@ -48,7 +48,7 @@ def train(args) -> dict:
     check_training_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device()
+    device = select_device(bf16_autocast=True)
     sources, source_ids = [], []
     for split in args.label_splits:
         masks, ids = data.read_split_masks(args.root, split)

@@ -64,7 +64,7 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
         raise FuturesegError(f"--batch-size {batch_size}: must be at least 1")
     if threads:
         torch.set_num_threads(threads)
-    device = select_device()
+    device = select_device(bf16_autocast=False)
     model, saved = load_predictor(model_path, device)
     cache, meta = load_cache(cache_path)
     height, width = saved["in_shape"][2:]

@@ -241,7 +241,7 @@ def train(args) -> dict:
         torch.set_num_threads(args.threads)
     rank, world = setup_distributed()
     try:
-        device = select_device()
+        device = select_device(bf16_autocast=True)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")

@@ -46,7 +46,7 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
     if cache.shape[1] < n_frames:
         raise DataError(f"{cache_path}: cache holds {cache.shape[1]} frames per video, pseudo-labels of "
                         f"{n_frames} frames were asked for")
-    device = select_device()
+    device = select_device(bf16_autocast=False)
     segmenter, _ = segmenters.load(model)
     segmenter.to(device)
     classifier = load_object_classifier(object_classifier, device)

@@ -126,7 +126,7 @@ def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, va
         raise ConfigError(f"--batch-size: must be at least 1, got {batch_size}")
     check_object_flags(object_vote, object_classifier)
 
-    device = select_device()
+    device = select_device(bf16_autocast=False)
     segmenter, _ = segmenters.load(model, score_threshold)
     segmenter.to(device)
     classifier = load_object_classifier(object_classifier, device)

@@ -71,7 +71,7 @@ def train(args) -> dict:
     dense.check_training_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device()
+    device = select_device(bf16_autocast=False)
     dataset = TrainingSet(args.seg_frames, 0, args.seed)
     images, masks = dataset._open()
     mean01, std01 = dense.normalisation(args.mean_std)

@@ -279,7 +279,7 @@ def train(args) -> dict:
     check_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device()
+    device = select_device(bf16_autocast=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every batch has the frame size: tune the convolutions once
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
@@ -353,7 +353,7 @@ def train_unet(args) -> dict:
             raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device()
+    device = select_device(bf16_autocast=True)
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
     images, masks = dataset._open()
     mean01, std01 = dense.normalisation(args.mean_std)
