@@ -17,6 +17,11 @@ run's step budget the forecaster never left (README). `residual_scale` (default 
 how sure that starting guess is: at 8, with the other 48 logits at 0, softmax puts 0.98
 on the prior's class.
 
+`prior_input`: the core sees the prior too, each time step t carrying the embeddings of
+input mask t and of prior mask 11+t (2 * `embed_dim` channels), so it can learn where the
+prior is wrong. Without it (model files written before it existed) the core saw only the
+input masks, and on every dataset measured the forecaster never left its prior (README).
+
 Interface (as the U-Net's, `futureseg.models.unet`):
 
     MaskForecaster(config)             config: MaskForecasterConfig of plain values
