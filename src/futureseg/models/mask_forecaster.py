@@ -17,6 +17,11 @@ run's step budget the forecaster never left (README). `residual_scale` (default 
 how sure that starting guess is: at 8, with the other 48 logits at 0, softmax puts 0.98
 on the prior's class.
 
+`prior_input`: the core sees the prior too, each time step t carrying the embeddings of
+input mask t and of prior mask 11+t (2 * `embed_dim` channels), so it can learn where the
+prior is wrong. Without it (model files written before it existed) the core saw only the
+input masks, and on every dataset measured the forecaster never left its prior (README).
+
 Interface (as the U-Net's, `futureseg.models.unet`):
 
     MaskForecaster(config)             config: MaskForecasterConfig of plain values
@@ -52,6 +57,11 @@ class MaskForecasterConfig:
     # "copy_last": a model file written before priors existed forecast on copy-last, and
     # still reads so; config.yaml's forecaster.prior chooses for new ones.
     prior: str = "copy_last"
+    # True: the core sees the prior beside the input masks (time step t carries the
+    # embeddings of input mask t and of prior mask 11+t), so it can learn where the prior is
+    # wrong. False: a model file written before this field existed, whose core saw the
+    # input masks alone, and still reads so; config.yaml's sections choose for new ones.
+    prior_input: bool = False
 
     def __post_init__(self):
         self.size = tuple(self.size)
@@ -65,6 +75,8 @@ class MaskForecasterConfig:
                 raise ConfigError(f"{KEY}.{name} must be a positive integer, got {value!r}")
         if self.prior not in PRIORS:
             raise ConfigError(f"{KEY}.prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if not isinstance(self.prior_input, bool):
+            raise ConfigError(f"{KEY}.prior_input must be true or false, got {self.prior_input!r}")
         if not self.residual_scale >= 0:
             raise ConfigError(f"{KEY}.residual_scale must be 0 or more, got {self.residual_scale}")
 
@@ -76,26 +88,32 @@ class MaskForecaster(nn.Module):
 
         self.config = config
         self.embed = nn.Embedding(config.num_classes, config.embed_dim)
+        # with prior_input each time step carries two embeddings (input mask, prior mask),
+        # from the one table: a class means the same wherever it is seen
+        channels = config.embed_dim * (2 if config.prior_input else 1)
         try:
-            self.core = predictors.build(config.core, (config.n_input, config.embed_dim, *config.size),
-                                         config.core_config)
+            self.core = predictors.build(config.core, (config.n_input, channels, *config.size), config.core_config)
         except ConfigError as exc:  # name the forecaster's section, not the predictor's
             raise ConfigError(str(exc).replace("predictor.", f"{KEY}.")) from None
-        self.read_out = nn.Conv2d(config.embed_dim, config.num_classes, 1)
+        self.read_out = nn.Conv2d(channels, config.num_classes, 1)
         nn.init.zeros_(self.read_out.weight)
         nn.init.zeros_(self.read_out.bias)
 
     def forward(self, masks: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         B, T, H, W = masks.shape
-        x = self.embed(masks).permute(0, 1, 4, 2, 3)  # (B, T, E, H, W)
-        y = self.core(x)  # (B, T, E, H, W): embeddings of frames T…2T-1
-        delta = self.read_out(y.reshape(B * T, -1, H, W)).reshape(B, T, -1, H, W)
         if self.config.prior == "copy_last":
-            base = masks[:, -1:]  # (B, 1, H, W), broadcast over the future frames
+            base = masks[:, -1:].expand(B, T, H, W)  # mask 10 for every future frame
         elif prior is None or prior.shape != masks.shape:
             raise ValueError(f"forecaster with prior 'motion': needs the prior masks of frames 11…21, shaped like "
                              f"the input {tuple(masks.shape)}, got {None if prior is None else tuple(prior.shape)}")
         else:
             base = prior
+        x = self.embed(masks)  # (B, T, H, W, E)
+        if self.config.prior_input:
+            # input mask t beside prior mask 11+t: SimVP's decoder adds step t's encoder
+            # features to output t, so the prior of a frame reaches that frame's logits directly
+            x = torch.cat([x, self.embed(base)], dim=-1)
+        y = self.core(x.permute(0, 1, 4, 2, 3))  # (B, T, channels, H, W): frames T…2T-1
+        delta = self.read_out(y.reshape(B * T, -1, H, W)).reshape(B, T, -1, H, W)
         onehot = F.one_hot(base, self.config.num_classes).permute(0, 1, 4, 2, 3).to(delta.dtype)
         return delta + self.config.residual_scale * onehot
