@@ -794,3 +794,38 @@ def test_new_pseudo_labels_under_the_same_path_train_afresh(routes, tiny_dataset
     assert "resuming" not in caplog.text and caplog.text.count("from scratch") == 2
     for name in ("fc.pt", "d.pt"):
         assert load_checkpoint(folder / name)["fingerprint"] != old[name], name
+
+
+def test_the_forecaster_on_the_dynamics_prior_starts_from_route_dynamics(motion, tiny_dataset, tmp_path, capsys):
+    # forecaster.prior: dynamics: route dynamics' sequences (an untrained dynamics model here,
+    # written by train-dynamics with --max-steps 1 --lr 1e-12) are the prior, checked by the
+    # model that made them
+    f = motion
+    ok("tracks", "--root", tiny_dataset, "--split", "train", "--frames", f / "cache" / "train.npy",
+       "--out", tmp_path / "tracks.npz")
+    ok("train-dynamics", "--tracks", tmp_path / "tracks.npz", "--val-root", tiny_dataset,
+       "--val-frames", f / "cache" / "val.npy", "--motion-config", json.dumps(MOTION), "--width", 8, "--heads", 2,
+       "--epochs", 1, "--batch-size", 4, "--lr", 1e-12, "--weight-decay", 0, "--max-steps", 1,
+       "--out", tmp_path / "dyn.pt", "--metrics", tmp_path / "dyn.csv", "--checkpoints", tmp_path / "dyn_ck")
+    sequences = {}
+    for split, source in (("train", ["--root", tiny_dataset, "--split", "train"]),
+                          ("unlabeled", ["--masks", f / "pseudo" / "unlabeled.npy"]),
+                          ("val", ["--masks", f / "pseudo" / "val.npy"])):
+        sequences[split] = tmp_path / f"dyn_seq_{split}.npy"
+        ok("dynamics", "--model", tmp_path / "dyn.pt", *source, "--frames", f / "cache" / f"{split}.npy",
+           "--out-sequence", sequences[split])
+    argv = forecaster_argv(tiny_dataset, f, tmp_path / "fc.pt", tmp_path / "fc_ck", tmp_path / "fc.csv")
+    argv[argv.index("--prior") + 1] = "dynamics"
+    ok(*argv, "--priors", sequences["train"], sequences["unlabeled"], "--val-prior", sequences["val"],
+       "--max-steps", 1, "--lr", 1e-12)
+    state = load_checkpoint(tmp_path / "fc.pt")
+    assert state["model_config"]["prior"] == "dynamics"
+    assert state["dynamics"] == load_checkpoint(tmp_path / "dyn.pt")["fingerprint"]
+    ok("forecast", "--model", tmp_path / "fc.pt", "--masks", f / "pseudo" / "val.npy", "--prior", sequences["val"],
+       "--out", tmp_path / "val.npy", "--out-sequence", tmp_path / "seq.npy")
+    np.testing.assert_array_equal(load_array(tmp_path / "seq.npy")[0], load_array(sequences["val"])[0])
+    # route motion's sequence is not this forecaster's prior: refused by name
+    assert run_cli("forecast", "--model", tmp_path / "fc.pt", "--masks", f / "pseudo" / "val.npy",
+                   "--prior", f / "motion_seq_val.npy", "--out", tmp_path / "o.npy") == 2
+    assert "motion_seq_val.npy: written with dynamics None" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()

@@ -25,7 +25,8 @@ DATA_SPLITS = [
              # the unlabeled frames that route masks pseudo-labels (and route direct may train on)
              *config["forecaster"]["pseudo_splits"], *(["unlabeled"] if config["direct"]["pseudo_labels"] else []),
              # the pseudo-labelled tracks route dynamics learns from
-             *(config["dynamics"]["pseudo_splits"] if "dynamics" in config["routes"] else [])}
+             *(config["dynamics"]["pseudo_splits"]
+               if "dynamics" in config["routes"] or config["forecaster"]["prior"] == "dynamics" else [])}
 ]
 # The report of rule check_data, an input of every rule that reads the dataset, so that a
 # bad dataset stops the run before anything trains.

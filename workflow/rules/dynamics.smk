@@ -104,7 +104,9 @@ rule dynamics_hidden_shard:
         masks=f"{RESULTS}/pseudo/hidden.npy",
         frames=motion_frames("hidden"),
     output:
-        f"{RESULTS}/dynamics/hidden_shards/masks_{{scatteritem}}.npy",
+        masks=f"{RESULTS}/dynamics/hidden_shards/masks_{{scatteritem}}.npy",
+        # the forecaster's prior of the same hidden shard (forecaster.prior: dynamics)
+        sequence=f"{RESULTS}/dynamics/hidden_shards/sequence_{{scatteritem}}.npy",
     params:
         frames=frames_flag,
         shard=shard_arg,
@@ -120,7 +122,38 @@ rule dynamics_hidden_shard:
         f"{RESULTS}/logs/dynamics_hidden_{{scatteritem}}.log",
     shell:
         "futureseg dynamics --model {input.model} --masks {input.masks} {params.frames} --shard {params.shard}"
-        " --out {output} --threads {threads} 2> {log}"
+        " --out {output.masks} --out-sequence {output.sequence} --threads {threads} 2> {log}"
+
+
+# forecaster.prior: dynamics: route dynamics' masks 11…21 of the forecaster's training videos
+rule dynamics_prior:
+    input:
+        data=DATA,
+        checked=DATA_CHECK,
+        model=DYNAMICS_MODEL,
+        # train's true masks, the other training splits' pseudo-labels
+        masks=lambda wildcards: [] if wildcards.split == "train" else f"{RESULTS}/pseudo/{wildcards.split}.npy",
+        frames=lambda wildcards: motion_frames(wildcards.split),
+    output:
+        f"{RESULTS}/dynamics/sequence_{{split}}.npy",
+    wildcard_constraints:
+        split="train|unlabeled",
+    params:
+        frames=frames_flag,
+        masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
+    threads: res("dynamics")["threads"]
+    resources:
+        runtime=res("dynamics")["runtime"],
+        mem_mb=res("dynamics")["mem_mb"],
+    conda:
+        "../../envs/futureseg.yaml"
+    benchmark:
+        f"{RESULTS}/benchmarks/dynamics_prior.{{split}}.tsv",
+    log:
+        f"{RESULTS}/logs/dynamics_prior_{{split}}.log",
+    shell:
+        "futureseg dynamics --model {input.model} {params.masks} {params.frames} --out-sequence {output}"
+        " --threads {threads} 2> {log}"
 
 
 rule dynamics_truth:

@@ -2,9 +2,11 @@
 # trained on mask sequences, and its forecasts of val and hidden (hidden in shards).
 
 F = config["forecaster"]
-# forecaster.prior: motion: the motion priors of its training videos (train's true masks,
-# then each pseudo split's; rule motion_prior) and of val, hidden (route motion's sequences)
-MOTION_PRIOR = F["prior"] == "motion"
+# forecaster.prior: motion (dynamics): the priors of its training videos (train's true masks,
+# then each pseudo split's; rule motion_prior, dynamics_prior) and of val, hidden (that
+# route's sequences), all under results/<prior>/
+SEQUENCE_PRIOR = F["prior"] != "copy_last"
+PRIOR_DIR = f"{RESULTS}/{F['prior']}"
 
 
 rule pseudo_label:
@@ -44,8 +46,8 @@ rule train_forecaster:
         checked=DATA_CHECK,
         pseudo=expand(f"{RESULTS}/pseudo/{{split}}.npy", split=F["pseudo_splits"]),
         val_pseudo=f"{RESULTS}/pseudo/val.npy",
-        priors=expand(f"{RESULTS}/motion/sequence_{{split}}.npy", split=["train", *F["pseudo_splits"]]) if MOTION_PRIOR else [],
-        val_prior=[f"{RESULTS}/motion/sequence_val.npy"] if MOTION_PRIOR else [],
+        priors=expand(f"{PRIOR_DIR}/sequence_{{split}}.npy", split=["train", *F["pseudo_splits"]]) if SEQUENCE_PRIOR else [],
+        val_prior=[f"{PRIOR_DIR}/sequence_val.npy"] if SEQUENCE_PRIOR else [],
     output:
         model=f"{RESULTS}/forecaster/model.pt",
         metrics=report(
@@ -58,7 +60,7 @@ rule train_forecaster:
         settings=selected(F),
         model_config=json.dumps(F[F["model"]]),
         checkpoints=f"{RESULTS}/forecaster/checkpoints",
-        priors=lambda wildcards, input: f"--priors {' '.join(input.priors)} --val-prior {input.val_prior}" if MOTION_PRIOR else "",
+        priors=lambda wildcards, input: f"--priors {' '.join(input.priors)} --val-prior {input.val_prior}" if SEQUENCE_PRIOR else "",
     threads: res("train_forecaster")["threads"]
     resources:
         runtime=res("train_forecaster")["runtime"],
@@ -87,7 +89,7 @@ rule forecast:
     input:
         model=f"{RESULTS}/forecaster/model.pt",
         masks=f"{RESULTS}/pseudo/val.npy",
-        prior=[f"{RESULTS}/motion/sequence_val.npy"] if MOTION_PRIOR else [],
+        prior=[f"{PRIOR_DIR}/sequence_val.npy"] if SEQUENCE_PRIOR else [],
     output:
         masks=f"{RESULTS}/forecaster/masks_val.npy",
         sequence=f"{RESULTS}/forecaster/sequence_val.npy",
@@ -113,7 +115,7 @@ rule forecast_hidden_shard:
     input:
         model=f"{RESULTS}/forecaster/model.pt",
         masks=f"{RESULTS}/pseudo/hidden.npy",
-        prior=[f"{RESULTS}/motion/hidden_shards/sequence_{{scatteritem}}.npy"] if MOTION_PRIOR else [],
+        prior=[f"{PRIOR_DIR}/hidden_shards/sequence_{{scatteritem}}.npy"] if SEQUENCE_PRIOR else [],
     output:
         f"{RESULTS}/forecaster/hidden_shards/masks_{{scatteritem}}.npy",
     params:

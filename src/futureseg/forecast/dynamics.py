@@ -93,7 +93,9 @@ def run(out=None, out_sequence=None, model_path=None, masks_path=None, root=None
         raise DataError(f"{source}: --placement-oracle needs all {data.N_FRAMES} true frames")
     rows = shard_rows(len(ids), shard)
     sidecar = {"split": split, "source": source, **({"shard": list(shard)} if shard else {}),
-               **({"reference": "placement_oracle"} if oracle else {"model": str(model_path)})}
+               **({"reference": "placement_oracle"} if oracle else
+                  # what a forecaster on this prior checks: the model that made it (forecaster.prior: dynamics)
+                  {"model": str(model_path), "dynamics": state["fingerprint"]})}
     with contextlib.ExitStack() as stack:
         sequence = target = None
         if out_sequence:

@@ -112,18 +112,20 @@ def run(config, out=None, out_sequence=None, masks_path=None, root=None, split=N
     return len(rows)
 
 
-def check_prior(path, ids, motion: dict) -> np.ndarray:
-    """A sequence of `extrapolate` (N, 11, H, W), memory-mapped, whose videos are `ids` and
-    whose motion settings are `motion`: the forecaster's prior of those videos."""
+def check_prior(path, ids, expected, kind: str = "motion") -> np.ndarray:
+    """A prior sequence (N, 11, H, W), memory-mapped, whose videos are `ids` and whose sidecar
+    names what made it, `expected` under `kind`: route motion's settings (`extrapolate`) or
+    route dynamics' model fingerprint (`dynamics`). The forecaster's prior of those videos."""
     from futureseg.core.dense import load_mask_cache
 
     prior, meta = load_mask_cache(path, data.N_FRAMES - data.N_INPUT)
     if [int(i) for i in meta["ids"]] != [int(i) for i in ids]:
-        raise DataError(f"{path}: its videos are not those it is the motion prior of "
+        raise DataError(f"{path}: its videos are not those it is the {kind} prior of "
                         f"({len(meta['ids'])} vs {len(ids)} videos, or another order)")
-    if meta.get("motion") != motion:
-        raise DataError(f"{path}: written with motion settings {meta.get('motion')}, expected {motion}; "
-                        "rerun futureseg extrapolate for it")
+    if kind not in meta or meta.get(kind) != expected:
+        verb = "extrapolate" if kind == "motion" else kind
+        raise DataError(f"{path}: written with {kind} {meta.get(kind)}, expected {expected}; "
+                        f"rerun futureseg {verb} for it")
     return prior
 
 

@@ -41,13 +41,15 @@ def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: 
     rows = shard_rows(len(inputs), shard)
     ids = list(meta["ids"])[rows.start : rows.stop]
     prior = None
-    if saved["model_config"].get("prior") == "motion":
+    kind = saved["model_config"].get("prior")
+    if kind in ("motion", "dynamics"):
         from futureseg.forecast.extrapolate import check_prior
 
         if prior_path is None:
-            raise ConfigError(f"{model_path}: this forecaster was trained on the motion prior; give --prior "
-                              "(the masks of frames 11…21 of futureseg extrapolate for the same videos)")
-        prior = check_prior(prior_path, ids, saved.get("motion"))
+            raise ConfigError(f"{model_path}: this forecaster was trained on the {kind} prior; give --prior "
+                              f"(the masks of frames 11…21 of futureseg {'extrapolate' if kind == 'motion' else kind} "
+                              "for the same videos)")
+        prior = check_prior(prior_path, ids, saved.get(kind), kind)
     elif prior_path is not None:
         raise ConfigError(f"--prior {prior_path}: the forecaster {model_path} forecasts on copy-last, not a motion prior")
     predicted = forecast_masks(model, inputs[rows.start : rows.stop, : data.N_INPUT], device, batch_size, prior)

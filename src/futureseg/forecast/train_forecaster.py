@@ -9,12 +9,12 @@ more supervised frames per video than frame 21 alone. Each sequence is flipped
 horizontally and vertically at random, all frames alike (motion stays physical), its
 prior with it, drawn from (seed, epoch, sample) so resuming is exact.
 
-`--prior motion`: the residual base of the forecast is each video's motion prior, the
-masks 11…21 of `futureseg extrapolate`, computed once by its rule (`--priors`, one per
-label split then per pseudo cache, in that order; `--val-prior` for val: route
-motion's own sequence). Their sidecars must hold the same videos and the same motion
-settings; the model file records those settings, and `forecast` checks its prior
-against them.
+`--prior motion` (or `dynamics`): the residual base of the forecast is each video's prior,
+the masks 11…21 of `futureseg extrapolate` (of `futureseg dynamics`), computed once by
+its rule (`--priors`, one per label split then per pseudo cache, in that order;
+`--val-prior` for val: the route's own sequence). Their sidecars must hold the same
+videos and the same motion settings (the same dynamics model); the model file records
+them, and `forecast` checks its prior against them.
 
 Schedule: AdamW under one-cycle for `--epochs` of cross-entropy, then
 `--iou-finetune-epochs` more with the soft-IoU term added at `--soft-iou-weight`: the
@@ -63,7 +63,7 @@ def train(args) -> dict:
         raise DataError(f"training masks have different sizes {sorted(sizes)} "
                         f"(--label-splits {args.label_splits}, --pseudo {args.pseudo})")
     size = sizes.pop()
-    priors, motion = read_priors(args, source_ids)
+    priors, made_by = read_priors(args, source_ids)
     # (source, row) of every training sequence: the mask caches stay memory-mapped
     samples = [(s, row) for s, source in enumerate(sources) for row in range(len(source))]
     val_inputs, val_meta = load_mask_cache(args.val_pseudo, data.N_INPUT)
@@ -74,10 +74,10 @@ def train(args) -> dict:
     val_inputs = np.asarray(val_inputs[:, : data.N_INPUT])
     val_truth = val_truth[:, data.TARGET_FRAME]
     val_prior = None
-    if motion is not None:
+    if made_by is not None:
         from futureseg.forecast.extrapolate import check_prior
 
-        val_prior = np.asarray(check_prior(args.val_prior, val_ids, motion))
+        val_prior = np.asarray(check_prior(args.val_prior, val_ids, made_by, args.prior))
 
     seed_everything(args.seed)
     model = forecasters.build(args.model, size, {**args.model_config, "prior": args.prior}).to(device)
@@ -89,7 +89,7 @@ def train(args) -> dict:
                 "iou_finetune_epochs": args.iou_finetune_epochs, "soft_iou_weight": args.soft_iou_weight,
                 "background_weight": args.background_weight, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                 "training_videos": len(samples), "label_splits": list(args.label_splits),
-                "pseudo": [str(p) for p in args.pseudo], "prior": args.prior, "motion": motion,
+                "pseudo": [str(p) for p in args.pseudo], "prior": args.prior, args.prior: made_by,
                 "training_data": data_fingerprint(*sources, *(priors or []))}
 
     def sample(epoch, i):
@@ -121,15 +121,15 @@ def train(args) -> dict:
 
     return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
                metrics_out=args.metrics, out=args.out,
-               model_file={"kind": "mask_forecaster", "model_config": config, "motion": motion},
+               model_file={"kind": "mask_forecaster", "model_config": config, args.prior: made_by},
                epochs=epochs, total_steps=total_steps,
                epoch_batches=functools.partial(epoch_order, len(samples), args.batch_size, args.seed),
                checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="mask forecaster")
 
 
 def read_priors(args, source_ids):
-    """The motion priors of the training sources (memory-mapped) and their common motion
-    settings; (None, None) with --prior copy_last."""
+    """The priors of the training sources (memory-mapped) and what made them all (the motion
+    settings, or the dynamics model's fingerprint); (None, None) with --prior copy_last."""
     if args.prior == "copy_last":
         if args.priors or args.val_prior:
             raise ConfigError("--priors/--val-prior are given but --prior is copy_last")
@@ -138,11 +138,11 @@ def read_priors(args, source_ids):
     from futureseg.core.io import read_array
 
     if len(args.priors) != len(source_ids) or not args.val_prior:
-        raise ConfigError(f"--prior motion: --priors needs one sequence of futureseg extrapolate per training source "
+        raise ConfigError(f"--prior {args.prior}: --priors needs one prior sequence per training source "
                           f"(--label-splits {list(args.label_splits)} then --pseudo: {len(source_ids)}), "
                           f"got {len(args.priors)}; and --val-prior")
-    motion = read_array(args.priors[0], "motion prior")[1].get("motion")
-    return [check_prior(path, ids, motion) for path, ids in zip(args.priors, source_ids)], motion
+    made_by = read_array(args.priors[0], f"{args.prior} prior")[1].get(args.prior)
+    return [check_prior(path, ids, made_by, args.prior) for path, ids in zip(args.priors, source_ids)], made_by
 
 
 VERB = "train-forecaster"
@@ -160,16 +160,16 @@ def add_arguments(parser) -> None:
     io.add_argument("--pseudo", nargs="*", default=[], help="mask caches of 22 frames (pseudo-label) that train too")
     io.add_argument("--val-pseudo", required=True, help="mask cache of val frames 0…10 (pseudo-label): validation inputs")
     io.add_argument("--priors", nargs="*", default=[],
-                    help="with --prior motion: the motion priors (extrapolate --out-sequence) of the label splits, "
-                         "then of the --pseudo caches, in that order")
-    io.add_argument("--val-prior", help="with --prior motion: the motion prior of val (route motion's sequence)")
+                    help="with --prior motion or dynamics: the priors (extrapolate or dynamics --out-sequence) of the "
+                         "label splits, then of the --pseudo caches, in that order")
+    io.add_argument("--val-prior", help="with --prior motion or dynamics: the prior of val (that route's sequence)")
     io.add_argument("--out", required=True, help="model file to write")
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=forecasters.names(), required=True, help="the predictor run over the embeddings")
-    model.add_argument("--prior", choices=("motion", "copy_last"), required=True,
-                       help="the residual base of the forecast: the motion prior or mask 10 copied")
+    model.add_argument("--prior", choices=("motion", "dynamics", "copy_last"), required=True,
+                       help="the residual base of the forecast: route motion's or route dynamics' masks, or mask 10 copied")
     model.add_argument("--model-config", type=json_object, default={},
                        help='its settings as JSON, e.g. \'{"embed_dim": 16, "hid_S": 32, "N_T": 4}\' '
                             "(unset ones take the model's defaults)")

@@ -42,7 +42,8 @@ from torch import nn
 from futureseg.core.errors import ConfigError
 
 KEY = "forecaster"
-PRIORS = ("motion", "copy_last")
+# a sequence prior (masks 11…21 given with the input: route motion's or route dynamics') or mask 10 copied
+PRIORS = ("motion", "dynamics", "copy_last")
 
 
 @dataclass
@@ -104,7 +105,7 @@ class MaskForecaster(nn.Module):
         if self.config.prior == "copy_last":
             base = masks[:, -1:].expand(B, T, H, W)  # mask 10 for every future frame
         elif prior is None or prior.shape != masks.shape:
-            raise ValueError(f"forecaster with prior 'motion': needs the prior masks of frames 11…21, shaped like "
+            raise ValueError(f"forecaster with prior {self.config.prior!r}: needs the prior masks of frames 11…21, shaped like "
                              f"the input {tuple(masks.shape)}, got {None if prior is None else tuple(prior.shape)}")
         else:
             base = prior
