@@ -107,5 +107,21 @@ def json_object(text: str) -> dict:
     return value
 
 
+def add_fit_arguments(parser, epochs_help: str = "epochs", batch_help: str | None = None):
+    """The optimisation and run flags of every trainer on `training.fit` (the "optimisation" group,
+    returned for a trainer's own additions, and the "run" group)."""
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, required=True, help=epochs_help)
+    opt.add_argument("--batch-size", type=int, required=True, help=batch_help)
+    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate (AdamW)")
+    opt.add_argument("--weight-decay", type=float, required=True)
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return opt
+
+
 if __name__ == "__main__":
     sys.exit(main())

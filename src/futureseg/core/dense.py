@@ -162,19 +162,13 @@ def check_training_settings(args) -> None:
 
 
 def add_training_arguments(parser, epochs_help: str = "epochs"):
-    """The optimisation and run flags of the dense trainers (forecaster, direct U-Net); the
-    rules pass every one of them from config.yaml."""
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, required=True, help=epochs_help)
-    opt.add_argument("--batch-size", type=int, required=True)
-    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate (AdamW)")
-    opt.add_argument("--weight-decay", type=float, required=True)
+    """The optimisation and run flags of the dense trainers (forecaster, direct U-Net): those of
+    every trainer on `training.fit`, and the dense losses' weights; the rules pass every one of
+    them from config.yaml."""
+    from futureseg.cli import add_fit_arguments
+
+    opt = add_fit_arguments(parser, epochs_help)
     opt.add_argument("--soft-iou-weight", type=float, required=True, help="weight of the soft-IoU loss term")
     opt.add_argument("--background-weight", type=float, required=True,
                      help="weight of the background's pixels in the cross-entropy (objects: 1)")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return opt

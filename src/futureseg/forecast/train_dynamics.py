@@ -193,6 +193,7 @@ HELP = "train the dynamics model on object tracks: each object's centroid and sc
 
 def add_arguments(parser) -> None:
     from futureseg.cli import json_object
+    from futureseg.cli import add_fit_arguments
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--tracks", nargs="+", required=True,
@@ -210,19 +211,10 @@ def add_arguments(parser) -> None:
     model.add_argument("--width", type=int, help="features per object")
     model.add_argument("--layers", type=int, help="self-attention layers over the objects (0: none)")
     model.add_argument("--heads", type=int, help="attention heads")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, required=True)
-    opt.add_argument("--batch-size", type=int, required=True, help="windows (videos) per step")
-    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate (AdamW)")
-    opt.add_argument("--weight-decay", type=float, required=True)
+    opt = add_fit_arguments(parser, batch_help="windows (a video's objects at one end frame) per step")
     opt.add_argument("--scale-weight", type=float, default=1.0, help="weight of the log-scale loss")
     opt.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                      help="also train on every window mirrored left-right")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
 def main(args) -> None:

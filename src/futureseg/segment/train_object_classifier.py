@@ -134,6 +134,8 @@ HELP = "train the object classifier (each object's shape and material) on the se
 
 
 def add_arguments(parser) -> None:
+    from futureseg.cli import add_fit_arguments
+
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root (validation: val frame 21 and its mask)")
     io.add_argument("--seg-frames", required=True, help="stage 3's folder (images.npy, masks.npy, index.csv, counts.json)")
@@ -145,16 +147,7 @@ def add_arguments(parser) -> None:
     # left out: ObjectClassifierConfig's default
     model.add_argument("--crop-size", type=int, help="side of the square crop every object is scaled to")
     model.add_argument("--width", type=int, help="channels of the first stage (doubling per stage)")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, required=True)
-    opt.add_argument("--batch-size", type=int, required=True, help="frames per step (all their objects)")
-    opt.add_argument("--lr", type=float, required=True, help="one-cycle peak learning rate (AdamW)")
-    opt.add_argument("--weight-decay", type=float, required=True)
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_fit_arguments(parser, batch_help="frames per step (all their objects)")
 
 
 def main(args) -> None:
