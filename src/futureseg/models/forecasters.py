@@ -3,7 +3,7 @@
 
     build(name, size, settings)  a MaskForecaster over (H, W) masks; `settings` is the
                                  forecaster's config section for that model: its own
-                                 keys (embed_dim, residual_scale) and the frame
+                                 keys (embed_dim, residual_scale, prior_input) and the frame
                                  predictor's (its Config fields)
     load(path)                   (model with its weights, model file contents) of a file
                                  written by `train-forecaster`
