@@ -162,6 +162,9 @@ CONFIG_CASES = {
     "unknown-route": ({"routes": ["frames", "teleport"]}, "['routes']"),
     "submit-route-not-run": ({"routes": ["frames"], "eval": {"submit": "masks"}}, "eval.submit"),
     "data-root-nowhere": ({"data": {"root": NOWHERE}}, f"config data.root: {NOWHERE} does not exist"),
+    "negative-dynamics-layers": ({"dynamics": {"layers": -1}}, "['dynamics']['layers']"),
+    "unknown-dynamics-key": ({"dynamics": {"friction": 0.1}}, "'friction' was unexpected"),
+    "unknown-prior": ({"forecaster": {"prior": "oracle"}}, "['forecaster']['prior']"),
 }
 
 
