@@ -107,6 +107,7 @@ def test_rule_check_data_reruns_when_a_file_of_a_used_split_changes(dataset_copy
     assert planned_jobs(workdir, CHECK, override={"predictor": {"train_splits": ["train"]},
                                                   "data": {"mean_std_splits": ["train"]},
                                                   "forecaster": {"pseudo_splits": []},
+                                                  "dynamics": {"pseudo_splits": []},
                                                   "direct": {"pseudo_labels": False}}) == {"check_data": 1}
 
     mask = _first(dataset_copy, "val").mask_path
