@@ -449,7 +449,7 @@ def main(args) -> None:
     )
     for key, _, s in table_rows(scores):
         mark = " (submitted)" if key == scores.get("submitted_route") else ""
-        print(f"{key:16s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
+        print(f"{key:9s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
     for name, value in scores.get("temporal_iou", {}).items():
         print(f"temporal IoU {value:.4f}  {name}")
     print(f"over {scores['n_videos']} val videos -> {args.out}")
