@@ -174,15 +174,6 @@ def inputs(classes, states, t: int, size, config: DynamicsConfig, velocity_frame
     return x, base, present
 
 
-def pad(items: list[np.ndarray], value=0) -> np.ndarray:
-    """Arrays of (K_i, …) stacked as (B, max K_i, …), padded with `value`."""
-    k = max((len(a) for a in items), default=0)
-    out = np.full((len(items), max(k, 1), *items[0].shape[1:]), value, dtype=items[0].dtype)
-    for i, a in enumerate(items):
-        out[i, : len(a)] = a
-    return out
-
-
 @torch.inference_mode()
 def predict(model: Dynamics, x: np.ndarray, base: np.ndarray, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """(centroids (K, 11, 2) in pixels, scales (K, 11)) of one video's objects."""
