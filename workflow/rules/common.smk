@@ -16,6 +16,9 @@ DATA = config["data"]["root"] or SYNTHETIC
 if config["data"]["root"] and not Path(DATA).is_dir():
     raise ValueError(f"config data.root: {DATA} does not exist or is not a folder")
 
+# every training rule's --max-steps (0: its epochs); a param, so changing it retrains
+MAX_TRAIN_STEPS = config["max_train_steps"]
+
 SPLITS = ["train", "val", "unlabeled", "hidden"]
 # The splits the stages read (mean/std's, the predictor's; train, val and hidden always: the
 # segmenter, the scores, the submission), in SPLITS order; rule check_data checks them.
@@ -56,6 +59,13 @@ wildcard_constraints:
 def res(rule_name):
     """The resources section's entry for a rule, on top of resources.default."""
     return {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
+
+
+def intermediate(path):
+    """An output that only later stages of the same run read (frame caches, pseudo-labels, priors,
+    predicted frames, the segmenter's training frames): kept with keep_intermediates: true, else
+    temp(), so Snakemake removes it once every job of the run that reads it is done."""
+    return path if config["keep_intermediates"] else temp(path)
 
 
 def csv(values):

@@ -76,8 +76,8 @@ rule cache_frames:
         data=DATA,
         checked=DATA_CHECK,
     output:
-        frames=f"{RESULTS}/cache/{{split}}.npy",
-        ids=f"{RESULTS}/cache/{{split}}.json",
+        frames=intermediate(f"{RESULTS}/cache/{{split}}.npy"),
+        ids=intermediate(f"{RESULTS}/cache/{{split}}.json"),
     threads: config["data"]["workers"]
     resources:
         runtime=res("cache_frames")["runtime"],

@@ -24,6 +24,7 @@ rule train_direct:
         ),
         flags=flags({k: v for k, v in D.items() if k not in ("pseudo_labels", "seed", "checkpoint_every")}),
         checkpoints=f"{RESULTS}/direct/checkpoints",
+        max_steps=MAX_TRAIN_STEPS,
     threads: res("train_direct")["threads"]
     resources:
         runtime=res("train_direct")["runtime"],
@@ -40,7 +41,7 @@ rule train_direct:
         " --val-cache {input.val_cache} --mean-std {input.mean_std} --out {output.model}"
         " --metrics {output.metrics} --checkpoints {params.checkpoints} {params.flags}"
         " --seed {params.settings[seed]} --checkpoint-every {params.settings[checkpoint_every]}"
-        " --threads {threads} 2> {log}"
+        " --max-steps {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule predict_direct:
@@ -70,7 +71,7 @@ rule predict_direct_hidden_shard:
         model=f"{RESULTS}/direct/model.pt",
         cache=f"{RESULTS}/cache/hidden.npy",
     output:
-        f"{RESULTS}/direct/hidden_shards/masks_{{scatteritem}}.npy",
+        temp(f"{RESULTS}/direct/hidden_shards/masks_{{scatteritem}}.npy"),
     params:
         shard=shard_arg,
     threads: res("predict_direct")["threads"]

@@ -56,6 +56,7 @@ rule train_dynamics:
         motion=json.dumps(M),
         val_frames=lambda wildcards, input: f"--val-frames {input.val_frames}" if input.val_frames else "",
         checkpoints=f"{RESULTS}/dynamics/checkpoints",
+        max_steps=MAX_TRAIN_STEPS,
     threads: res("train_dynamics")["threads"]
     resources:
         runtime=res("train_dynamics")["runtime"],
@@ -70,7 +71,7 @@ rule train_dynamics:
     shell:
         "futureseg train-dynamics --tracks {input.tracks} --val-root {input.data} {params.val_frames}"
         " --motion-config '{params.motion}' {params.flags} --out {output.model} --metrics {output.metrics}"
-        " --checkpoints {params.checkpoints} --threads {threads} 2> {log}"
+        " --checkpoints {params.checkpoints} --max-steps {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule dynamics:
@@ -104,9 +105,9 @@ rule dynamics_hidden_shard:
         masks=f"{RESULTS}/pseudo/hidden.npy",
         frames=motion_frames("hidden"),
     output:
-        masks=f"{RESULTS}/dynamics/hidden_shards/masks_{{scatteritem}}.npy",
+        masks=temp(f"{RESULTS}/dynamics/hidden_shards/masks_{{scatteritem}}.npy"),
         # the forecaster's prior of the same hidden shard (forecaster.prior: dynamics)
-        sequence=f"{RESULTS}/dynamics/hidden_shards/sequence_{{scatteritem}}.npy",
+        sequence=intermediate(f"{RESULTS}/dynamics/hidden_shards/sequence_{{scatteritem}}.npy"),
     params:
         frames=frames_flag,
         shard=shard_arg,
@@ -135,7 +136,7 @@ rule dynamics_prior:
         masks=lambda wildcards: [] if wildcards.split == "train" else f"{RESULTS}/pseudo/{wildcards.split}.npy",
         frames=lambda wildcards: motion_frames(wildcards.split),
     output:
-        f"{RESULTS}/dynamics/sequence_{{split}}.npy",
+        intermediate(f"{RESULTS}/dynamics/sequence_{{split}}.npy"),
     wildcard_constraints:
         split="train|unlabeled",
     params:

@@ -15,8 +15,8 @@ rule pseudo_label:
         cache=f"{RESULTS}/cache/{{split}}.npy",
         object_classifier=OBJECT_CLASSIFIER,
     output:
-        masks=f"{RESULTS}/pseudo/{{split}}.npy",
-        ids=f"{RESULTS}/pseudo/{{split}}.json",
+        masks=intermediate(f"{RESULTS}/pseudo/{{split}}.npy"),
+        ids=intermediate(f"{RESULTS}/pseudo/{{split}}.json"),
     wildcard_constraints:
         split="unlabeled|val|hidden",
     params:
@@ -60,6 +60,7 @@ rule train_forecaster:
         settings=selected(F),
         model_config=json.dumps(F[F["model"]]),
         checkpoints=f"{RESULTS}/forecaster/checkpoints",
+        max_steps=MAX_TRAIN_STEPS,
         priors=lambda wildcards, input: f"--priors {' '.join(input.priors)} --val-prior {input.val_prior}" if SEQUENCE_PRIOR else "",
     threads: res("train_forecaster")["threads"]
     resources:
@@ -82,7 +83,7 @@ rule train_forecaster:
         " --batch-size {params.settings[batch_size]}"
         " --lr {params.settings[lr]} --weight-decay {params.settings[weight_decay]}"
         " --seed {params.settings[seed]} --checkpoint-every {params.settings[checkpoint_every]}"
-        " --threads {threads} 2> {log}"
+        " --max-steps {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule forecast:
@@ -117,7 +118,7 @@ rule forecast_hidden_shard:
         masks=f"{RESULTS}/pseudo/hidden.npy",
         prior=[f"{PRIOR_DIR}/hidden_shards/sequence_{{scatteritem}}.npy"] if SEQUENCE_PRIOR else [],
     output:
-        f"{RESULTS}/forecaster/hidden_shards/masks_{{scatteritem}}.npy",
+        temp(f"{RESULTS}/forecaster/hidden_shards/masks_{{scatteritem}}.npy"),
     params:
         shard=shard_arg,
         prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",

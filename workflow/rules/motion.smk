@@ -37,9 +37,9 @@ rule extrapolate_hidden_shard:
         masks=f"{RESULTS}/pseudo/hidden.npy",
         frames=motion_frames("hidden"),
     output:
-        masks=f"{RESULTS}/motion/hidden_shards/masks_{{scatteritem}}.npy",
+        masks=temp(f"{RESULTS}/motion/hidden_shards/masks_{{scatteritem}}.npy"),
         # the forecaster's prior of the same hidden shard
-        sequence=f"{RESULTS}/motion/hidden_shards/sequence_{{scatteritem}}.npy",
+        sequence=intermediate(f"{RESULTS}/motion/hidden_shards/sequence_{{scatteritem}}.npy"),
     params:
         motion=json.dumps(M),
         frames=frames_flag,
@@ -92,7 +92,7 @@ rule motion_prior:
         masks=lambda wildcards: [] if wildcards.split == "train" else f"{RESULTS}/pseudo/{wildcards.split}.npy",
         frames=lambda wildcards: motion_frames(wildcards.split),
     output:
-        f"{RESULTS}/motion/sequence_{{split}}.npy",
+        intermediate(f"{RESULTS}/motion/sequence_{{split}}.npy"),
     wildcard_constraints:
         split="train|unlabeled",
     params:

@@ -34,6 +34,7 @@ rule train_predictor:
         seed=P["seed"],
         checkpoint_every=P["checkpoint_every"],
         checkpoints=f"{RESULTS}/predictor/checkpoints",
+        max_steps=MAX_TRAIN_STEPS,
     threads: res("train_predictor")["threads"]
     resources:
         runtime=res("train_predictor")["runtime"],
@@ -52,7 +53,7 @@ rule train_predictor:
         " --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
         " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
-        " --threads {threads} 2> {log}"
+        " --max-steps {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule predict_frames:
@@ -60,8 +61,8 @@ rule predict_frames:
         model=f"{RESULTS}/predictor/model.pt",
         cache=f"{RESULTS}/cache/{{split}}.npy",
     output:
-        frames=f"{RESULTS}/predictor/frames_{{split}}.npy",
-        ids=f"{RESULTS}/predictor/frames_{{split}}.json",
+        frames=intermediate(f"{RESULTS}/predictor/frames_{{split}}.npy"),
+        ids=intermediate(f"{RESULTS}/predictor/frames_{{split}}.json"),
     wildcard_constraints:
         split="train|val",
     params:
@@ -87,8 +88,8 @@ rule predict_hidden_shard:
         model=f"{RESULTS}/predictor/model.pt",
         cache=f"{RESULTS}/cache/hidden.npy",
     output:
-        frames=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.npy",
-        ids=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.json",
+        frames=intermediate(f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.npy"),
+        ids=intermediate(f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.json"),
     params:
         frames=csv(P["keep_frames"]),
         shard=shard_arg,

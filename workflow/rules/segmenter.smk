@@ -28,7 +28,7 @@ rule make_seg_frames:
         # the predictor's frames of train videos, unless the generated source is off
         frames=[f"{RESULTS}/predictor/frames_train.npy"] if A["generated"] else [],
     output:
-        directory(f"{RESULTS}/segframes"),
+        intermediate(directory(f"{RESULTS}/segframes")),
     params:
         generated=lambda wildcards, input: (
             f"--generated --frames {input.frames}" if A["generated"] else "--no-generated"
@@ -74,6 +74,7 @@ rule train_segmenter:
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/checkpoints",
+        max_steps=MAX_TRAIN_STEPS,
     threads: res("train_segmenter")["threads"]
     resources:
         runtime=res("train_segmenter")["runtime"],
@@ -90,7 +91,7 @@ rule train_segmenter:
         " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
         " --model {params.model} {params.flags} --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} --threads {threads} 2> {log}"
+        " --checkpoint-every {params.checkpoint_every} --max-steps {params.max_steps} --threads {threads} 2> {log}"
 
 
 # Each object's shape and material, decided from its crop and silhouette (segmenter.object_class:
@@ -114,6 +115,7 @@ rule train_object_classifier:
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/object_classifier_checkpoints",
+        max_steps=MAX_TRAIN_STEPS,
     threads: res("train_object_classifier")["threads"]
     resources:
         runtime=res("train_object_classifier")["runtime"],
@@ -129,7 +131,7 @@ rule train_object_classifier:
         "futureseg train-object-classifier --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
         " --checkpoints {params.checkpoints} {params.flags} --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} --threads {threads} 2> {log}"
+        " --checkpoint-every {params.checkpoint_every} --max-steps {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule segment:
@@ -195,7 +197,7 @@ rule segment_hidden_shard:
         frames=f"{RESULTS}/predictor/hidden_shards/frames_{{scatteritem}}.npy",
         object_classifier=OBJECT_CLASSIFIER,
     output:
-        f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy",
+        temp(f"{RESULTS}/segmenter/hidden_shards/masks_{{scatteritem}}.npy"),
     params:
         score_threshold=SCORE_THRESHOLD,
         object_class=OBJECT_CLASS,

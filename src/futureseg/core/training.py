@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -494,8 +495,10 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
             })
 
     def means(sums: dict) -> dict:
+        # the losses get the prefix; step_seconds is the mean wall time of a step (batch
+        # reading included, validation and checkpoints not), to time a run from its CSV
         n = sums.get("steps", 0)
-        return {f"{loss_prefix}{k}": v / n for k, v in sums.items() if k != "steps"}
+        return {(k if k == "step_seconds" else f"{loss_prefix}{k}"): v / n for k, v in sums.items() if k != "steps"}
 
     model.train()
     with StopFlag() as stop:
@@ -506,6 +509,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
             if rank == 0:
                 items = progress(items, total=steps_per_epoch, initial=done_in_epoch,
                                  desc=f"{desc} epoch {epoch + 1}/{epochs}")
+            step_start = time.perf_counter()
             for batch in items:
                 losses = step_losses(epoch, batch, step, total_steps)
                 # One device sync (and, under DDP, one collective) per step carries the
@@ -523,6 +527,8 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                step_end = time.perf_counter()
+                values["step_seconds"] = step_end - step_start
                 for sums in tally.values():
                     for name, value in values.items():
                         sums[name] = sums.get(name, 0.0) + value
@@ -546,6 +552,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                         stop.interrupt(ckpt_path, step)
                     raise TrainingInterrupted(f"{ckpt_path}: another process received a stop signal at step "
                                               f"{step}; checkpoint written, rerun to resume")
+                step_start = time.perf_counter() if (epoch_end or step % checkpoint_every == 0) else step_end
     if not (run_dir / "metrics.csv").exists():  # a finished run whose live CSV was removed
         last_val = validate()
         if metrics is not None:

@@ -88,6 +88,21 @@ def benchmark_files(folder) -> dict[str, list[tuple[str, Path]]]:
     return found
 
 
+def extrapolate(points, at: float) -> float:
+    """A figure measured at two or more sizes, [(size, value), ...] (size: the fraction of the
+    real split counts a run had), on the least-squares line through them at size `at`; never
+    below the largest value measured (two noisy points can slope down; no job needs less at a
+    larger size). The scale benchmark's extrapolation to the real dataset (docs/results.md)."""
+    sizes = [float(size) for size, _ in points]
+    values = [float(value) for _, value in points]
+    if len(set(sizes)) < 2:
+        raise ValueError(f"extrapolate: need measurements at two sizes or more, got sizes {sizes}")
+    mean_size, mean_value = sum(sizes) / len(sizes), sum(values) / len(values)
+    slope = (sum((x - mean_size) * (y - mean_value) for x, y in zip(sizes, values))
+             / sum((x - mean_size) ** 2 for x in sizes))
+    return max(mean_value + slope * (at - mean_size), max(values))
+
+
 def check_requests(requests) -> dict[str, dict]:
     if not isinstance(requests, dict) or not requests:
         raise ConfigError(f"--requests: expected a JSON object {{rule: {{{', '.join(REQUESTED)}}}}}, got {requests!r}")

@@ -32,7 +32,8 @@ Interface (as the Mask R-CNN backends' contract, `models/maskrcnn_torchvision.py
                                  of frame i is labels[i] == k, 1…n_objects[i]
     repaint(model, frames, masks, device, batch_size) -> uint8 (N, H, W): every object
                                  (colour component) of each mask repainted in the class
-                                 of (its predicted shape, material; its colour); runs in
+                                 of (its predicted shape, material; its colour), but those
+                                 under MIN_OBJECT_PIXELS, which keep the mask's classes; runs in
                                  eval mode under inference mode and leaves the mode as it was
     paint(labels, n_objects, colour, shape, material) -> uint8 (N, H, W): the masks of
                                  objects whose factors are known (repaint's last step)
@@ -58,6 +59,14 @@ from futureseg.models.checks import is_int
 
 FACTORS = {"shape": len(SHAPES), "material": len(MATERIALS)}
 CONTEXT = 1.25  # crop side / the object box's longer side
+# Objects smaller than this many pixels keep the segmenter's classes: a crop of a speck says
+# nothing of a shape, and a barely trained segmenter's masks hold hundreds of one-pixel specks
+# a frame (78% of 2,127 components over 44 frames of a 20-step U-Net at 160×240), each a
+# classifier pass. Mask R-CNN's min_fragment default is the same 4.
+MIN_OBJECT_PIXELS = 4
+# Objects whose silhouettes are cut at once: each is a full-frame float image before
+# roi_align, so this bounds that memory (64 × 160 × 240 × 13 bytes: 32 MB).
+SILHOUETTE_CHUNK = 64
 MARGIN = 2.0  # pixels added to the crop side, so a 1-pixel object still has surroundings
 
 
@@ -135,14 +144,19 @@ def object_crops(model: ObjectClassifier, frames, labels, n_objects) -> tuple[to
     images = (images - model.mean) / model.std
     rgb = roi_align(images, torch.cat([torch.from_numpy(owner).to(device, torch.float32)[:, None], boxes], 1),
                     size, 1.0, 2, aligned=True)
-    # each object's own silhouette: one channel per object, cut from its frame's label image
+    # each object's own silhouette: one channel per object, cut from its frame's label image,
+    # SILHOUETTE_CHUNK objects at a time
     labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     first = np.concatenate([[0], np.cumsum(n_objects)[:-1]]).astype(np.int64)
+    owner_t = torch.from_numpy(owner).to(device)
     object_id = torch.from_numpy(np.arange(len(owner)) - first[owner] + 1).to(device)
-    silhouettes = (labels_t[torch.from_numpy(owner).to(device)] == object_id[:, None, None]).float()[:, None]
-    rois = torch.cat([torch.arange(len(owner), device=device, dtype=torch.float32)[:, None], boxes], 1)
-    silhouette = roi_align(silhouettes, rois, size, 1.0, 2, aligned=True)
-    return torch.cat([rgb, silhouette * 2 - 1], 1), owner
+    silhouette = []
+    for start in range(0, len(owner), SILHOUETTE_CHUNK):
+        part = slice(start, start + SILHOUETTE_CHUNK)
+        silhouettes = (labels_t[owner_t[part]] == object_id[part, None, None]).float()[:, None]
+        rois = torch.cat([torch.arange(len(silhouettes), device=device, dtype=torch.float32)[:, None], boxes[part]], 1)
+        silhouette.append(roi_align(silhouettes, rois, size, 1.0, 2, aligned=True))
+    return torch.cat([rgb, torch.cat(silhouette) * 2 - 1], 1), owner
 
 
 def predict_parts(model: ObjectClassifier, crops: torch.Tensor, batch_size: int = 512) -> dict:
@@ -170,15 +184,31 @@ def repaint(model: ObjectClassifier, frames, masks, device=None, batch_size: int
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(masks), batch_size):
-            parts = [colour_components(m) for m in masks[start : start + batch_size]]
+            parts = [_large_objects(*colour_components(m)) for m in masks[start : start + batch_size]]
             labels = np.stack([p[0] for p in parts])
             crops, _ = object_crops(model, np.asarray(frames[start : start + len(parts)]), labels,
                                     [p[1] for p in parts])
             predicted = predict_parts(model, crops)
-            out[start : start + len(parts)] = paint(labels, [p[1] for p in parts], np.concatenate([p[2] for p in parts]),
-                                                    predicted["shape"], predicted["material"])
+            painted = paint(labels, [p[1] for p in parts], np.concatenate([p[2] for p in parts]),
+                            predicted["shape"], predicted["material"])
+            specks = np.stack([p[3] for p in parts])
+            chunk = masks[start : start + len(parts)]
+            out[start : start + len(parts)] = np.where(specks, chunk, painted)
     model.train(was_training)
     return out
+
+
+def _large_objects(labels, n, colour):
+    """(labels, n, colour) of the objects of MIN_OBJECT_PIXELS or more, renumbered 1…n in
+    order, and a bool (H, W) of the smaller ones' pixels (labels 0 there)."""
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = area >= MIN_OBJECT_PIXELS
+    keep[0] = False
+    if keep[1:].all():
+        return labels, n, colour, np.zeros(labels.shape, bool)
+    renumber = np.zeros(n + 1, np.int64)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+    return renumber[labels], int(keep.sum()), colour[keep[1:]], (labels != 0) & ~keep[labels]
 
 
 def paint(labels, n_objects, colour, shape, material) -> np.ndarray:
