@@ -145,6 +145,28 @@ def test_repaint_gives_each_object_one_class_of_its_colour():
         oc.repaint(constant_classifier(0, 0), frames[:1], np.stack([mask, mask]))
 
 
+def test_specks_keep_the_segmenters_classes_and_silhouettes_come_in_chunks(monkeypatch):
+    mask = np.zeros((H, W), np.uint8)
+    mask[4:12, 4:12] = class_id(CUBE, 0, 1)  # an object: repainted
+    mask[20, 30] = class_id(CUBE, RUBBER, 3)  # a one-pixel speck and a three-pixel one: kept as they are
+    mask[25, 40:43] = class_id(2, 0, 6)
+    mask[28:30, 5:7] = class_id(2, 0, 4)  # four pixels: an object
+    frames = np.zeros((1, H, W, 3), np.uint8)
+    expected = mask.copy()
+    expected[4:12, 4:12] = class_id(SPHERE, 0, 1)
+    expected[28:30, 5:7] = class_id(SPHERE, 0, 4)
+    np.testing.assert_array_equal(oc.repaint(constant_classifier(SPHERE, 0), frames, mask[None])[0], expected)
+    # the silhouettes of many objects, cut a few at a time, are those cut at once
+    many = np.zeros((H, W), np.int64)
+    for k in range(12):
+        many[(k // 6) * 10 : (k // 6) * 10 + 6, (k % 6) * 8 : (k % 6) * 8 + 5] = k + 1
+    model = constant_classifier(0, 0)
+    at_once, _ = oc.object_crops(model, frames, many[None], [12])
+    monkeypatch.setattr(oc, "SILHOUETTE_CHUNK", 5)
+    chunked, _ = oc.object_crops(model, frames, many[None], [12])
+    assert torch.equal(at_once, chunked)
+
+
 @pytest.mark.parametrize("bad", [{"crop_size": 4}, {"width": 0}, {"width": True}, {"image_std": (0.2, 0.0, 0.2)}])
 def test_config_refuses_bad_values(bad):
     from futureseg.core.errors import ConfigError

@@ -87,6 +87,17 @@ def test_every_job_has_a_benchmark_and_the_resource_table_shows_them(finished_ru
     assert {row["gpu"] for row in rows if row["rule"] == "check_data"} == {"0"}
 
 
+def test_hidden_mask_shards_go_once_gathered_and_intermediates_stay(finished_run):
+    results = finished_run / "results"
+    # temp(): each route's shards are removed once its gather_hidden_masks is done
+    assert not list(results.glob("*/hidden_shards/masks_*.npy"))
+    for stage in ("segmenter", "forecaster", "direct", "motion", "dynamics"):
+        assert (results / stage / "masks_hidden.npy").is_file(), stage
+    # keep_intermediates: true (config.yaml's default) keeps the caches and the predicted frames' shards
+    assert (results / "cache" / "unlabeled.npy").is_file() and (results / "pseudo" / "unlabeled.npy").is_file()
+    assert len(list((results / "predictor" / "hidden_shards").glob("frames_*.npy"))) == 2
+
+
 def test_sharded_hidden_masks_equal_an_unsharded_run(finished_run, tmp_path):
     results = finished_run / "results"
     shards = sorted((results / "predictor" / "hidden_shards").glob("frames_*.npy"))
@@ -146,10 +157,14 @@ def test_nothing_reruns_without_a_change(finished_run):
         # the resource table shows the requests; no stage reruns, whatever allow_cpu says
         ({"resources": {"train_segmenter": {"runtime": 99, "mem_mb": 1234}}}, {"resource_table", "all"}),
         ({"resources": {"allow_cpu": True}}, set()),
+        # temp() or not shapes no output: nothing reruns
+        ({"keep_intermediates": False}, set()),
+        # every training rule gets --max-steps: all of them retrain, and what follows
+        ({"max_train_steps": 1}, PREDICTION),
     ],
     ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct",
          "dynamics", "submit", "motion", "motion-flow", "forecaster-prior", "augment",
-         "predictor", "report-only", "mean-std", "resources", "allow-cpu"],
+         "predictor", "report-only", "mean-std", "resources", "allow-cpu", "keep-intermediates", "max-train-steps"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
     assert set(planned_jobs(finished_run, override=override)) == expected

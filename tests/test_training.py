@@ -43,6 +43,32 @@ def test_epoch_rows_average_every_loss_and_window_rows_come_between(tmp_path):
     assert [bool(r["val_loss"]) for r in rows] == [False, True] * 3
 
 
+def test_step_seconds_is_the_mean_wall_time_of_a_step_without_validation(tmp_path, monkeypatch):
+    import time
+
+    # each step sleeps 30 ms, each validation 300 ms: a row's step_seconds sees the steps only
+    real_sleep, sleeps = time.sleep, {"step": 0.03, "val": 0.3}
+    model = torch.nn.Linear(1, 1)
+    optimizer, scheduler = adamw_one_cycle(model, 0.1, 0.0, 4)
+
+    def step_losses(epoch, batch, step, total):
+        real_sleep(sleeps["step"])
+        return {"loss": model(torch.ones(1, 1)).pow(2).mean()}
+
+    def validate():
+        real_sleep(sleeps["val"])
+        return {"val_loss": 0.0}
+
+    fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=SETTINGS, checkpoints=tmp_path / "ckpt",
+        metrics_out=tmp_path / "metrics.csv", out=tmp_path / "model.pt", model_file={"kind": "line"}, epochs=2,
+        epoch_batches=lambda epoch: epoch_order(4, 2, 0, epoch), total_steps=4, checkpoint_every=100,
+        step_losses=step_losses, validate=validate)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    assert all(0.03 <= float(row["step_seconds"]) < 0.3 for row in rows), rows
+
+
 def test_checkpoints_of_another_loop_are_refused_by_name(tmp_path):
     model, optimizer, scheduler, _ = run(tmp_path)
     fp = fingerprint({**SETTINGS, "total_steps": 6})
