@@ -13,14 +13,14 @@ predicts exactly its prior, and training only has to learn what the prior misses
 motion, `futureseg.core.motion`), so the forecaster learns collisions, entries and
 occlusion rather than motion from scratch (F2MF, Šarić et al. 2020, splits the work the
 same way); `prior: copy_last` takes mask 10 for every future frame, which in a CPU
-run's step budget the forecaster never left (README). `residual_scale` (default 8) sets
+run's step budget the forecaster never left (docs/results.md). `residual_scale` (default 8) sets
 how sure that starting guess is: at 8, with the other 48 logits at 0, softmax puts 0.98
 on the prior's class.
 
 `prior_input`: the core sees the prior too, each time step t carrying the embeddings of
 input mask t and of prior mask 11+t (2 * `embed_dim` channels), so it can learn where the
 prior is wrong. Without it (model files written before it existed) the core saw only the
-input masks, and on every dataset measured the forecaster never left its prior (README).
+input masks, and on every dataset measured the forecaster never left its prior (docs/results.md).
 
 Interface (as the U-Net's, `futureseg.models.unet`):
 
