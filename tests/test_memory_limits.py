@@ -129,8 +129,8 @@ def test_train_forecaster_streams_its_pseudo_labels(big, tiny_dataset, tmp_path)
 
 
 def test_tracks_and_the_motion_prior_stream_the_pseudo_labels(big, tmp_path):
-    # without optical flow: the flow reads frames 4…10 of a frame cache of the same videos,
-    # which at this size would be three times the masks (the flow's reads are the trainers')
+    # without optical flow: the flow needs a frame cache of the same videos, three times the
+    # masks' size here, and the frame cache's streaming is what the tests above check
     ok("tracks", "--masks", big / "big" / "masks.npy", "--flow", "none", "--out", tmp_path / "tracks.npz")
     ok("extrapolate", "--masks", big / "big" / "masks.npy", "--motion-config", json.dumps({"flow": "none"}),
        "--out-sequence", tmp_path / "sequence.npy")
