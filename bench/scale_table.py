@@ -5,7 +5,7 @@ Run workflow/benchmarks/scale.yaml at two sizes first (its header says how), the
 
     python bench/scale_table.py \\
         --run config.yaml workflow/benchmarks/scale.yaml \\
-        --run config.yaml workflow/benchmarks/scale.yaml workflow/benchmarks/scale-half.yaml \\
+        --run config.yaml workflow/benchmarks/scale.yaml workflow/benchmarks/scale-small.yaml \\
         --csv docs/scale.csv
 
 Per job it reads Snakemake's benchmark file (wall time, CPU time, peak resident memory), the
@@ -126,7 +126,11 @@ def measure_run(config_files: list[str], real: dict) -> tuple[float, dict]:
             disk = sum(size_mb(p) for p in job_outputs(outputs.get(rule, []), job, len(files)))
             if rule in CHECKPOINTS:
                 disk += size_mb(results / CHECKPOINTS[rule])
-            entry = {"time_s": bench["s"], "cpu_s": bench["cpu_time"], "peak_mb": bench["max_rss"], "disk_mb": disk}
+            # peak memory: the proportional set size, which counts the pages a job's processes
+            # share (a data loader's forked workers) once, as a SLURM cgroup does; the resident
+            # set summed over them counts those pages once per process
+            peak = bench["max_pss"] if bench["max_pss"] is not None else bench["max_rss"]
+            entry = {"time_s": bench["s"], "cpu_s": bench["cpu_time"], "peak_mb": peak, "disk_mb": disk}
             log = results / "logs" / f"{rule}.log"
             found = STEPS_LINE.search(log.read_text()) if rule in CHECKPOINTS and log.is_file() else None
             if found:

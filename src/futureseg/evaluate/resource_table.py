@@ -45,9 +45,12 @@ COLUMNS = (
 
 
 def read_benchmark(path) -> dict[str, float | None]:
-    """{s, cpu_time, max_rss} of one benchmark file; with several records (Snakemake's
-    `repeat`), each column's largest, the one that meets the limits first. None where
-    Snakemake could not measure (NA: a job faster than its sampling)."""
+    """{s, cpu_time, max_rss, max_pss} of one benchmark file; with several records
+    (Snakemake's `repeat`), each column's largest, the one that meets the limits first. None
+    where Snakemake could not measure (NA: a job faster than its sampling) or, for max_pss
+    (the proportional set size: pages shared between a job's processes, such as a data
+    loader's forked workers, counted once, as a SLURM cgroup charges them), where the file
+    has no such column."""
     path = Path(path)
     try:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -59,12 +62,13 @@ def read_benchmark(path) -> dict[str, float | None]:
         raise DataError(f"{path}: not a Snakemake benchmark file (its header has no column {', '.join(missing)})")
     if len(lines) < 2:
         raise DataError(f"{path}: benchmark file without a record (a header only)")
-    values = {name: [] for name in MEASURED}
+    read = (*MEASURED, *(["max_pss"] if "max_pss" in header else []))
+    values = {name: [] for name in (*MEASURED, "max_pss")}
     for number, line in enumerate(lines[1:], start=2):
         cells = line.split("\t")
         if len(cells) != len(header):
             raise DataError(f"{path}: line {number} has {len(cells)} columns, the header {len(header)}")
-        for name in MEASURED:
+        for name in read:
             text = cells[header.index(name)].strip()
             if text in ("NA", "-"):  # Snakemake's "not measured" and "None"
                 continue
