@@ -13,14 +13,18 @@ settings it was trained with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from futureseg.core import data
 from futureseg.core.errors import ConfigError, DataError
-from futureseg.core.io import save_array
+from futureseg.core.io import array_writer
 from futureseg.core.shards import parse_shard, shard_rows
 
 log = logging.getLogger("futureseg")
+# videos forecast between two writes to the outputs
+CHUNK = 256
+N_FUTURE = data.N_FRAMES - data.N_INPUT
 
 
 def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16, prior_path=None) -> int:
@@ -52,13 +56,26 @@ def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: 
         prior = check_prior(prior_path, ids, saved.get(kind), kind)
     elif prior_path is not None:
         raise ConfigError(f"--prior {prior_path}: the forecaster {model_path} forecasts on copy-last, not a motion prior")
-    predicted = forecast_masks(model, inputs[rows.start : rows.stop, : data.N_INPUT], device, batch_size, prior)
     common = {"split": meta.get("split"), "model": str(model_path), "source": str(masks_path),
               **({"prior": str(prior_path)} if prior_path else {}),
               **({"shard": list(shard)} if shard else {})}
-    if out_sequence:
-        save_array(out_sequence, predicted, ids, frame_indices=list(range(data.N_INPUT, data.N_FRAMES)), **common)
-    save_array(out, predicted[:, -1], ids, frame_index=data.TARGET_FRAME, **common)
+    height, width = size
+    with contextlib.ExitStack() as stack:
+        # written CHUNK videos at a time into memory-mapped outputs: a split's whole sequence
+        # (the real hidden set's: 845 MB) is never held in memory
+        sequence = stack.enter_context(array_writer(
+            out_sequence, (len(ids), N_FUTURE, height, width), ids,
+            frame_indices=list(range(data.N_INPUT, data.N_FRAMES)), **common)) if out_sequence else None
+        target = stack.enter_context(array_writer(out, (len(ids), height, width), ids,
+                                                  frame_index=data.TARGET_FRAME, **common))
+        for start in range(0, len(ids), CHUNK):
+            stop = min(start + CHUNK, len(ids))
+            chunk_prior = None if prior is None else prior[start:stop]
+            predicted = forecast_masks(model, inputs[rows.start + start : rows.start + stop, : data.N_INPUT], device,
+                                       batch_size, chunk_prior)
+            if sequence is not None:
+                sequence[start:stop] = predicted
+            target[start:stop] = predicted[:, -1]
     return len(ids)
 
 
