@@ -32,8 +32,8 @@ def benchmarks(tmp_path):
     write(folder, "cache_frames.val.tsv", "12.5000\t0:00:12\t800.00\t900.00\t700.00\t750.00\t1.00\t2.00\t150.00\t18.75\n")
     write(folder, "cache_frames.train.tsv", "30.0000\t0:00:30\t1000.00\t1100.00\t900.00\t950.00\t1.00\t2.00\t190.00\t57.00\n")
     # two records (Snakemake's repeat): each column's largest
-    write(folder, "train_segmenter.tsv", "7200.0000\t2:00:00\t12000.00\t1\t1\t1\t1\t1\t100.00\t7000.00\n",
-          "3600.0000\t1:00:00\t14000.00\t1\t1\t1\t1\t1\t100.00\t3500.00\n")
+    write(folder, "train_segmenter.tsv", "7200.0000\t2:00:00\t12000.00\t1\t1\t11000.00\t1\t1\t100.00\t7000.00\n",
+          "3600.0000\t1:00:00\t14000.00\t1\t1\t13000.00\t1\t1\t100.00\t3500.00\n")
     # a job faster than Snakemake's sampling: no memory or CPU figures
     write(folder, "segment_references.tsv", "0.4000\t0:00:00\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")
     # not a rule of the table (its own benchmark): not shown
@@ -48,7 +48,9 @@ def test_each_job_beside_its_request_and_an_empty_row_for_a_rule_run_by_hand(ben
         ("segment_references", "")]
     train = table[0]
     assert (train["s"], train["cpu_time"], train["max_rss"]) == (30.0, 57.0, 1000.0)
-    assert train["mem_used"] == pytest.approx(1000 / 4000) and train["runtime_used"] == pytest.approx(30 / 1800)
+    # memory used: the proportional set size (shared pages once), not the summed resident sets
+    assert train["max_pss"] == 950.0 and train["mem_used"] == pytest.approx(950 / 4000)
+    assert train["runtime_used"] == pytest.approx(30 / 1800)
     segmenter = table[2]
     assert (segmenter["s"], segmenter["max_rss"], segmenter["cpu_time"]) == (7200.0, 14000.0, 7000.0)
     assert segmenter["runtime_used"] == pytest.approx(0.5) and segmenter["gpu"] == 1
@@ -58,12 +60,12 @@ def test_each_job_beside_its_request_and_an_empty_row_for_a_rule_run_by_hand(ben
 
     with open(tmp_path / "report" / "resources.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert rows[3] == {"rule": "segment", "job": "", "s": "", "cpu_time": "", "max_rss": "", "threads": "2",
+    assert rows[3] == {"rule": "segment", "job": "", "s": "", "cpu_time": "", "max_rss": "", "max_pss": "", "threads": "2",
                        "mem_mb": "16000", "runtime": "60", "gpu": "1", "mem_used": "", "runtime_used": ""}
-    assert rows[2]["max_rss"] == "14000.0" and rows[2]["mem_used"] == "0.875"
+    assert rows[2]["max_rss"] == "14000.0" and rows[2]["max_pss"] == "13000.0" and rows[2]["mem_used"] == "0.8125"
     page = (tmp_path / "report" / "resources.html").read_text()
-    assert "<td>train_segmenter</td><td></td><td>7200.0</td><td>7000.0</td><td>14000.0</td>" in page
-    assert "<td>87.5%</td><td>50.0%</td>" in page and "resource_table" not in page.split("<table>")[1]
+    assert "<td>train_segmenter</td><td></td><td>7200.0</td><td>7000.0</td><td>14000.0</td><td>13000.0</td>" in page
+    assert "<td>81.2%</td><td>50.0%</td>" in page and "resource_table" not in page.split("<table>")[1]
 
 
 def test_no_benchmark_folder_yet_gives_empty_rows(tmp_path):

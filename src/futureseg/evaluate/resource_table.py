@@ -3,8 +3,9 @@
 Every rule writes Snakemake's benchmark file (`benchmark:`) to `<results>/benchmarks/`, named
 `RULE.tsv`, or `RULE.WILDCARDS.tsv` for a rule with wildcards (a dot, which no rule name has,
 ends the rule's name: rule names hold underscores). This verb puts each job's wall time, CPU
-time and peak memory (max_rss) beside its rule's resources request (threads, mem_mb, runtime
-in minutes, gpu) and the fraction of mem_mb and runtime it used, as CSV and an HTML table.
+time and peak memory (max_rss, and max_pss: the pages its processes share counted once)
+beside its rule's resources request (threads, mem_mb, runtime in minutes, gpu) and the
+fraction of mem_mb (max_pss's, where measured) and runtime it used, as CSV and an HTML table.
 
 A rule without a benchmark file (a stage run by hand, or one this config does not run) gets
 one row with its request and empty measurements; a benchmark file that is not Snakemake's
@@ -35,6 +36,7 @@ COLUMNS = (
     ("time (s)", "s"),
     ("CPU time (s)", "cpu_time"),
     ("peak memory (MB)", "max_rss"),
+    ("peak memory, shared pages once (MB)", "max_pss"),
     ("threads", "threads"),
     ("mem_mb", "mem_mb"),
     ("runtime (min)", "runtime"),
@@ -128,10 +130,13 @@ def rows(benchmarks_folder, requests: dict) -> list[dict]:
     table = []
     for rule, request in check_requests(requests).items():
         for job, path in files.get(rule) or [("", None)]:
-            measured = read_benchmark(path) if path is not None else dict.fromkeys(MEASURED)
+            measured = read_benchmark(path) if path is not None else dict.fromkeys((*MEASURED, "max_pss"))
+            # what a SLURM cgroup charges: pages the job's processes share (a data loader's
+            # forked workers) once; max_rss counts them once per process
+            peak = measured["max_pss"] if measured["max_pss"] is not None else measured["max_rss"]
             runtime_s = request["runtime"] * 60 if request["runtime"] else None
             table.append({"rule": rule, "job": job, **measured, **request,
-                          "mem_used": _fraction(measured["max_rss"], request["mem_mb"]),
+                          "mem_used": _fraction(peak, request["mem_mb"]),
                           "runtime_used": _fraction(measured["s"], runtime_s)})
     return table
 
