@@ -16,8 +16,10 @@ DATA = config["data"]["root"] or SYNTHETIC
 if config["data"]["root"] and not Path(DATA).is_dir():
     raise ValueError(f"config data.root: {DATA} does not exist or is not a folder")
 
-# every training rule's --max-steps (0: its epochs); a param, so changing it retrains
-MAX_TRAIN_STEPS = config["max_train_steps"]
+# every training rule's --max-steps (0: its epochs); a param, so changing it retrains. The
+# flag, not the number: Snakemake compares a job's params as a set of values, so a bare 1
+# beside another param of 1 (epochs) reads as unchanged when it was 0 beside a seed of 0
+MAX_STEPS_FLAG = f"--max-steps {config['max_train_steps']}"
 
 SPLITS = ["train", "val", "unlabeled", "hidden"]
 # The splits the stages read (mean/std's, the predictor's; train, val and hidden always: the

@@ -24,7 +24,7 @@ rule train_direct:
         ),
         flags=flags({k: v for k, v in D.items() if k not in ("pseudo_labels", "seed", "checkpoint_every")}),
         checkpoints=f"{RESULTS}/direct/checkpoints",
-        max_steps=MAX_TRAIN_STEPS,
+        max_steps=MAX_STEPS_FLAG,
     threads: res("train_direct")["threads"]
     resources:
         runtime=res("train_direct")["runtime"],
@@ -41,7 +41,7 @@ rule train_direct:
         " --val-cache {input.val_cache} --mean-std {input.mean_std} --out {output.model}"
         " --metrics {output.metrics} --checkpoints {params.checkpoints} {params.flags}"
         " --seed {params.settings[seed]} --checkpoint-every {params.settings[checkpoint_every]}"
-        " --max-steps {params.max_steps} --threads {threads} 2> {log}"
+        " {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule predict_direct:

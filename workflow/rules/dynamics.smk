@@ -56,7 +56,7 @@ rule train_dynamics:
         motion=json.dumps(M),
         val_frames=lambda wildcards, input: f"--val-frames {input.val_frames}" if input.val_frames else "",
         checkpoints=f"{RESULTS}/dynamics/checkpoints",
-        max_steps=MAX_TRAIN_STEPS,
+        max_steps=MAX_STEPS_FLAG,
     threads: res("train_dynamics")["threads"]
     resources:
         runtime=res("train_dynamics")["runtime"],
@@ -71,7 +71,7 @@ rule train_dynamics:
     shell:
         "futureseg train-dynamics --tracks {input.tracks} --val-root {input.data} {params.val_frames}"
         " --motion-config '{params.motion}' {params.flags} --out {output.model} --metrics {output.metrics}"
-        " --checkpoints {params.checkpoints} --max-steps {params.max_steps} --threads {threads} 2> {log}"
+        " --checkpoints {params.checkpoints} {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule dynamics:

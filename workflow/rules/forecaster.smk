@@ -60,7 +60,7 @@ rule train_forecaster:
         settings=selected(F),
         model_config=json.dumps(F[F["model"]]),
         checkpoints=f"{RESULTS}/forecaster/checkpoints",
-        max_steps=MAX_TRAIN_STEPS,
+        max_steps=MAX_STEPS_FLAG,
         priors=lambda wildcards, input: f"--priors {' '.join(input.priors)} --val-prior {input.val_prior}" if SEQUENCE_PRIOR else "",
     threads: res("train_forecaster")["threads"]
     resources:
@@ -83,7 +83,7 @@ rule train_forecaster:
         " --batch-size {params.settings[batch_size]}"
         " --lr {params.settings[lr]} --weight-decay {params.settings[weight_decay]}"
         " --seed {params.settings[seed]} --checkpoint-every {params.settings[checkpoint_every]}"
-        " --max-steps {params.max_steps} --threads {threads} 2> {log}"
+        " {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule forecast:

@@ -34,7 +34,7 @@ rule train_predictor:
         seed=P["seed"],
         checkpoint_every=P["checkpoint_every"],
         checkpoints=f"{RESULTS}/predictor/checkpoints",
-        max_steps=MAX_TRAIN_STEPS,
+        max_steps=MAX_STEPS_FLAG,
     threads: res("train_predictor")["threads"]
     resources:
         runtime=res("train_predictor")["runtime"],
@@ -53,7 +53,7 @@ rule train_predictor:
         " --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
         " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
-        " --max-steps {params.max_steps} --threads {threads} 2> {log}"
+        " {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule predict_frames:

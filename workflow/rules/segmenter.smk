@@ -74,7 +74,7 @@ rule train_segmenter:
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/checkpoints",
-        max_steps=MAX_TRAIN_STEPS,
+        max_steps=MAX_STEPS_FLAG,
     threads: res("train_segmenter")["threads"]
     resources:
         runtime=res("train_segmenter")["runtime"],
@@ -91,7 +91,7 @@ rule train_segmenter:
         " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
         " --model {params.model} {params.flags} --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} --max-steps {params.max_steps} --threads {threads} 2> {log}"
+        " --checkpoint-every {params.checkpoint_every} {params.max_steps} --threads {threads} 2> {log}"
 
 
 # Each object's shape and material, decided from its crop and silhouette (segmenter.object_class:
@@ -115,7 +115,7 @@ rule train_object_classifier:
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/object_classifier_checkpoints",
-        max_steps=MAX_TRAIN_STEPS,
+        max_steps=MAX_STEPS_FLAG,
     threads: res("train_object_classifier")["threads"]
     resources:
         runtime=res("train_object_classifier")["runtime"],
@@ -131,7 +131,7 @@ rule train_object_classifier:
         "futureseg train-object-classifier --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
         " --checkpoints {params.checkpoints} {params.flags} --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} --max-steps {params.max_steps} --threads {threads} 2> {log}"
+        " --checkpoint-every {params.checkpoint_every} {params.max_steps} --threads {threads} 2> {log}"
 
 
 rule segment:
