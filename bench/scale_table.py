@@ -197,7 +197,8 @@ def main(argv=None) -> None:
             for size in sizes:
                 value = runs[size].get(key, {}).get(measure)
                 row[f"{measure}@{size:g}"] = value
-            row[f"{measure}@real"] = at_real_size(points, measure)
+            # peak memory scales its own way (peak_at_real_size, below)
+            row[f"{measure}@real"] = at_real_size(points, measure) if measure != "peak_mb" else None
         row["peak_mb@real"] = peak_at_real_size(
             key[0], {size: e["peak_mb"] for size, e in points.items() if e["peak_mb"] is not None},
             {size: e["disk_mb"] for size, e in points.items()}, row["disk_mb@real"])

@@ -496,7 +496,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
 
     def means(sums: dict) -> dict:
         # the losses get the prefix; step_seconds is the mean wall time of a step (batch
-        # reading included, validation and checkpoints not), to time a run from its CSV
+        # reading included; validation, checkpoints and logging not), to time a run from its CSV
         n = sums.get("steps", 0)
         return {(k if k == "step_seconds" else f"{loss_prefix}{k}"): v / n for k, v in sums.items() if k != "steps"}
 
@@ -527,8 +527,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                step_end = time.perf_counter()
-                values["step_seconds"] = step_end - step_start
+                values["step_seconds"] = time.perf_counter() - step_start
                 for sums in tally.values():
                     for name, value in values.items():
                         sums[name] = sums.get(name, 0.0) + value
@@ -552,7 +551,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                         stop.interrupt(ckpt_path, step)
                     raise TrainingInterrupted(f"{ckpt_path}: another process received a stop signal at step "
                                               f"{step}; checkpoint written, rerun to resume")
-                step_start = time.perf_counter() if (epoch_end or step % checkpoint_every == 0) else step_end
+                step_start = time.perf_counter()  # the next step's clock starts after validation and checkpoints
     if not (run_dir / "metrics.csv").exists():  # a finished run whose live CSV was removed
         last_val = validate()
         if metrics is not None:

@@ -24,11 +24,11 @@ from futureseg.core.shards import parse_shard, shard_rows
 log = logging.getLogger("futureseg")
 # videos forecast between two writes to the outputs
 CHUNK = 256
-N_FUTURE = data.N_FRAMES - data.N_INPUT
 
 
 def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: int = 16, prior_path=None) -> int:
     from futureseg.core.dense import forecast_masks, load_mask_cache
+    from futureseg.core.motion import HORIZON
     from futureseg.models import forecasters
     from futureseg.core.training import select_device
 
@@ -64,7 +64,7 @@ def run(model_path, masks_path, out, out_sequence=None, shard=None, batch_size: 
         # written CHUNK videos at a time into memory-mapped outputs: a split's whole sequence
         # (the real hidden set's: 845 MB) is never held in memory
         sequence = stack.enter_context(array_writer(
-            out_sequence, (len(ids), N_FUTURE, height, width), ids,
+            out_sequence, (len(ids), HORIZON, height, width), ids,
             frame_indices=list(range(data.N_INPUT, data.N_FRAMES)), **common)) if out_sequence else None
         target = stack.enter_context(array_writer(out, (len(ids), height, width), ids,
                                                   frame_index=data.TARGET_FRAME, **common))

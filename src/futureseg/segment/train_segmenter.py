@@ -297,12 +297,7 @@ def train(args) -> dict:
     model = backend.model.to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = warmup_cosine(optimizer, args.lr, args.warmup_steps, total_steps)
-    clock = {}  # the first and latest step since the last validation, and when the first began
-
     def step_losses(epoch, batch, step, total):
-        clock.setdefault("started", time.perf_counter())
-        clock.setdefault("first", step)
-        clock["last"] = step
         images, targets = batch
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
@@ -312,15 +307,10 @@ def train(args) -> dict:
 
     def validate() -> dict:
         started = time.perf_counter()
-        timing = {}
-        if clock:
-            steps = clock["last"] - clock["first"] + 1
-            timing = {"seconds_per_step": round((started - clock["started"]) / steps, 4)}
-            clock.clear()
         threshold = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
         iou = oracle_iou(Segmenter("maskrcnn", backend, **threshold), val_frames, val_masks,
                          args.val_batch_size, device)
-        return {**timing, "val_oracle_iou": iou, "val_seconds": round(time.perf_counter() - started, 3)}
+        return {"val_oracle_iou": iou, "val_seconds": round(time.perf_counter() - started, 3)}
 
     return fit(model=model, weights=backend, optimizer=optimizer, scheduler=scheduler, settings=settings,
                checkpoints=args.checkpoints, metrics_out=args.metrics, out=args.out,
