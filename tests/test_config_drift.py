@@ -166,3 +166,38 @@ def test_weight_shaping_settings_have_no_verb_defaults(verb, required, capsys):
     with pytest.raises(SystemExit):
         parse(verb, required)
     assert "the following arguments are required: --epochs, --batch-size, --lr, --weight-decay" in capsys.readouterr().err
+
+
+def test_dynamics_section_schema_and_model_config_agree():
+    from futureseg.models.dynamics import INTERACTIONS, DynamicsConfig
+
+    section = CONFIG["dynamics"]
+    schema = SCHEMA["dynamics"]
+    assert set(schema["properties"]) == set(schema["required"]) == set(section)
+    model_keys = fields(DynamicsConfig) - {"size"}
+    assert model_keys <= set(section)  # every model setting is the config's to choose
+    assert schema["properties"]["interaction"]["enum"] == list(INTERACTIONS)
+    DynamicsConfig(size=(16, 24), **{k: section[k] for k in model_keys})
+
+
+def test_real_data_config_validates_and_plans_a_run(tmp_path):
+    """real-data.yaml over config.yaml, as the README runs it: the schema accepts it and a dry
+    run (through the SLURM profile) plans route dynamics with real-data.yaml's settings."""
+    import subprocess
+    import sys
+
+    from futureseg.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "ds", {"train": 1, "val": 1, "unlabeled": 1, "hidden": 1}, 32, 48, seed=0)
+    real = yaml.safe_load((REPO / "real-data.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
+         str(REPO / "slurm"), "--configfile", str(REPO / "config.yaml"), str(REPO / "real-data.yaml"),
+         "--config", f"data={{root: {tmp_path / 'ds'}}}", "--dry-run", "--printshellcmds"],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shell = result.stdout
+    assert "futureseg train-dynamics" in shell and "futureseg dynamics --model" in shell
+    assert f"--interaction {real['dynamics']['interaction']}" in shell and f"--layers {real['dynamics']['layers']}" in shell
+    for route in {"frames", "masks", "direct"} - set(real["routes"]):
+        assert {"frames": "train-predictor", "masks": "train-forecaster", "direct": "train-direct"}[route] not in shell

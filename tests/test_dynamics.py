@@ -33,8 +33,8 @@ def untrained(size=(H, W), **settings):
 
 def save_model_file(path, model, motion_config=CENTROIDS):
     """A model file as train-dynamics writes one, of a model never trained."""
-    save_checkpoint(path, {"kind": "dynamics", "model_config": dataclasses.asdict(model.config), "fingerprint": "0",
-                           "motion": dataclasses.asdict(motion_config), "model": model.state_dict()})
+    save_checkpoint(path, {"kind": "dynamics", "format": dynamics.FORMAT, "model_config": dataclasses.asdict(model.config),
+                           "fingerprint": "0", "motion": dataclasses.asdict(motion_config), "model": model.state_dict()})
 
 
 def write_split(root, split, masks, first_id):
@@ -144,8 +144,10 @@ def test_an_untrained_model_moves_objects_exactly_as_route_motion(with_frames):
     videos[1] = sequence((5, lambda t: 12, lambda t: 30 + 2 * t, 6), (9, lambda t: 3 if t >= 10 else None,
                                                                           lambda t: 3, 5), frames=22)
     config = motion.MotionConfig(flow="dis") if with_frames else CENTROIDS
-    model = untrained()
-    for masks in videos:
+    # every interaction, with the exits and the spread the default paints by (an untrained
+    # model sees every object in view at a spread of a tenth of a pixel)
+    models = [untrained(), untrained(interaction="attention"), untrained(layers=0, exits=False, spread=False)]
+    for model, masks in zip(models * 2, videos):
         frames = report_figures.palette()[masks[:11]] if with_frames else None
         expected = motion.extrapolate(masks[:11], frames, config)
         np.testing.assert_array_equal(dynamics.forecast(model, masks[:11], frames, config), expected)
@@ -155,7 +157,7 @@ def test_an_untrained_model_moves_objects_exactly_as_route_motion(with_frames):
 def test_a_model_pushing_objects_out_of_the_image_drops_them():
     model = untrained()
     with torch.no_grad():
-        model.head[-1].bias.view(11, 3)[:, 1] = 100.0  # 100 units (200 px) to the right
+        model.head[-1].bias.view(11, dynamics.OUTPUTS - 1)[:, 1] = 100.0  # 100 units (200 px) to the right
     masks = sequence((5, lambda t: 10, lambda t: 20 + t, 6), frames=11)
     assert not dynamics.forecast(model, masks, None, CENTROIDS).any()
 
@@ -164,7 +166,11 @@ def test_dynamics_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="dynamics.layers"):
         dynamics.DynamicsConfig(size=(H, W), layers=-1)
     with pytest.raises(ConfigError, match="dynamics.width .* multiple of dynamics.heads"):
-        dynamics.DynamicsConfig(size=(H, W), width=10, heads=4)
+        dynamics.DynamicsConfig(size=(H, W), width=10, heads=4, interaction="attention")
+    with pytest.raises(ConfigError, match="dynamics.interaction must be one of attention, pairwise"):
+        dynamics.DynamicsConfig(size=(H, W), interaction="telepathy")
+    with pytest.raises(ConfigError, match="dynamics.spread must be true or false"):
+        dynamics.DynamicsConfig(size=(H, W), spread="yes")
 
 
 def test_placement_oracle_puts_each_object_at_its_true_place_and_skips_late_entries():
@@ -270,3 +276,150 @@ def test_train_dynamics_refuses_input_only_tracks_and_flow_mismatch(friction, tm
     base[base.index("--motion-config") + 1] = json.dumps({"flow": "dis"})
     assert run_cli(*base, "--val-frames", tmp_path / "none.npy") == 2
     assert "tracks with flow 'none'" in capsys.readouterr().err and not out.exists()
+
+
+# ---------------------------------------------------------------- issue 30: exits, spread, pieces, targets
+
+
+def test_an_object_predicted_to_leave_is_not_painted_and_never_wraps():
+    masks = sequence((5, lambda t: 10, lambda t: 36 + t, 6), (9, lambda t: 20, lambda t: 10, 5), frames=11)
+    model = untrained()
+    with torch.no_grad():
+        bias = model.head[-1].bias.view(11, dynamics.OUTPUTS - 1)
+        bias[6:, dynamics.PRESENCE] = -10.0  # every object out of view from frame 17 on
+    out = dynamics.forecast(model, masks, None, CENTROIDS)
+    assert (out[:6] == 9).any() and (out[:6] == 5).any()
+    assert not out[6:].any()
+    # without exits the same weights paint them: the presence read-out is not used
+    blind = untrained(exits=False)
+    blind.load_state_dict(model.state_dict())
+    assert (dynamics.forecast(blind, masks, None, CENTROIDS)[6:] == 9).any()
+
+
+def test_an_object_entering_from_an_edge_moves_as_the_rule_and_its_cut_targets_are_masked():
+    from futureseg.forecast.train_dynamics import targets
+
+    # entering from the left at 2 px a frame: cut by the border until frame 3, whole after
+    masks = sequence((5, lambda t: 10, lambda t: 2 * t - 6, 6), frames=22)
+    np.testing.assert_array_equal(dynamics.forecast(untrained(), masks[:11], None, CENTROIDS),
+                                  motion.extrapolate(masks[:11], None, CENTROIDS))
+    # leaving on the right at 3 px a frame: from frame 17 its box is at the border
+    leaving = sequence((5, lambda t: 10, lambda t: 3 * t - 9, 6), frames=22)
+    classes, states = motion.object_tracks(leaving)
+    config = dynamics.DynamicsConfig(size=(H, W))
+    x, base, present = dynamics.inputs(classes, states, 10, (H, W), config, 3, True)
+    assert x.shape == (1, config.n_features)
+    residual, log_scale, seen, whole, in_view = targets(states, 10, present, base, config.unit, (H, W))
+    right, there = states[0, 11:, motion.STATE["right"]], states[0, 11:, motion.STATE["present"]] > 0
+    assert (there & (right == W - 1)).sum() >= 2  # cut by the border for a few frames, then gone
+    np.testing.assert_array_equal(seen[0], there & (right < W - 1))  # cut frames masked, not pulled inward
+    assert not seen[0, -1] and seen[0, 0]
+    np.testing.assert_array_equal(in_view[0], states[0, 11:, motion.STATE["present"]])
+    assert whole[0].sum() == seen[0].sum()  # whole at frame 10: its scale targets are those frames
+
+
+def test_two_objects_colliding_see_each_other_through_pairwise_messages():
+    config = dynamics.DynamicsConfig(size=(H, W), width=16, layers=1)
+    torch.manual_seed(0)
+    model = dynamics.Dynamics(config)
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)  # a read-out that shows the features
+    head_on = sequence((5, lambda t: 10, lambda t: 2 * t, 6), (12, lambda t: 10, lambda t: 40 - 2 * t, 6), frames=11)
+    alone = sequence((5, lambda t: 10, lambda t: 2 * t, 6), frames=11)
+
+    def first_object_output(masks):
+        classes, states = motion.object_tracks(masks)
+        x, _, _ = dynamics.inputs(classes, states, 10, (H, W), config, 3, True)
+        with torch.no_grad():
+            return model(torch.from_numpy(x)[None], torch.ones(1, len(x), dtype=torch.bool))[0, 0]
+
+    # the same object, with and without another coming at it; one object alone runs too
+    assert not torch.allclose(first_object_output(head_on), first_object_output(alone))
+    assert dynamics.forecast(model, alone, None, CENTROIDS).shape == (11, H, W)
+
+
+def test_a_speck_of_a_class_moves_with_its_object():
+    # class 5: a 6×6 square sliding right at 2 px a frame, and a one-pixel speck of class 5
+    # standing at column 1 (a segmenter's stray pixel)
+    masks = sequence((5, lambda t: 12, lambda t: 10 + 2 * t, 6), frames=11)
+    masks[:, 2, 1] = 5
+    model = untrained()
+    with torch.no_grad():
+        model.head[-1].bias.view(11, dynamics.OUTPUTS - 1)[:, 0] = 2.0 / model.config.unit * 0  # no row shift
+        model.head[-1].bias.view(11, dynamics.OUTPUTS - 1)[:, 1] = 4.0 / model.config.unit  # 4 px right
+    out = dynamics.forecast(model, masks, None, CENTROIDS)
+    speck = np.argwhere(out[0] == 5)
+    square_pixels = speck[speck[:, 0] > 5]
+    speck_pixels = speck[speck[:, 0] <= 5]
+    assert len(speck_pixels) == 1 and len(square_pixels) == 36
+    # both pieces are displaced alike from where they were in frame 10
+    square_shift = square_pixels[:, 1].min() - 30
+    assert abs((speck_pixels[0, 1] - 1) - square_shift) <= 1, (speck_pixels, square_shift)
+
+
+def test_a_spread_of_zero_paints_the_means_and_a_spread_smears_the_silhouette():
+    masks = sequence((5, lambda t: 10, lambda t: 2 * t, 6), (9, lambda t: 14, lambda t: 30 - t, 6), frames=11)
+    objects = motion.moving_objects(masks, None, CENTROIDS)
+    k = len(objects)
+    means = motion.paint(objects, (H, W))
+    probability, classes = motion.paint_probable(objects, (H, W), [o.future for o in objects], [np.ones(11)] * k,
+                                                 [np.zeros(11)] * k, [np.ones(11)] * k)
+    assert set(np.unique(probability)) <= {0.0, 1.0}
+    for threshold in (0.0, 0.5, 0.99):
+        np.testing.assert_array_equal(np.where(probability > threshold, classes, 0), means)
+    smeared, _ = motion.paint_probable(objects, (H, W), [o.future for o in objects], [np.ones(11)] * k,
+                                       [np.full(11, 2.0)] * k, [np.ones(11)] * k)
+    assert ((smeared > 0) & (smeared < 1)).any() and (smeared > 0).sum() > (probability > 0).sum()
+
+
+def test_an_old_dynamics_model_file_is_refused_in_one_line(tmp_path):
+    from futureseg.core.errors import FuturesegError
+
+    model = untrained()
+    save_checkpoint(tmp_path / "old.pt", {"kind": "dynamics", "model_config": {"size": [H, W], "history": 6,
+                                                                             "width": 64, "layers": 0, "heads": 4},
+                                          "fingerprint": "0", "motion": {}, "model": model.state_dict()})
+    with pytest.raises(FuturesegError, match=r"old.pt: a dynamics model of an older futureseg .* retrain it"):
+        dynamics.load(tmp_path / "old.pt")
+
+
+def test_tracks_average_the_flow_pairs_of_the_rule_and_training_checks_them(friction, tmp_path, capsys):
+    from futureseg.data.synth import render_video
+
+    frames, masks, _ = render_video(3, 0, 48, 72)
+    config = motion.MotionConfig(flow="dis", flow_pairs=2)
+    classes, states = motion.object_tracks(masks[:11], frames[:11], (10,), "dis", flow_pairs=2)
+    for obj in motion.moving_objects(masks[:11], frames[:11], config):
+        row = int(np.searchsorted(classes, obj.class_id))
+        np.testing.assert_allclose(states[row, 10, motion.STATE["flow_row"] :], obj.velocity, atol=1e-4)
+    folder, root, argv = friction
+    base = list(argv)
+    base[base.index("--motion-config") + 1] = json.dumps({"flow": "none", "flow_pairs": 2})
+    out = tmp_path / "m.pt"
+    base[base.index("--out") + 1] = out
+    # flow none: the pairs are not used, so a tracks file of none is fine; with flow, checked
+    tracks = Tracks(folder / "tracks.npz")
+    meta = dict(tracks.meta, flow="dis", flow_pairs=1)
+    from futureseg.forecast.tracks import write
+
+    write(tmp_path / "dis.npz", tracks.ids, [tracks.video(i)[0] for i in range(len(tracks))],
+          [tracks.video(i)[1] for i in range(len(tracks))], meta)
+    base[base.index("--tracks") + 1] = tmp_path / "dis.npz"
+    base[base.index("--motion-config") + 1] = json.dumps({"flow": "dis", "flow_pairs": 2})
+    assert run_cli(*base, "--val-frames", tmp_path / "none.npy") == 2
+    err = capsys.readouterr().err
+    assert "dis.npz: tracks with flow averaged over 1 frame pair(s)" in err and "--flow-pairs 2" in err
+    assert not out.exists()
+
+
+def test_the_model_file_holds_the_best_epoch_by_val_iou(friction):
+    folder, _, _ = friction
+    rows = [dict(zip(*(line.split(",") for line in pair)))
+            for pair in [((folder / "metrics.csv").read_text().splitlines()[0], line)
+                         for line in (folder / "metrics.csv").read_text().splitlines()[1:]]]
+    epochs = [r for r in rows if r.get("val_iou")]
+    best = max(epochs, key=lambda r: float(r["val_iou"]))
+    state = torch.load(folder / "model.pt", weights_only=True)
+    assert state["step"] == int(best["step"]) and state["val_metrics"]["val_iou"] == pytest.approx(float(best["val_iou"]))
+    assert state["last_step"] == int(epochs[-1]["step"])
+    # its painter's threshold is the one that epoch chose on val
+    assert float(state["model"]["paint_threshold"]) == pytest.approx(float(best["val_threshold"]))

@@ -159,3 +159,19 @@ def test_segment_object_vote_on_hand_made_masks(red_channel, tmp_path):
     voted, meta = load_array(tmp_path / "voted.npy")
     np.testing.assert_array_equal(voted, expected)
     assert meta["object_vote"] is True and meta["frame_index"] == 21
+
+
+def test_pseudo_labels_vote_the_input_frames_as_the_route_does():
+    """Frames 0…10 of a 22-frame video are voted over themselves (val's and hidden's inputs
+    have no more frames); frames 11…21 over the whole video."""
+    from futureseg.segment.pseudo_label import vote
+
+    masks = np.zeros((22, 16, 16), np.uint8)
+    # one object, standing still: class 5 in 6 of the input frames, 7 in the other 5 and in
+    # every later frame, so the whole video's majority (16 frames) is 7, the inputs' (6) is 5
+    masks[:, 4:9, 4:9] = 7
+    masks[:6, 4:9, 4:9] = 5
+    voted = vote(masks)
+    assert (voted[:11, 4:9, 4:9] == 5).all()
+    assert (voted[11:, 4:9, 4:9] == 7).all()
+    np.testing.assert_array_equal(vote(masks[:11]), track_vote(masks[:11]))

@@ -77,11 +77,15 @@ def csv(values):
 
 def flags(settings):
     """A model's config section as the verb's command-line flags: key_Name: v → --key-name v
-    (lists comma-separated)."""
-    return " ".join(
-        f"--{key.lower().replace('_', '-')} {csv(value) if isinstance(value, list) else value}"
-        for key, value in settings.items()
-    )
+    (lists comma-separated; a boolean as --key-name or --no-key-name)."""
+
+    def flag(key, value):
+        name = key.lower().replace("_", "-")
+        if isinstance(value, bool):
+            return f"--{name}" if value else f"--no-{name}"
+        return f"--{name} {csv(value) if isinstance(value, list) else value}"
+
+    return " ".join(flag(key, value) for key, value in settings.items())
 
 
 def selected(section):

@@ -23,6 +23,7 @@ rule tracks:
         split="train|unlabeled",
     params:
         flow=M["flow"],
+        flow_pairs=M["flow_pairs"],
         frames=frames_flag,
         masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
     threads: res("extrapolate")["threads"]
@@ -36,7 +37,8 @@ rule tracks:
     log:
         f"{RESULTS}/logs/tracks_{{split}}.log",
     shell:
-        "futureseg tracks {params.masks} {params.frames} --flow {params.flow} --out {output} 2> {log}"
+        "futureseg tracks {params.masks} {params.frames} --flow {params.flow} --flow-pairs {params.flow_pairs}"
+        " --out {output} 2> {log}"
 
 
 rule train_dynamics:

@@ -203,7 +203,8 @@ STATE_FIELDS = ("present", "row", "col", "area", "top", "left", "bottom", "right
 STATE = {name: i for i, name in enumerate(STATE_FIELDS)}
 
 
-def object_tracks(masks, frames=None, flow_frames=(), method: str = "dis") -> tuple[np.ndarray, np.ndarray]:
+def object_tracks(masks, frames=None, flow_frames=(), method: str = "dis",
+                  flow_pairs: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Every object's state in every frame of a mask sequence: (classes (K,) int, states
     (K, T, len(STATE_FIELDS)) float32), objects in class order.
 
@@ -213,8 +214,10 @@ def object_tracks(masks, frames=None, flow_frames=(), method: str = "dis") -> tu
     where overlap links (`_link`) break at the first frame it is hidden. State per frame:
     `present` (1/0), the centroid `row`, `col`, the pixel `area`, the box `top`, `left`,
     `bottom`, `right` (inclusive) of all its pixels, and, at the frames t of `flow_frames`
-    (frames given), its velocity (rows, cols per frame) from t-1 to t: the median optical
-    flow over its pixels, as route motion measures it (NaN elsewhere). Absent: zeros.
+    (frames given), its velocity (rows, cols per frame): the median optical flow over its
+    pixels from t-1 to t, averaged over the `flow_pairs` pairs t←t-1, t-1←t-2, … where it is
+    present, as route motion measures it (`MotionConfig.flow_pairs`; NaN elsewhere). Absent:
+    zeros.
     Two bincounts over the whole sequence give everything but the flow: about 16 ms for 22
     frames at 160×240, so a split's tracks are written once and read by every later stage."""
     masks = np.asarray(masks)
@@ -252,13 +255,24 @@ def object_tracks(masks, frames=None, flow_frames=(), method: str = "dis") -> tu
     states[..., STATE["top"] : STATE["right"] + 1] = np.where(present[..., None], box, 0)
     if frames is not None:
         labels = key.reshape(n_frames, h * w) - (np.arange(n_frames) * n)[:, None]
-        for t in (t for t in flow_frames if 0 < t < n_frames):
-            flow = _backward_flow(np.asarray(frames[t]), np.asarray(frames[t - 1]), method).reshape(-1, 2)
-            order = np.argsort(labels[t], kind="stable")
-            starts = np.searchsorted(labels[t][order], np.arange(1, n + 1))
-            for k in np.flatnonzero(present[:, t]):
+        ends = [t for t in flow_frames if 0 < t < n_frames]
+        # each pair's flow once, however many window ends share it
+        moved = {}  # frame u -> (K, 2) median motion of each object present at u from u-1, NaN if absent
+        for u in sorted({t - k for t in ends for k in range(flow_pairs) if t - k > 0}):
+            flow = _backward_flow(np.asarray(frames[u]), np.asarray(frames[u - 1]), method).reshape(-1, 2)
+            order = np.argsort(labels[u], kind="stable")
+            starts = np.searchsorted(labels[u][order], np.arange(1, n + 1))
+            moved[u] = np.full((len(classes), 2), np.nan)
+            for k in np.flatnonzero(present[:, u]):
                 dx, dy = np.median(flow[order[starts[k] : starts[k + 1]]], axis=0)
-                states[k, t, STATE["flow_row"] :] = (-dy, -dx)
+                moved[u][k] = (-dy, -dx)
+        for t in ends:
+            pairs = np.stack([moved[t - k] for k in range(flow_pairs) if t - k > 0])
+            seen = np.isfinite(pairs[..., 0])
+            with np.errstate(invalid="ignore"):
+                mean = np.where(seen[..., None], pairs, 0).sum(0) / seen.sum(0)[:, None]
+            # measured at t only when the object is there at t (as the rule's last frame)
+            states[:, t, STATE["flow_row"] :] = np.where(present[:, t, None], mean, np.nan)
     return classes, states
 
 
@@ -448,6 +462,55 @@ def paint(objects: list[MovingObject], size: tuple[int, int], centroids=None, sc
             inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
             frame[rows[inside], cols[inside]] = class_id
     return out
+
+
+def paint_probable(objects: list[MovingObject], size: tuple[int, int], centroids, scales, spreads,
+                   in_view) -> tuple[np.ndarray, np.ndarray]:
+    """(probability (F, H, W) float32, classes (F, H, W) uint8): for each pixel of each future
+    frame, the object most likely to be seen there and that likelihood. Object i covers a
+    pixel with probability in_view[i][s] × its silhouette (at `centroids[i][s]`, scaled by
+    `scales[i][s]`, as `paint` places it) smoothed by a Gaussian of `spreads[i][s]` pixels,
+    the uncertainty of its centroid; nearer objects hide farther ones in proportion (near to
+    far, each object is seen where nothing nearer was: its probability times what the nearer
+    ones left). With spreads of 0 and in_view of 1 the probability is 1 exactly where `paint`
+    paints, and the classes are paint's: thresholding at any value in [0, 1) gives paint."""
+    h, w = size
+    n_future = len(centroids[0]) if len(objects) else HORIZON
+    probability = np.zeros((n_future, h, w), dtype=np.float32)
+    classes = np.zeros((n_future, h, w), dtype=np.uint8)
+    for s in range(n_future):
+        placed = []
+        for i, obj in enumerate(objects):
+            centroid = np.asarray(centroids[i][s], dtype=np.float64)
+            scale, spread, seen = float(scales[i][s]), float(spreads[i][s]), float(in_view[i][s])
+            if not (np.all(np.isfinite(centroid)) and np.isfinite(scale) and scale > 0 and seen > 0):
+                continue
+            rows, cols = _placed(obj, centroid, scale)
+            if len(rows):
+                placed.append((int(rows.max()), obj.class_id, rows, cols, spread, seen))
+        left = np.ones((h, w), dtype=np.float32)  # the chance that nothing nearer covers the pixel
+        # near to far: the reverse of paint's order, so that ties resolve as paint's overwrites do
+        for _, class_id, rows, cols, spread, seen in sorted(placed, key=lambda p: (p[0], p[1]), reverse=True):
+            margin = int(np.ceil(3 * spread)) if spread > 0.05 else 0
+            top, lft = max(int(rows.min()) - margin, 0), max(int(cols.min()) - margin, 0)
+            bottom, right = min(int(rows.max()) + margin, h - 1), min(int(cols.max()) + margin, w - 1)
+            if top > bottom or lft > right:
+                continue  # wholly outside the image
+            # the silhouette on a canvas of its box and margin (off-image pixels included, so
+            # that the smoothing sees the object's part beyond the border)
+            r0, c0 = int(rows.min()) - margin, int(cols.min()) - margin
+            canvas = np.zeros((int(rows.max()) + margin - r0 + 1, int(cols.max()) + margin - c0 + 1), np.float32)
+            canvas[rows - r0, cols - c0] = 1.0
+            if margin:
+                canvas = ndimage.gaussian_filter(canvas, spread, mode="constant", truncate=3.0)
+            p = seen * canvas[top - r0 : bottom - r0 + 1, lft - c0 : right - c0 + 1]
+            window = (slice(top, bottom + 1), slice(lft, right + 1))
+            visible = p * left[window]
+            better = visible > probability[s][window]
+            probability[s][window] = np.where(better, visible, probability[s][window])
+            classes[s][window] = np.where(better, class_id, classes[s][window])
+            left[window] *= 1 - p
+    return probability, classes
 
 
 def extrapolate(masks, frames=None, config: MotionConfig | None = None) -> np.ndarray:

@@ -425,7 +425,7 @@ def plan_steps(n_samples: int, batch_size: int, epochs: int, max_steps: int = 0)
 def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out, out, model_file: dict,
         epochs: int, epoch_batches, total_steps: int, checkpoint_every: int, step_losses, validate,
         read_batches=None, weights=None, log_every: int = 0, loss_prefix: str = "train_", rank: int = 0,
-        world: int = 1, desc: str = "train") -> dict:
+        world: int = 1, desc: str = "train", keep_best: str | None = None) -> dict:
     """The one resumable training loop; every trainer (frame predictor, both segmenters, mask
     forecaster, direct U-Net) brings its own batches, step and validation.
 
@@ -449,7 +449,10 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     logs the global mean and stops, or fails, at the same step; rank 0 alone writes files.
     At the end it writes the model file `out`: `model_file` (what rebuilds the model: its
     kind, its config) with the weights, the fingerprint, the settings, the step and the last
-    validation metrics, which it returns.
+    validation metrics, which it returns. With `keep_best` (a key of validate()'s metrics,
+    higher is better) the model file holds instead the weights of the epoch end where that
+    metric was highest, its step and its metrics (the checkpoint carries them, so a resumed
+    run exports what an uninterrupted one would); `last_val_metrics` keeps the last epoch's.
     """
     weights = model if weights is None else weights
     steps_per_epoch = len(epoch_batches(0))
@@ -458,6 +461,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     ckpt_path = checkpoint_path(checkpoints, fp)
     run_dir = ckpt_path.parent
     step, tally, last_val = 0, {"epoch": {}, "window": {}}, {}
+    best = {}  # keep_best: {"step", "value", "val_metrics", "model"} of the best epoch end so far
     try:
         resumed = resume(ckpt_path, fp, weights.load_state_dict, optimizer, scheduler)
     except UnreadableCheckpoint as exc:
@@ -474,6 +478,8 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
         resumed = None
     if resumed:
         step, tally, last_val = resumed
+        if keep_best:
+            best = load_checkpoint(ckpt_path, fp).get("best", {})
         if set(tally) != {"epoch", "window"}:
             raise FuturesegError(f"{ckpt_path}: a checkpoint of another futureseg version (its running sums are "
                                  f"not this loop's); remove {run_dir} to train this config afresh")
@@ -491,7 +497,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
             save_checkpoint(ckpt_path, {
                 "fingerprint": fp, "settings": settings, "step": step, "model": weights.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "tally": tally, "val_metrics": last_val,
+                "tally": tally, "val_metrics": last_val, **({"best": best} if keep_best else {}),
             })
 
     def means(sums: dict) -> dict:
@@ -541,6 +547,9 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                 if epoch_end:
                     last_val = validate()
                     model.train()
+                    if keep_best and (not best or last_val[keep_best] > best["value"]):
+                        best = {"step": step, "value": float(last_val[keep_best]), "val_metrics": dict(last_val),
+                                "model": {k: v.detach().clone() for k, v in weights.state_dict().items()}}
                     if metrics is not None:
                         metrics.log(step, epoch=epoch + 1, lr=lr, **means(tally["epoch"]), **last_val)
                     tally["epoch"] = {}
@@ -557,12 +566,17 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
         if metrics is not None:
             metrics.log(step, epoch=epochs, **last_val)
     if rank == 0:
-        save_checkpoint(out, {**model_file, "model": weights.state_dict(), "fingerprint": fp,
-                              "settings": settings, "step": step, "val_metrics": last_val})
+        exported = {"model": weights.state_dict(), "step": step, "val_metrics": last_val}
+        if best:
+            exported = {"model": best["model"], "step": best["step"], "val_metrics": best["val_metrics"],
+                        "last_step": step, "last_val_metrics": last_val}
+            log.info("exporting the best epoch end by %s: step %d of %d", keep_best, best["step"], step)
+        save_checkpoint(out, {**model_file, **exported, "fingerprint": fp, "settings": settings})
         with atomic_path(metrics_out) as tmp:
             shutil.copyfile(run_dir / "metrics.csv", tmp)
-        log.info("wrote %s (step %d): %s", out, step, " ".join(f"{k}={v:.4g}" for k, v in last_val.items()))
-    return last_val
+        log.info("wrote %s (step %d): %s", out, exported["step"],
+                 " ".join(f"{k}={v:.4g}" for k, v in exported["val_metrics"].items()))
+    return exported["val_metrics"]
 
 
 def adamw_one_cycle(model, lr: float, weight_decay: float, total_steps: int):

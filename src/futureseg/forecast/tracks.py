@@ -4,7 +4,8 @@ Input, as `futureseg extrapolate` reads it: a mask cache (`--masks`, the segment
 pseudo-labels: unlabeled's 22 frames) or a labeled split's true masks (`--root DIR --split
 S`: train's 22 frames), and with `--flow` the frame cache of the same videos (`--frames`,
 ids checked) for the flow velocity at the frames where a training window can end
-(`models.dynamics.FIRST_WINDOW_END`…10). Each video's tracks are
+(`models.dynamics.FIRST_WINDOW_END`…10), averaged over `--flow-pairs` frame pairs as route
+motion's `flow_pairs`. Each video's tracks are
 `core.motion.object_tracks`: per object (a class id), per frame, its presence, centroid,
 area, box and flow velocity.
 
@@ -27,16 +28,17 @@ log = logging.getLogger("futureseg")
 FLOWS = ("none", "dis", "farneback")
 
 
-def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis") -> int:
+def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis", flow_pairs=1) -> int:
     """Write the tracks of every video; returns how many."""
     from futureseg.core import motion
-    from futureseg.core.io import atomic_path
     from futureseg.core.training import progress
     from futureseg.forecast.extrapolate import read_inputs
     from futureseg.models.dynamics import FIRST_WINDOW_END
 
     if flow not in FLOWS:
         raise ConfigError(f"--flow must be one of {', '.join(FLOWS)}, got {flow!r}")
+    if isinstance(flow_pairs, bool) or not isinstance(flow_pairs, int) or flow_pairs < 1:
+        raise ConfigError(f"--flow-pairs must be a positive integer, got {flow_pairs!r}")
     if flow != "none" and frames_path is None:
         raise ConfigError(f"--flow {flow}: --frames (the frame cache of the same videos) is needed, or --flow none")
     masks, frames, ids, source = read_inputs(masks_path, root, split, frames_path)
@@ -44,24 +46,34 @@ def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis
     flow_frames = tuple(range(FIRST_WINDOW_END, min(n_frames, 11)))
     if frames is not None and flow != "none" and frames.shape[1] < n_frames:
         raise DataError(f"{frames_path}: {frames.shape[1]} frames per video, the masks of {source} have {n_frames}")
-    classes, states, offsets = [], [], [0]
+    classes, states = [], []
     for row in progress(range(len(ids)), total=len(ids), desc="tracks"):
         # the memory-mapped row itself: object_tracks reads only the frames of its flow
         clip = frames[row, :n_frames] if frames is not None and flow != "none" else None
-        c, s = motion.object_tracks(np.asarray(masks[row]), clip, flow_frames, flow)
+        c, s = motion.object_tracks(np.asarray(masks[row]), clip, flow_frames, flow, flow_pairs)
         classes.append(c)
         states.append(s)
-        offsets.append(offsets[-1] + len(c))
     meta = {"source": source, "split": split, "size": list(size), "n_frames": int(n_frames),
-            "fields": list(motion.STATE_FIELDS), "flow": flow, "flow_frames": list(flow_frames)}
+            "fields": list(motion.STATE_FIELDS), "flow": flow, "flow_pairs": flow_pairs,
+            "flow_frames": list(flow_frames)}
+    write(out, ids, classes, states, meta)
+    return len(ids)
+
+
+def write(out, ids, classes, states, meta) -> None:
+    """Write a tracks file atomically: per video i, its objects' `classes[i]` (K_i,) and
+    `states[i]` (K_i, T, fields); `meta` as `run` writes it (size, n_frames, fields, flow…)."""
+    from futureseg.core.io import atomic_path
+
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in classes], dtype=np.int64)])
+    n_fields = len(meta["fields"])
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, ids=np.asarray(ids, dtype=np.int64), offsets=np.asarray(offsets, dtype=np.int64),
-                     classes=np.concatenate(classes) if classes else np.zeros(0, np.int64),
-                     states=np.concatenate(states) if states else
-                     np.zeros((0, n_frames, len(motion.STATE_FIELDS)), np.float32),
+            np.savez(f, ids=np.asarray(ids, dtype=np.int64), offsets=offsets.astype(np.int64),
+                     classes=np.concatenate(classes).astype(np.int64) if classes else np.zeros(0, np.int64),
+                     states=np.concatenate(states).astype(np.float32) if states else
+                     np.zeros((0, int(meta["n_frames"]), n_fields), np.float32),
                      meta=np.array(json.dumps(meta)))
-    return len(ids)
 
 
 class Tracks:
@@ -107,9 +119,11 @@ def add_arguments(parser) -> None:
     io.add_argument("--frames", help="frame cache of the same videos (cache-frames): the flow velocity")
     io.add_argument("--flow", default="dis", help="optical flow of the velocity: none | dis | farneback "
                                                   "(route motion's motion.flow)")
+    io.add_argument("--flow-pairs", type=int, default=1,
+                    help="frame pairs whose flow is averaged (route motion's motion.flow_pairs)")
     io.add_argument("--out", required=True, help="tracks .npz to write")
 
 
 def main(args) -> None:
-    n = run(args.out, args.masks, args.root, args.split, args.frames, args.flow)
+    n = run(args.out, args.masks, args.root, args.split, args.frames, args.flow, args.flow_pairs)
     print(f"{args.out}: tracks of {n} videos")

@@ -56,15 +56,33 @@ from futureseg.models.checks import is_int
 
 KEY = "dynamics"
 HORIZON = motion.HORIZON
-OUTPUTS = 3  # residual rows, residual cols, log-scale
+# per object and future frame: residual rows, residual cols (on the rule's centroid, in units),
+# log-scale, the logit of being in view (`exits`), the centroid's spread in units (`spread`)
+OUTPUTS = 5
+RESIDUAL, LOG_SCALE, PRESENCE, SPREAD = slice(0, 2), 2, 3, 4
 # A training window ends at frames FIRST_WINDOW_END…10 of a 22-frame video (its targets are
 # the 11 frames after its end); object_tracks measures the flow velocity there.
 FIRST_WINDOW_END = 4
 PER_FRAME = 4  # present, rows and cols from the last frame's centroid, log area ratio
-STATIC = 2 + 1 + 4 + 2 + 6 + len(SHAPES) + len(MATERIALS)
+# centre, size, box, velocity, the rule at 3 steps, the box's distance to each border, which
+# borders it touches, shape and material
+STATIC = 2 + 1 + 4 + 2 + 6 + 4 + 4 + len(SHAPES) + len(MATERIALS)
+# The pose, last in the features and read by the pairwise layers alone (absolute positions
+# are no input to the encoder): centroid, velocity, box extents around the centroid, the
+# rule's centroid at 3 steps, all in units.
+POSE = 2 + 2 + 4 + 6
+RULE_STEPS = (0, 5, 10)  # steps of the rule's future (t+1, t+6, t+11) the features carry
+PAIR = 2 + 2 + 1 + 4 + 4 + 6 + 3  # relative pose of a pair (`_pairs`)
+INTERACTIONS = ("attention", "pairwise")
 # Scales are clipped to 1/4…4: an object 4× bigger or smaller than at the last input frame
 # would be the network's error, not perspective.
 MAX_LOG_SCALE = math.log(4.0)
+BORDER_UNITS = 8.0  # a box's distance to a border is seen up to this many units
+# An untrained model paints every object (in view with probability sigmoid(4) = 0.98) at a
+# spread of a tenth of a pixel: the means, as the rule. A spread is at least MIN_SPREAD_PX.
+PRESENCE_INIT, SPREAD_INIT_PX, MIN_SPREAD_PX = 4.0, 0.1, 0.05
+# model files of this format; an older one (no `format` key) is refused with what to do
+FORMAT = 2
 
 
 @dataclass
@@ -74,9 +92,19 @@ class DynamicsConfig:
     # and a window ending at frame 4 still has 5 of them
     history: int = 6
     width: int = 64
-    # self-attention layers over the objects of a video (0: each object alone)
+    # interaction layers over the objects of a video (0: each object alone)
     layers: int = 2
-    heads: int = 4
+    # attention: self-attention over the objects' features; pairwise: interaction-network
+    # messages from each pair's own features and their relative pose (positions, velocities,
+    # extents, the rule's futures)
+    interaction: str = "pairwise"
+    heads: int = 4  # attention heads (interaction: attention)
+    # predict whether each object is still in view in each future frame; one predicted out
+    # (it left the image) is not painted
+    exits: bool = True
+    # predict a spread with each future centroid (Gaussian NLL); the painter smears each
+    # silhouette by it and paints a pixel where its most probable object is probable enough
+    spread: bool = True
 
     def __post_init__(self):
         self.size = tuple(int(v) for v in self.size)
@@ -84,7 +112,12 @@ class DynamicsConfig:
             value = getattr(self, name)
             if not is_int(value) or value < low:
                 raise ConfigError(f"{KEY}.{name} must be an integer >= {low}, got {value!r}")
-        if self.width % self.heads:
+        if self.interaction not in INTERACTIONS:
+            raise ConfigError(f"{KEY}.interaction must be one of {', '.join(INTERACTIONS)}, got {self.interaction!r}")
+        for name in ("exits", "spread"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{KEY}.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.interaction == "attention" and self.width % self.heads:
             raise ConfigError(f"{KEY}.width ({self.width}) must be a multiple of {KEY}.heads ({self.heads})")
 
     @property
@@ -93,7 +126,43 @@ class DynamicsConfig:
 
     @property
     def n_features(self) -> int:
-        return self.history * PER_FRAME + STATIC
+        return self.history * PER_FRAME + STATIC + POSE
+
+
+def _pairs(pose: torch.Tensor) -> torch.Tensor:
+    """(B, K, K, PAIR): for object i (dim 1) and object j (dim 2), j's pose relative to i's
+    (positions, velocities, the rule's futures and their distances) and both extents; the
+    positions scaled by 1/4 to keep them near 1."""
+    def rel(a):
+        return a[:, None, :, :] - a[:, :, None, :]
+
+    k = pose.shape[1]
+    position, velocity, extent, future = pose[..., :2], pose[..., 2:4], pose[..., 4:8], pose[..., 8:]
+    dp, dv, df = rel(position), rel(velocity), rel(future)
+    future_distance = df.reshape(*df.shape[:3], len(RULE_STEPS), 2).norm(dim=-1)
+    return torch.cat([dp / 4, dv, dp.norm(dim=-1, keepdim=True) / 4, extent[:, :, None].expand(-1, -1, k, -1),
+                      extent[:, None].expand(-1, k, -1, -1), df / 4, future_distance / 4], dim=-1)
+
+
+class PairwiseLayer(nn.Module):
+    """An interaction network's step (Battaglia et al. 2016): every object sums one message
+    per other object, a function of both objects' features and their relative pose, then
+    updates its own features (pre-norm residual, as the attention layers)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.relation = nn.Sequential(nn.Linear(2 * width + PAIR, width), nn.GELU(), nn.Linear(width, width))
+        self.update = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(),
+                                    nn.Linear(2 * width, width))
+
+    def forward(self, h, pairs, others):
+        n = self.norm(h)
+        k = h.shape[1]
+        messages = self.relation(torch.cat([n[:, :, None].expand(-1, -1, k, -1), n[:, None].expand(-1, k, -1, -1),
+                                            pairs], dim=-1))
+        h = h + (messages * others[..., None]).sum(2)
+        return h + self.update(h)
 
 
 class Dynamics(nn.Module):
@@ -101,21 +170,44 @@ class Dynamics(nn.Module):
         super().__init__()
         self.config = config
         c = config.width
-        self.encode = nn.Sequential(nn.Linear(config.n_features, c), nn.GELU(), nn.Linear(c, c))
-        self.interact = nn.ModuleList(
-            nn.TransformerEncoderLayer(c, config.heads, 2 * c, dropout=0.0, batch_first=True, norm_first=True)
-            for _ in range(config.layers))
-        self.head = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Linear(c, HORIZON * OUTPUTS))
-        # zero read-out: an untrained model is the rule (residual 0, scale 1)
+        self.encode = nn.Sequential(nn.Linear(config.n_features - POSE, c), nn.GELU(), nn.Linear(c, c))
+        if config.interaction == "attention":
+            self.interact = nn.ModuleList(
+                nn.TransformerEncoderLayer(c, config.heads, 2 * c, dropout=0.0, batch_first=True, norm_first=True)
+                for _ in range(config.layers))
+        else:
+            self.interact = nn.ModuleList(PairwiseLayer(c) for _ in range(config.layers))
+        self.head = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Linear(c, HORIZON * (OUTPUTS - 1)))
+        # The spread has its own head on the detached features: a Gaussian NLL's gradients grow
+        # as 1/spread², and through a shared trunk they wrecked the centroids it is about.
+        self.spread_head = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Linear(c, HORIZON))
+        # zero read-out: an untrained model is the rule (residual 0, scale 1, in view, no spread)
         nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        bias = torch.zeros(HORIZON, OUTPUTS - 1)
+        bias[:, PRESENCE] = PRESENCE_INIT
+        nn.init.zeros_(self.spread_head[-1].weight)
+        with torch.no_grad():
+            self.head[-1].bias.copy_(bias.flatten())
+            # softplus(b) + MIN_SPREAD_PX (in units) = SPREAD_INIT_PX
+            self.spread_head[-1].bias.fill_(math.log(math.expm1((SPREAD_INIT_PX - MIN_SPREAD_PX) / config.unit)))
+        # the painter's threshold on an object's probability at a pixel, chosen on val by the
+        # trainer (`futureseg train-dynamics`) and saved with the weights
+        self.register_buffer("paint_threshold", torch.tensor(0.5))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        h = self.encode(x)
+        h = self.encode(x[..., :-POSE])
+        if self.config.layers and self.config.interaction == "pairwise":
+            pairs = _pairs(x[..., -POSE:])
+            others = valid[:, None, :] & valid[:, :, None] & ~torch.eye(x.shape[1], dtype=torch.bool,
+                                                                       device=x.device)
         for layer in self.interact:
-            h = layer(h, src_key_padding_mask=~valid)
-        out = self.head(h).reshape(*x.shape[:2], HORIZON, OUTPUTS)
-        return out * valid[..., None, None]
+            if self.config.interaction == "attention":
+                h = layer(h, src_key_padding_mask=~valid)
+            else:
+                h = layer(h, pairs, others)
+        out = self.head(h).reshape(*x.shape[:2], HORIZON, OUTPUTS - 1)
+        spread = nn.functional.softplus(self.spread_head(h.detach())) + MIN_SPREAD_PX / self.config.unit
+        return torch.cat([out, spread[..., None]], dim=-1) * valid[..., None, None]
 
 
 def _class_factors(classes: np.ndarray) -> np.ndarray:
@@ -161,36 +253,51 @@ def inputs(classes, states, t: int, size, config: DynamicsConfig, velocity_frame
     with np.errstate(divide="ignore"):
         past[:, seen, 3] = np.where(on, np.log(np.maximum(window[..., s["area"]], 1.0) / area[:, None]), 0)
     scale = np.array([h, w], dtype=np.float64)
-    box = states[:, t, s["top"] : s["right"] + 1] / np.tile(scale, 2) * 2 - 1
+    box = states[:, t, s["top"] : s["right"] + 1]
+    to_border = np.stack([box[:, 0], box[:, 1], h - 1 - box[:, 2], w - 1 - box[:, 3]], axis=1)
+    extent = np.concatenate([centre - box[:, :2], box[:, 2:] - centre], axis=1)
+    rule = base[:, list(RULE_STEPS)]
     static = np.concatenate([
         centre / scale * 2 - 1,
         np.sqrt(area)[:, None] / unit,
-        box,
+        box / np.tile(scale, 2) * 2 - 1,
         velocity / unit,
-        ((base[:, [0, 5, 10]] - centre[:, None]) / unit).reshape(k, 6),
+        ((rule - centre[:, None]) / unit).reshape(k, 2 * len(RULE_STEPS)),
+        np.minimum(to_border / unit, BORDER_UNITS),
+        to_border <= 0,  # cut by that border: its centroid and area are the visible part's
         _class_factors(classes[present]),
     ], axis=1)
-    x = np.concatenate([past.reshape(k, -1), static], axis=1).astype(np.float32)
+    pose = np.concatenate([centre / unit, velocity / unit, extent / unit, rule.reshape(k, -1) / unit], axis=1)
+    x = np.concatenate([past.reshape(k, -1), static, pose], axis=1).astype(np.float32)
     return x, base, present
 
 
 @torch.inference_mode()
-def predict(model: Dynamics, x: np.ndarray, base: np.ndarray, device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (K, 11, 2) in pixels, scales (K, 11)) of one video's objects."""
-    if not len(x):
-        return np.zeros((0, HORIZON, 2)), np.ones((0, HORIZON))
+def predict(model: Dynamics, x: np.ndarray, base: np.ndarray, device="cpu"):
+    """(centroids (K, 11, 2) in pixels, scales (K, 11), in view (K, 11) the probability that
+    each object is still in the image, spreads (K, 11) the standard deviation of each centroid
+    in pixels) of one video's objects; in view is 1 without `exits`, the spread 0 without
+    `spread`."""
+    k = len(x)
+    if not k:
+        return np.zeros((0, HORIZON, 2)), np.ones((0, HORIZON)), np.ones((0, HORIZON)), np.zeros((0, HORIZON))
     was_training = model.training
     model.eval()
-    out = model(torch.from_numpy(x)[None].to(device), torch.ones(1, len(x), dtype=torch.bool, device=device))
+    out = model(torch.from_numpy(x)[None].to(device), torch.ones(1, k, dtype=torch.bool, device=device))
     model.train(was_training)
     out = out[0].double().cpu().numpy()
-    return base + out[..., :2] * model.config.unit, np.exp(np.clip(out[..., 2], -MAX_LOG_SCALE, MAX_LOG_SCALE))
+    config = model.config
+    in_view = 1 / (1 + np.exp(-out[..., PRESENCE])) if config.exits else np.ones((k, HORIZON))
+    spread = out[..., SPREAD] * config.unit if config.spread else np.zeros((k, HORIZON))
+    return (base + out[..., RESIDUAL] * config.unit, np.exp(np.clip(out[..., LOG_SCALE], -MAX_LOG_SCALE, MAX_LOG_SCALE)),
+            in_view, spread)
 
 
-def forecast(model: Dynamics, masks, frames=None, motion_config: motion.MotionConfig | None = None,
-             device="cpu") -> np.ndarray:
-    """(11, H, W) uint8: the masks of the 11 frames after the last of `masks` (see the module
-    docstring)."""
+def forecast_probabilities(model: Dynamics, masks, frames=None, motion_config: motion.MotionConfig | None = None,
+                           device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(probability (11, H, W) float32, classes (11, H, W) uint8): per pixel of the 11 frames
+    after the last of `masks`, its most probable object's class and that object's probability
+    there (`core.motion.paint_probable`); `forecast` thresholds them."""
     motion_config = motion_config or motion.MotionConfig()
     masks = np.asarray(masks)
     size = masks.shape[1:]
@@ -198,7 +305,7 @@ def forecast(model: Dynamics, masks, frames=None, motion_config: motion.MotionCo
         raise ValueError(f"dynamics model of {model.config.size} masks given masks of {tuple(size)}")
     objects = motion.moving_objects(masks, frames, motion_config)
     if not objects:
-        return np.zeros((HORIZON, *size), dtype=np.uint8)
+        return np.zeros((HORIZON, *size), dtype=np.float32), np.zeros((HORIZON, *size), dtype=np.uint8)
     t = len(masks) - 1
     classes, states = motion.object_tracks(masks)
     if frames is not None and motion_config.flow != "none":
@@ -207,13 +314,25 @@ def forecast(model: Dynamics, masks, frames=None, motion_config: motion.MotionCo
             states[np.searchsorted(classes, obj.class_id), t, motion.STATE["flow_row"] :] = obj.velocity
     x, base, present = inputs(classes, states, t, size, model.config, motion_config.velocity_frames,
                               motion_config.bounce)
-    centroids, scales = predict(model, x, base, device)
+    centroids, scales, in_view, spreads = predict(model, x, base, device)
     row = {int(c): k for k, c in enumerate(classes[present])}
-    # each object (a component, as route motion's) keeps the rule's own centroids and gets its
-    # class's residual: the pieces of one object move alike, and an untrained model is the rule
-    moved = [obj.future + (centroids[row[obj.class_id]] - base[row[obj.class_id]]) for obj in objects]
-    scaled = [scales[row[obj.class_id]] for obj in objects]
-    return motion.paint(objects, size, moved, scaled)
+    centre = states[present, t, motion.STATE["row"] : motion.STATE["col"] + 1]
+    # the model moves a class (the tracks' object, as in training); each of its pieces (the
+    # components route motion paints) keeps its offset from the class's centroid, so a speck
+    # beside an object moves with it instead of adding the object's residual to its own path
+    picked = [row[obj.class_id] for obj in objects]
+    moved = [centroids[r] + (obj.centroid - centre[r]) for obj, r in zip(objects, picked)]
+    return motion.paint_probable(objects, size, moved, [scales[r] for r in picked], [spreads[r] for r in picked],
+                                 [in_view[r] for r in picked])
+
+
+def forecast(model: Dynamics, masks, frames=None, motion_config: motion.MotionConfig | None = None,
+             device="cpu") -> np.ndarray:
+    """(11, H, W) uint8: the masks of the 11 frames after the last of `masks` (see the module
+    docstring): each pixel the class of its most probable object where that probability is
+    above the model's `paint_threshold`, else background."""
+    probability, classes = forecast_probabilities(model, masks, frames, motion_config, device)
+    return np.where(probability > float(model.paint_threshold), classes, 0).astype(np.uint8)
 
 
 def load(path: str | Path) -> tuple[Dynamics, dict]:
@@ -224,7 +343,10 @@ def load(path: str | Path) -> tuple[Dynamics, dict]:
     if state.get("kind") != "dynamics" or "model_config" not in state:
         raise FuturesegError(f"{path}: not a dynamics model (kind {state.get('kind')!r}); "
                              "was it written by futureseg train-dynamics?")
+    if state.get("format") != FORMAT:
+        raise FuturesegError(f"{path}: a dynamics model of an older futureseg (format {state.get('format', 1)}, "
+                             f"this one reads {FORMAT}); retrain it with futureseg train-dynamics "
+                             "(snakemake reruns rule train_dynamics)")
     model = Dynamics(DynamicsConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model, state
-

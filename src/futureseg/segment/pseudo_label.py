@@ -12,7 +12,10 @@ own class and keeps it through the video): each object of every frame gets one c
 `--object-vote` (its majority class, `core.instances.object_vote`) or by
 `--object-classifier` (the shape and material the object classifier sees, as in `segment`),
 then `--track-vote` repaints each object of a video in the majority class of its track
-through the video's frames (`core.motion.track_vote`).
+through the video's frames (`core.motion.track_vote`). The input frames 0…10 are voted over
+themselves alone, as the routes' inputs of val and hidden are (they have no more frames):
+a model trained on them then sees inputs as noisy as the route's, not cleaned by the future
+(frames 11…21 are voted over all 22, the cleanest targets).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ log = logging.getLogger("futureseg")
 def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, object_vote: bool = False,
                  track_vote: bool = False, object_classifier=None) -> dict:
     """Segment frames 0…n_frames-1 of every video of a frame cache, the votes applied; return a summary."""
-    from futureseg.core import motion
     from futureseg.segment.segment import check_object_flags, load_object_classifier, one_class_per_object
     from futureseg.core.io import array_writer, load_cache
     from futureseg.models import segmenters
@@ -64,9 +66,20 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
                                           device, batch_size)
             labels = labels.reshape(len(clips), n_frames, height, width)
             if track_vote:
-                labels = np.stack([motion.track_vote(video) for video in labels])
+                labels = np.stack([vote(video) for video in labels])
             masks[start : start + len(clips)] = labels
     return {"n_videos": n, "n_frames": n_frames}
+
+
+def vote(masks) -> np.ndarray:
+    """`core.motion.track_vote` of a video's masks (T, H, W), frames 0…10 voted over themselves
+    alone (the routes' inputs), later frames over the whole video (see the module docstring)."""
+    from futureseg.core import motion
+
+    voted = motion.track_vote(masks)
+    if len(masks) > data.N_INPUT:
+        voted[: data.N_INPUT] = motion.track_vote(masks[: data.N_INPUT])
+    return voted
 
 
 VERB = "pseudo-label"
