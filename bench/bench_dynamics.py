@@ -41,6 +41,20 @@ def timed(label, *argv):
     return seconds
 
 
+def model_flags(settings):
+    """config.yaml's model settings of the dynamics as train-dynamics flags."""
+    from dataclasses import fields
+
+    from futureseg.models.dynamics import DynamicsConfig
+
+    flags = []
+    for name in (f.name for f in fields(DynamicsConfig) if f.name != "size"):
+        value = settings[name]
+        flag = "--" + name.replace("_", "-")
+        flags += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, value]
+    return flags
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=1000, help="train videos generated (22 frames each)")
@@ -77,8 +91,7 @@ def main():
         settings = yaml.safe_load((REPO / "config.yaml").read_text())["dynamics"]
         timed(f"train-dynamics, 1 epoch on {n * args.copies} videos' tracks", "train-dynamics",
               "--tracks", tmp / "tracks_many.npz", "--val-root", root, "--val-frames", tmp / "val.npy",
-              "--val-videos", args.val, "--history", settings["history"], "--width", settings["width"],
-              "--layers", settings["layers"], "--heads", settings["heads"], "--epochs", 1,
+              "--val-videos", args.val, *model_flags(settings), "--epochs", 1,
               "--batch-size", settings["batch_size"], "--lr", settings["lr"], "--weight-decay", settings["weight_decay"],
               "--motion-config", json.dumps({"flow": "dis"}), "--threads", 1,
               "--out", tmp / "model.pt", "--metrics", tmp / "metrics.csv", "--checkpoints", tmp / "checkpoints")

@@ -164,6 +164,8 @@ CONFIG_CASES = {
     "data-root-nowhere": ({"data": {"root": NOWHERE}}, f"config data.root: {NOWHERE} does not exist"),
     "negative-dynamics-layers": ({"dynamics": {"layers": -1}}, "['dynamics']['layers']"),
     "unknown-dynamics-key": ({"dynamics": {"friction": 0.1}}, "'friction' was unexpected"),
+    "unknown-dynamics-interaction": ({"dynamics": {"interaction": "telepathy"}}, "['dynamics']['interaction']"),
+    "non-boolean-dynamics-spread": ({"dynamics": {"spread": "wide"}}, "['dynamics']['spread']"),
     "unknown-prior": ({"forecaster": {"prior": "oracle"}}, "['forecaster']['prior']"),
 }
 

@@ -11,6 +11,9 @@ train-dynamics`) carries the motion settings of the rule it is residual on.
 10 moved to its true centroid and scaled to its true size (the square root of its area
 ratio) in each frame 11…21, and left out where it is absent: the ceiling of any route that
 moves what it saw, whatever it learns. Objects that enter after frame 10 are missing from it.
+Centroid and area are the visible pixels': an object cut by the border (or by a nearer
+object) is placed where its visible part is, at that part's size, a little below the
+ceiling where objects leave the frame.
 
 Outputs as route motion's: uint8 (N, H, W) masks of frame 21 (`--out`) and uint8
 (N, 11, H, W) of frames 11…21 (`--out-sequence`), filled video by video into a

@@ -11,9 +11,23 @@ SlotFormer, Wu et al. 2023), on objects that the masks make explicit.
 Residual on the rule: the output is added to route motion's constant-velocity centroids
 (`core.motion.track_future`) and the read-out is initialised to zero, so an untrained model
 moves every object exactly as route motion does (and scales it by 1), and training only
-learns what the rule misses. Objects see each other through `layers` of self-attention over
-the set of objects of a video (collisions), and the borders through their absolute
-positions and boxes (bounces); `layers: 0` is a per-object MLP.
+learns what the rule misses. Objects see each other through `layers` interaction layers
+(collisions): `pairwise`, an interaction network's messages, one per pair of objects, from
+both objects' features and their relative pose (positions, velocities, extents, the rule's
+futures); or `attention`, self-attention over the set of objects; `layers: 0` is a
+per-object MLP. They see the borders through their box's distance to each border and which
+borders cut them (bounces, exits, entries). On 14,000 videos of tracks pairwise layers won
+(docs/results.md, "Design at the real count"): attention led at 1,000 and 4,000 videos,
+each object alone stopped gaining at 4,000.
+
+Two more read-outs, each a setting: `exits`, the probability that each object is still in
+view in each future frame (an object predicted out is not painted); `spread`, the standard
+deviation of each future centroid (trained by a Gaussian NLL in its own head, on detached
+features). The painter (`core.motion.paint_probable`) smears each silhouette by its spread,
+weighs it by its probability of being in view, and paints a pixel with its most probable
+object where that probability clears `paint_threshold`, a buffer of the model chosen on val
+by the trainer. Without either setting the probabilities are 0 or 1 and the painting is
+`core.motion.paint`'s.
 
 Units: positions are in pixels; the network sees and gives them in units of
 `min(H, W) / 16` (5 px at 80×120), so its numbers stay near 1 at any frame size.
@@ -22,19 +36,22 @@ Interface (as the Mask R-CNN backends' contract, `models/maskrcnn_torchvision.py
 
     DynamicsConfig              plain values; model files store `dataclasses.asdict` of it
     Dynamics(config)            nn.Module
-    model(x, valid) -> (B, K, 11, 3) float: per object, the residual (rows, cols, in units)
-                                on the rule's centroid and the log-scale of frames t+1…t+11;
+    model(x, valid) -> (B, K, 11, OUTPUTS) float: per object and frame t+1…t+11, the residual
+                                (rows, cols, in units) on the rule's centroid, the log-scale,
+                                the logit of being in view and the centroid's spread (units);
                                 x: float (B, K, n_features) from `inputs`; valid: bool (B, K),
                                 False on padding
     inputs(classes, states, t, size, config, velocity_frames, bounce) -> (x (K, n_features),
-                                base (K, 11, 2) the rule's centroids): the objects present at
-                                frame t of tracks (classes, states) of object_tracks
+                                base (K, 11, 2) the rule's centroids, present (K_all,) bool):
+                                the objects present at frame t of tracks (classes, states)
     forecast(model, masks, frames, motion_config) -> (11, H, W) uint8: the route on one video
                                 (masks (T, H, W) of frames 0…T-1, frames or None), objects
-                                are route motion's (`core.motion.moving_objects`), each moved
-                                by the rule plus its class's residual and scaled, painted by
-                                `core.motion.paint`; eval mode, no grad
-    load(path) -> (model, model file contents) of a file written by `futureseg train-dynamics`
+                                are route motion's (`core.motion.moving_objects`); the model
+                                moves each class (the tracks' object) and every piece of it
+                                keeps its offset from the class's centroid; eval mode, no grad.
+                                `forecast_probabilities` gives the painter's probabilities
+    load(path) -> (model, model file contents) of a file written by `futureseg train-dynamics`;
+                                a file of an older format is refused, naming it and what to do
 
 A config value out of range raises ConfigError naming `dynamics.<key>`.
 """
@@ -306,8 +323,11 @@ def forecast_probabilities(model: Dynamics, masks, frames=None, motion_config: m
     objects = motion.moving_objects(masks, frames, motion_config)
     if not objects:
         return np.zeros((HORIZON, *size), dtype=np.float32), np.zeros((HORIZON, *size), dtype=np.uint8)
-    t = len(masks) - 1
-    classes, states = motion.object_tracks(masks)
+    # the tracks of the frames the model reads (its history, the rule's velocity frames) alone:
+    # the same states, in half the time of all 11
+    recent = masks[-max(model.config.history, motion_config.velocity_frames):]
+    t = len(recent) - 1
+    classes, states = motion.object_tracks(recent)
     if frames is not None and motion_config.flow != "none":
         # the class's flow velocity is the rule's of its largest piece: the flow is measured once
         for obj in sorted(objects, key=lambda o: len(o.rows)):
