@@ -565,11 +565,12 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
         last_val = validate()
         if metrics is not None:
             metrics.log(step, epoch=epochs, **last_val)
+    exported = {"model": weights.state_dict(), "step": step, "val_metrics": last_val}
+    if best:
+        exported = {"model": best["model"], "step": best["step"], "val_metrics": best["val_metrics"],
+                    "last_step": step, "last_val_metrics": last_val}
     if rank == 0:
-        exported = {"model": weights.state_dict(), "step": step, "val_metrics": last_val}
         if best:
-            exported = {"model": best["model"], "step": best["step"], "val_metrics": best["val_metrics"],
-                        "last_step": step, "last_val_metrics": last_val}
             log.info("exporting the best epoch end by %s: step %d of %d", keep_best, best["step"], step)
         save_checkpoint(out, {**model_file, **exported, "fingerprint": fp, "settings": settings})
         with atomic_path(metrics_out) as tmp:
