@@ -427,13 +427,16 @@ def _placed(obj: MovingObject, centroid: np.ndarray, scale: float) -> tuple[np.n
     low = np.floor(centroid + scale * (np.array([top, left]) - 0.5 - obj.centroid)).astype(np.int64)
     high = np.ceil(centroid + scale * (np.array([top + crop.shape[0], left + crop.shape[1]]) - 0.5
                                        - obj.centroid)).astype(np.int64)
-    rows, cols = np.mgrid[low[0] : high[0] + 1, low[1] : high[1] + 1]
+    # the source row depends on the target row alone, the column on the column: two 1-D maps
+    rows, cols = np.arange(low[0], high[0] + 1), np.arange(low[1], high[1] + 1)
     src_r = np.rint(obj.centroid[0] + (rows - centroid[0]) / scale).astype(np.int64) - top
     src_c = np.rint(obj.centroid[1] + (cols - centroid[1]) / scale).astype(np.int64) - left
-    inside = (src_r >= 0) & (src_r < crop.shape[0]) & (src_c >= 0) & (src_c < crop.shape[1])
-    keep = np.zeros_like(inside)
-    keep[inside] = crop[src_r[inside], src_c[inside]]
-    return rows[keep], cols[keep]
+    in_r = (src_r >= 0) & (src_r < crop.shape[0])
+    in_c = (src_c >= 0) & (src_c < crop.shape[1])
+    keep = np.zeros((len(rows), len(cols)), dtype=bool)
+    keep[np.ix_(in_r, in_c)] = crop[np.ix_(src_r[in_r], src_c[in_c])]
+    r, c = np.nonzero(keep)
+    return rows[r], cols[c]
 
 
 def paint(objects: list[MovingObject], size: tuple[int, int], centroids=None, scales=None) -> np.ndarray:
@@ -474,6 +477,8 @@ def paint_probable(objects: list[MovingObject], size: tuple[int, int], centroids
     far, each object is seen where nothing nearer was: its probability times what the nearer
     ones left). With spreads of 0 and in_view of 1 the probability is 1 exactly where `paint`
     paints, and the classes are paint's: thresholding at any value in [0, 1) gives paint."""
+    import cv2
+
     h, w = size
     n_future = len(centroids[0]) if len(objects) else HORIZON
     probability = np.zeros((n_future, h, w), dtype=np.float32)
@@ -502,13 +507,16 @@ def paint_probable(objects: list[MovingObject], size: tuple[int, int], centroids
             canvas = np.zeros((int(rows.max()) + margin - r0 + 1, int(cols.max()) + margin - c0 + 1), np.float32)
             canvas[rows - r0, cols - c0] = 1.0
             if margin:
-                canvas = ndimage.gaussian_filter(canvas, spread, mode="constant", truncate=3.0)
+                # OpenCV's separable Gaussian (zeros beyond the canvas), a tenth of scipy's time
+                canvas = cv2.GaussianBlur(canvas, (2 * margin + 1, 2 * margin + 1), spread,
+                                          borderType=cv2.BORDER_CONSTANT)
             p = seen * canvas[top - r0 : bottom - r0 + 1, lft - c0 : right - c0 + 1]
             window = (slice(top, bottom + 1), slice(lft, right + 1))
             visible = p * left[window]
-            better = visible > probability[s][window]
-            probability[s][window] = np.where(better, visible, probability[s][window])
-            classes[s][window] = np.where(better, class_id, classes[s][window])
+            best, painted = probability[s][window], classes[s][window]  # views: written in place
+            better = visible > best
+            best[better] = visible[better]
+            painted[better] = class_id
             left[window] *= 1 - p
     return probability, classes
 
