@@ -41,18 +41,23 @@ def timed(label, *argv):
     return seconds
 
 
+def flags(settings: dict) -> list:
+    """Settings as a verb's flags, as the rules pass them (workflow/rules/common.smk, flags):
+    key_name: v -> --key-name v, a boolean as --key-name or --no-key-name."""
+    out = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        out += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, value]
+    return out
+
+
 def model_flags(settings):
     """config.yaml's model settings of the dynamics as train-dynamics flags."""
     from dataclasses import fields
 
     from futureseg.models.dynamics import DynamicsConfig
 
-    flags = []
-    for name in (f.name for f in fields(DynamicsConfig) if f.name != "size"):
-        value = settings[name]
-        flag = "--" + name.replace("_", "-")
-        flags += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, value]
-    return flags
+    return flags({f.name: settings[f.name] for f in fields(DynamicsConfig) if f.name != "size"})
 
 
 def main():

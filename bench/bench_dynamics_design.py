@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bench_dynamics import flags as as_flags
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = 23  # train videos; val is SEED + 1, so no val video is a train video
 
@@ -57,11 +59,11 @@ def _video_tracks(job):
     from futureseg.data.synth import render_video
     from futureseg.models.dynamics import FIRST_WINDOW_END
 
-    video_id, seed, height, width, noise, flow = job
+    video_id, seed, height, width, noise, flow, flow_pairs = job
     frames, masks, _ = render_video(video_id, seed, height, width)
     if noise > 0:
         masks = border_noise(masks, noise, np.random.default_rng([seed, video_id, 1]))
-    return motion.object_tracks(masks, frames, range(FIRST_WINDOW_END, 11), flow)
+    return motion.object_tracks(masks, frames, range(FIRST_WINDOW_END, 11), flow, flow_pairs)
 
 
 def make(args):
@@ -73,19 +75,20 @@ def make(args):
 
     out = Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    flow = yaml.safe_load((REPO / "config.yaml").read_text())["motion"]["flow"]
+    motion_settings = yaml.safe_load((REPO / "config.yaml").read_text())["motion"]
+    flow, flow_pairs = motion_settings["flow"], motion_settings["flow_pairs"]
     t0 = time.perf_counter()
     if not (out / "dataset").exists():
         generate_dataset(out / "dataset", {"val": args.val}, args.height, args.width, SEED + 1, args.workers)
         cache_frames.cache_split(out / "dataset", "val", out / "val.npy", args.workers)
         print(f"val: {args.val} videos rendered and cached in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
-    jobs = [(i, SEED, args.height, args.width, args.noise, flow) for i in range(args.train)]
+    jobs = [(i, SEED, args.height, args.width, args.noise, flow, flow_pairs) for i in range(args.train)]
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
         results = pool.map(_video_tracks, jobs, chunksize=32)
     meta = {"source": f"bench_dynamics_design seed {SEED}, noise {args.noise}", "split": "train",
             "size": [args.height, args.width], "n_frames": 22, "fields": list(motion.STATE_FIELDS), "flow": flow,
-            "flow_frames": list(range(FIRST_WINDOW_END, 11))}
+            "flow_pairs": flow_pairs, "flow_frames": list(range(FIRST_WINDOW_END, 11))}
     tracks.write(out / "tracks.npz", range(args.train), [c for c, _ in results], [s for _, s in results], meta)
     print(f"train: {args.train} videos rendered, their tracks written in {time.perf_counter() - t0:.0f} s")
 
@@ -161,11 +164,9 @@ def train(args):
             continue
         run = data / "runs" / key
         run.mkdir(parents=True, exist_ok=True)
-        flags = []
-        for name, value in settings.items():
-            flag = "--" + name.replace("_", "-")
-            if flag not in args.flags:
-                flags += [flag, value] if not isinstance(value, bool) else [flag if value else "--no-" + flag[2:]]
+        # config.yaml's settings but those the design's flags set (either way for a boolean)
+        given = {f.removeprefix("--").removeprefix("no-").replace("-", "_") for f in args.flags if f.startswith("--")}
+        flags = as_flags({k: v for k, v in settings.items() if k not in given})
         t0 = time.perf_counter()
         _cli("train-dynamics", "--tracks", _subset(data, n), "--val-root", data / "dataset",
              "--val-frames", data / "val.npy", "--motion-config", json.dumps(motion_settings), *flags, *args.flags,

@@ -121,10 +121,11 @@ def checkpoint_path(folder: str | Path, fp: str) -> Path:
     return Path(folder) / fp / "last.pt"
 
 
-def resume(path: Path, fp: str, load_model, optimizer, scheduler=None) -> tuple[int, dict, dict] | None:
+def resume(path: Path, fp: str, load_model, optimizer, scheduler=None) -> tuple[int, dict, dict, dict] | None:
     """Restore a run from its checkpoint, when there is one: the model (`load_model` gets the
     saved state dict), the optimizer, the scheduler and every random generator. Returns
-    (step, tally, val_metrics) to go on from, or None for a fresh run."""
+    (step, tally, val_metrics, best) to go on from (best: fit's keep_best record, {} when the
+    run keeps none), or None for a fresh run."""
     if not path.exists():
         return None
     state = load_checkpoint(path, fp)
@@ -138,7 +139,7 @@ def resume(path: Path, fp: str, load_model, optimizer, scheduler=None) -> tuple[
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"])
-    return state["step"], state["tally"], state["val_metrics"]
+    return state["step"], state["tally"], state["val_metrics"], state.get("best", {})
 
 
 def rng_state() -> dict:
@@ -477,9 +478,7 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
             log.warning("%s; moved it to %s, training starts over from scratch", exc, corrupt)
         resumed = None
     if resumed:
-        step, tally, last_val = resumed
-        if keep_best:
-            best = load_checkpoint(ckpt_path, fp).get("best", {})
+        step, tally, last_val, best = resumed
         if set(tally) != {"epoch", "window"}:
             raise FuturesegError(f"{ckpt_path}: a checkpoint of another futureseg version (its running sums are "
                                  f"not this loop's); remove {run_dir} to train this config afresh")

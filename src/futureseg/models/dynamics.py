@@ -223,7 +223,10 @@ class Dynamics(nn.Module):
             else:
                 h = layer(h, pairs, others)
         out = self.head(h).reshape(*x.shape[:2], HORIZON, OUTPUTS - 1)
-        spread = nn.functional.softplus(self.spread_head(h.detach())) + MIN_SPREAD_PX / self.config.unit
+        if self.config.spread:
+            spread = nn.functional.softplus(self.spread_head(h.detach())) + MIN_SPREAD_PX / self.config.unit
+        else:  # unused without the setting: not computed
+            spread = h.new_zeros(*x.shape[:2], HORIZON)
         return torch.cat([out, spread[..., None]], dim=-1) * valid[..., None, None]
 
 
