@@ -43,3 +43,7 @@ rule all:
         f"{RESULTS}/report/examples.png",
         # each job's time and peak memory beside its resources request (rule resource_table)
         f"{RESULTS}/report/resources.html",
+
+
+# every rule is defined: an entry of config `resources` must name one of them (or a group)
+check_resource_entries()

@@ -167,6 +167,15 @@ CONFIG_CASES = {
     "unknown-dynamics-interaction": ({"dynamics": {"interaction": "telepathy"}}, "['dynamics']['interaction']"),
     "non-boolean-dynamics-spread": ({"dynamics": {"spread": "wide"}}, "['dynamics']['spread']"),
     "unknown-prior": ({"forecaster": {"prior": "oracle"}}, "['forecaster']['prior']"),
+    # a resources entry names a rule or a group of rules (README, "Resources")
+    "resources-of-no-rule": ({"resources": {"pseudo_labl": {"runtime": 900}}},
+                             "config resources: pseudo_labl: no rule or group of that name"),
+    "unknown-resources-key": ({"resources": {"segment": {"cpus": 4}}}, "'cpus' was unexpected"),
+    "partition-in-resources-default": ({"resources": {"default": {"partition": "gpu"}}},
+                                       "config resources.default: partition: set them for every job in resources.slurm"),
+    "two-gpus-for-one-process": ({"resources": {"train_segmenter": {"gpu": 2}}},
+                                 "config resources.train_segmenter.gpu: 2; only train_predictor"),
+    "unknown-slurm-key": ({"resources": {"slurm": {"partitions": "gpu"}}}, "'partitions' was unexpected"),
 }
 
 

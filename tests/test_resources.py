@@ -102,3 +102,28 @@ def test_extrapolate_is_a_line_through_the_points_never_below_them():
     assert extrapolate([(0.05, 300.0), (0.1, 290.0)], 1.0) == 300.0
     with pytest.raises(ValueError, match="two sizes"):
         extrapolate([(0.1, 1.0), (0.1, 2.0)], 1.0)
+
+
+def test_readme_resources_table_is_the_workflows():
+    """README's "Resources" table (entry → the rules that take it) is what the workflow does:
+    every rule once, under its own entry in config.yaml's `resources`, else its group's
+    (common.smk: RESOURCE_GROUPS), else `default`."""
+    import ast
+
+    import yaml
+
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    groups = ast.literal_eval(re.search(r"(?ms)^RESOURCE_GROUPS = (\{.*?\n\})", common).group(1))
+    entries = yaml.safe_load((REPO / "config.yaml").read_text())["resources"]
+    rules = [name for smk in sorted((REPO / "workflow" / "rules").glob("*.smk"))
+             for name in re.findall(r"(?m)^rule (\w+):", smk.read_text())]
+    expected = {rule: rule if rule in entries else groups.get(rule, "default") for rule in rules}
+    section = (REPO / "README.md").read_text().split("### Resources", 1)[1].split("\n#", 1)[0]
+    table = {}
+    for entry, names in re.findall(r"^\| `(\w+)` \| (.*) \|$", section, flags=re.MULTILINE):
+        for rule in re.findall(r"`(\w+)`", names):
+            assert rule not in table, f"README lists {rule} twice"
+            table[rule] = entry
+    assert table == expected
+    # every group is a real entry of config.yaml, so a rule of a group never falls to default by mistake
+    assert set(groups.values()) <= set(entries), set(groups.values()) - set(entries)

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -287,36 +288,75 @@ def test_every_rule_runs_as_a_slurm_job_and_the_gpu_rule_gets_a_gpu(slurm_cluste
 # Checks that need no cluster.
 
 
-def _rule_blocks():
-    """{rule: its text} of every rule in workflow/rules/*.smk."""
-    blocks = {}
-    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        parts = re.split(r"^rule (\w+):", smk.read_text(), flags=re.MULTILINE)
-        blocks.update(zip(parts[1::2], parts[2::2]))
-    return blocks
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, {resource: value}) of every job a `snakemake -n` output plans, read from its
+    `resources:` lines (rule all, which has none, left out)."""
+    jobs = []
+    for rule, body in re.findall(r"(?ms)^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", dry_run_output):
+        found = re.search(r"^\s+resources: (.*)$", body, flags=re.MULTILINE)
+        if rule != "all" and found:
+            jobs.append((rule, dict(item.split("=", 1) for item in found.group(1).split(", "))))
+    return jobs
 
 
-def test_profile_works_on_any_cluster_as_shipped_and_the_gpu_rules_ask_for_gpus():
+def dry_run_under_profile(workdir: Path, configfiles: list[Path], *args: str) -> str:
+    """`snakemake --profile slurm -n` (+ `args`) of the repository's workflow in `workdir`,
+    config.yaml then `configfiles` merged over it; its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile",
+         str(PROFILE), "--configfile", str(REPO / "config.yaml"), *map(str, configfiles), "--dry-run", *args],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_profile_runs_on_any_cluster_as_shipped():
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    # no partition, no account: sbatch's defaults (comments in the file show how to set them)
-    named = [key for key in ("slurm_partition", "slurm_account")
-             if key in (profile.get("default-resources") or {})
-             or any(key in (spec or {}) for spec in (profile.get("set-resources") or {}).values())]
-    assert not named, f"slurm/config.yaml sets {named}: it must run unedited on any cluster"
-    gpu_rules = {
-        rule
-        for rule, spec in config["resources"].items()
-        if isinstance(spec, dict)  # not hidden_shards
-        and rule != "default"
-        and spec.get("gpu", config["resources"]["default"].get("gpu", 0))
-    }
-    assert gpu_rules, "config.yaml declares no GPU rule"
-    blocks = _rule_blocks()
-    for rule in gpu_rules:
-        # the rule passes its config.yaml gpu count to the plugin (sbatch --gpus)
-        assert f'gpu=res("{rule}")["gpu"]' in blocks[rule], rule
+    # no partition, no account, in the profile or config.yaml: sbatch's defaults
+    assert not profile.get("default-resources") and not profile.get("set-resources"), profile
+    assert not any(config["resources"]["slurm"][key] for key in ("partition", "gpu_partition", "account", "qos"))
+
+
+def test_one_gpu_partition_setting_reaches_every_rule_that_asks_for_a_gpu(tmp_path):
+    override = tmp_path / "cluster.yaml"
+    override.write_text(yaml.safe_dump({"resources": {
+        "slurm": {"partition": "cpuq", "gpu_partition": "gpuq", "account": "proj", "qos": "normal",
+                  "extra": "--comment=futureseg", "warn_seconds": 240},
+        # a rule of a group set by its own name (it takes segment's entry otherwise), and a
+        # partition of its own for one rule
+        "pseudo_label": {"runtime": 900},
+        "score": {"partition": "short"}}}))
+    jobs = planned_jobs(dry_run_under_profile(tmp_path, [override]))
+    gpu_rules = {rule for rule, resources in jobs if int(resources["gpu"]) > 0}
+    # the 16 GPU rules of the default config: trainers, inference, their hidden-set shards
+    assert len(gpu_rules) == 16, sorted(gpu_rules)
+    for rule, resources in jobs:
+        expected = "gpuq" if rule in gpu_rules else "short" if rule == "score" else "cpuq"
+        assert resources.get("slurm_partition") == expected, (rule, resources)
+        assert resources["slurm_account"] == "proj" and resources["qos"] == "normal", (rule, resources)
+        assert resources["runtime"] and resources["mem_mb"], (rule, resources)
+        flags = resources["slurm_extra"].split()
+        assert "--comment=futureseg" in flags, (rule, resources)
+        # the trainers, and only they, ask for the warning signal before their time limit
+        assert ("--signal=USR1@240" in flags) == rule.startswith("train_"), (rule, resources)
+    pseudo = [resources for rule, resources in jobs if rule == "pseudo_label"]
+    segment = [resources for rule, resources in jobs if rule == "segment"]
+    assert pseudo and all(r["runtime"] == "900" and r["mem_mb"] == segment[0]["mem_mb"] for r in pseudo), pseudo
+
+
+def test_the_job_gpu_count_sets_the_processes_and_threads_of_train_predictor(tmp_path):
+    override = tmp_path / "gpus.yaml"
+    override.write_text(yaml.safe_dump({"resources": {"train_predictor": {"gpu": 4, "threads": 3}}}))
+    output = dry_run_under_profile(tmp_path, [override], "--printshellcmds", "--cores", "64",
+                                   "results/predictor/model.pt")
+    command = re.search(r"futureseg train-predictor .*", output).group(0)
+    # the verb starts a process per GPU of the job's own resources; each takes its threads (a
+    # dry run caps a job's threads at --cores, as a SLURM job caps them at its CPUs)
+    assert "--gpus 4" in command and "--threads 12" in command, command
+    (resources,) = [r for rule, r in planned_jobs(output) if rule == "train_predictor"]
+    assert resources["gpu"] == "4", resources
 
 
 def test_cluster_script_says_what_to_install_when_slurm_is_missing(tmp_path):

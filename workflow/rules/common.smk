@@ -58,9 +58,84 @@ wildcard_constraints:
     scatteritem=r"\d+-of-\d+",
 
 
-def res(rule_name):
-    """The resources section's entry for a rule, on top of resources.default."""
-    return {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
+# ---------------------------------------------------------------- resources
+# The entry of config `resources` a rule takes when it has none of its own name: the data
+# readers share one, the hidden-set shards run as their parent rule, the pseudo-labels and the
+# references are segmentation jobs, the priors, tracks and oracles are route motion's or route
+# dynamics' jobs. Every other rule takes `default`. README, "Resources", shows this table
+# (tests/test_resources.py checks it against the workflow).
+RESOURCE_GROUPS = {
+    "synth_dataset": "data", "check_data": "data", "mean_std": "data", "cache_frames": "data",
+    "predict_hidden_shard": "predict_frames",
+    "segment_references": "segment", "segment_hidden_shard": "segment", "pseudo_label": "segment",
+    "forecast_hidden_shard": "forecast",
+    "predict_direct_hidden_shard": "predict_direct",
+    "extrapolate_hidden_shard": "extrapolate", "motion_truth": "extrapolate", "motion_prior": "extrapolate",
+    "tracks": "extrapolate",
+    "dynamics_hidden_shard": "dynamics", "dynamics_prior": "dynamics", "dynamics_truth": "dynamics",
+    "placement_oracle": "dynamics",
+}
+# config `resources` keys that are settings, not entries
+RESOURCE_SETTINGS = ("hidden_shards", "allow_cpu", "slurm", "default")
+# The trainers: SLURM warns them before their time limit (resources.slurm.warn_seconds), and
+# they checkpoint and requeue their job (core/training.py).
+TRAINERS = ("train_predictor", "train_segmenter", "train_object_classifier", "train_forecaster", "train_direct",
+            "train_dynamics")
+# The one rule that runs a process per GPU (torch DDP): its threads are each process's.
+MULTI_GPU_RULES = ("train_predictor",)
+# An entry's SLURM keys and the executor plugin's resource names for them.
+SLURM_RESOURCES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos", "extra": "slurm_extra"}
+
+
+def resource_entry(rule_name):
+    """A rule's settings from config `resources`: default's, its group's, its own, key by key."""
+    entries = config["resources"]
+    group = RESOURCE_GROUPS.get(rule_name)
+    return {**entries["default"], **(entries.get(group) or {}), **(entries.get(rule_name) or {})}
+
+
+def rule_threads(rule_name):
+    """A rule's threads: its entry's, times its GPUs for a rule that runs a process per GPU."""
+    entry = resource_entry(rule_name)
+    return entry["threads"] * max(1, entry["gpu"]) if rule_name in MULTI_GPU_RULES else entry["threads"]
+
+
+def rule_resources(rule_name):
+    """A rule's `resources:` (written `resources: **rule_resources("name")`): runtime, mem_mb
+    and gpu, and, for SLURM, the partition (a GPU rule's is resources.slurm.gpu_partition when
+    set), account, qos and extra sbatch flags, where set; a trainer's extra flags ask for
+    SIGUSR1 resources.slurm.warn_seconds before its time limit. Local runs ignore the SLURM keys."""
+    entry, slurm = resource_entry(rule_name), config["resources"]["slurm"]
+    if entry["gpu"] > 1 and rule_name not in MULTI_GPU_RULES:
+        raise ValueError(f"config resources.{rule_name}.gpu: {entry['gpu']}; only {', '.join(MULTI_GPU_RULES)} "
+                         "uses more than one GPU (one process each); give it 1")
+    placement = {"partition": (slurm["gpu_partition"] if entry["gpu"] else None) or slurm["partition"],
+                 "account": slurm["account"], "qos": slurm["qos"]}
+    # a rule's (or its group's) own partition, account or qos wins, null included
+    placement.update({key: entry[key] for key in placement if key in entry})
+    extra = [slurm["extra"], entry.get("extra", "")]
+    if rule_name in TRAINERS:
+        extra.append(f"--signal=USR1@{slurm['warn_seconds']}")
+    requests = {"runtime": entry["runtime"], "mem_mb": entry["mem_mb"], "gpu": entry["gpu"]}
+    for key, value in {**placement, "extra": " ".join(flag for flag in extra if flag)}.items():
+        if value:  # unset: the plugin adds no flag, and sbatch takes the cluster's default
+            requests[SLURM_RESOURCES[key]] = value
+    return requests
+
+
+def check_resource_entries():
+    """Refuse a `resources` entry that names no rule and no group (a typo would be ignored
+    silently otherwise). Called once the rules are defined (Snakefile)."""
+    known = {step.name for step in workflow.rules} | set(RESOURCE_GROUPS.values())
+    unknown = sorted(set(config["resources"]) - known - set(RESOURCE_SETTINGS))
+    in_default = sorted(set(config["resources"]["default"]) & set(SLURM_RESOURCES))
+    if in_default:
+        raise ValueError(f"config resources.default: {', '.join(in_default)}: set them for every job in "
+                         "resources.slurm, or for one rule in its own entry")
+    if unknown:
+        raise ValueError(f"config resources: {', '.join(unknown)}: no rule or group of that name (rules: "
+                         f"{', '.join(sorted(step.name for step in workflow.rules))}; groups: "
+                         f"{', '.join(sorted(set(RESOURCE_GROUPS.values())))})")
 
 
 def intermediate(path):

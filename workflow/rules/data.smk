@@ -7,10 +7,9 @@ rule synth_dataset:
         directory(SYNTHETIC),
     params:
         synthetic=config["data"]["synthetic"],
-    threads: config["data"]["workers"]
+    threads: rule_threads("synth_dataset")
     resources:
-        runtime=res("synth_dataset")["runtime"],
-        mem_mb=res("synth_dataset")["mem_mb"],
+        **rule_resources("synth_dataset"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -33,10 +32,9 @@ rule check_data:
     params:
         splits=csv(DATA_SPLITS),
         files=data_fingerprint,
-    threads: config["data"]["workers"]
+    threads: rule_threads("check_data")
     resources:
-        runtime=res("check_data")["runtime"],
-        mem_mb=res("check_data")["mem_mb"],
+        **rule_resources("check_data"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -56,10 +54,9 @@ rule mean_std:
         f"{RESULTS}/data/mean_std.json",
     params:
         splits=csv(config["data"]["mean_std_splits"]),
-    threads: config["data"]["workers"]
+    threads: rule_threads("mean_std")
     resources:
-        runtime=res("mean_std")["runtime"],
-        mem_mb=res("mean_std")["mem_mb"],
+        **rule_resources("mean_std"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -78,10 +75,9 @@ rule cache_frames:
     output:
         frames=intermediate(f"{RESULTS}/cache/{{split}}.npy"),
         ids=intermediate(f"{RESULTS}/cache/{{split}}.json"),
-    threads: config["data"]["workers"]
+    threads: rule_threads("cache_frames")
     resources:
-        runtime=res("cache_frames")["runtime"],
-        mem_mb=res("cache_frames")["mem_mb"],
+        **rule_resources("cache_frames"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

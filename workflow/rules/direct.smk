@@ -25,11 +25,9 @@ rule train_direct:
         flags=flags({k: v for k, v in D.items() if k not in ("pseudo_labels", "seed", "checkpoint_every")}),
         checkpoints=f"{RESULTS}/direct/checkpoints",
         max_steps=MAX_STEPS_FLAG,
-    threads: res("train_direct")["threads"]
+    threads: rule_threads("train_direct")
     resources:
-        runtime=res("train_direct")["runtime"],
-        mem_mb=res("train_direct")["mem_mb"],
-        gpu=res("train_direct")["gpu"],
+        **rule_resources("train_direct"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -50,11 +48,9 @@ rule predict_direct:
         cache=f"{RESULTS}/cache/val.npy",
     output:
         f"{RESULTS}/direct/masks_val.npy",
-    threads: res("predict_direct")["threads"]
+    threads: rule_threads("predict_direct")
     resources:
-        runtime=res("predict_direct")["runtime"],
-        mem_mb=res("predict_direct")["mem_mb"],
-        gpu=res("predict_direct")["gpu"],
+        **rule_resources("predict_direct"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -74,11 +70,9 @@ rule predict_direct_hidden_shard:
         temp(f"{RESULTS}/direct/hidden_shards/masks_{{scatteritem}}.npy"),
     params:
         shard=shard_arg,
-    threads: res("predict_direct")["threads"]
+    threads: rule_threads("predict_direct_hidden_shard")
     resources:
-        runtime=res("predict_direct")["runtime"],
-        mem_mb=res("predict_direct")["mem_mb"],
-        gpu=res("predict_direct")["gpu"],
+        **rule_resources("predict_direct_hidden_shard"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

@@ -26,10 +26,9 @@ rule tracks:
         flow_pairs=M["flow_pairs"],
         frames=frames_flag,
         masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
-    threads: res("extrapolate")["threads"]
+    threads: rule_threads("tracks")
     resources:
-        runtime=res("extrapolate")["runtime"],
-        mem_mb=res("extrapolate")["mem_mb"],
+        **rule_resources("tracks"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -59,11 +58,9 @@ rule train_dynamics:
         val_frames=lambda wildcards, input: f"--val-frames {input.val_frames}" if input.val_frames else "",
         checkpoints=f"{RESULTS}/dynamics/checkpoints",
         max_steps=MAX_STEPS_FLAG,
-    threads: res("train_dynamics")["threads"]
+    threads: rule_threads("train_dynamics")
     resources:
-        runtime=res("train_dynamics")["runtime"],
-        mem_mb=res("train_dynamics")["mem_mb"],
-        gpu=res("train_dynamics")["gpu"],
+        **rule_resources("train_dynamics"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -86,10 +83,9 @@ rule dynamics:
         sequence=f"{RESULTS}/dynamics/sequence_val.npy",
     params:
         frames=frames_flag,
-    threads: res("dynamics")["threads"]
+    threads: rule_threads("dynamics")
     resources:
-        runtime=res("dynamics")["runtime"],
-        mem_mb=res("dynamics")["mem_mb"],
+        **rule_resources("dynamics"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -113,10 +109,9 @@ rule dynamics_hidden_shard:
     params:
         frames=frames_flag,
         shard=shard_arg,
-    threads: res("dynamics")["threads"]
+    threads: rule_threads("dynamics_hidden_shard")
     resources:
-        runtime=res("dynamics")["runtime"],
-        mem_mb=res("dynamics")["mem_mb"],
+        **rule_resources("dynamics_hidden_shard"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -144,10 +139,9 @@ rule dynamics_prior:
     params:
         frames=frames_flag,
         masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
-    threads: res("dynamics")["threads"]
+    threads: rule_threads("dynamics_prior")
     resources:
-        runtime=res("dynamics")["runtime"],
-        mem_mb=res("dynamics")["mem_mb"],
+        **rule_resources("dynamics_prior"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -169,10 +163,9 @@ rule dynamics_truth:
         f"{RESULTS}/dynamics/masks_val_truth.npy",
     params:
         frames=frames_flag,
-    threads: res("dynamics")["threads"]
+    threads: rule_threads("dynamics_truth")
     resources:
-        runtime=res("dynamics")["runtime"],
-        mem_mb=res("dynamics")["mem_mb"],
+        **rule_resources("dynamics_truth"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -190,10 +183,9 @@ rule placement_oracle:
         checked=DATA_CHECK,
     output:
         f"{RESULTS}/dynamics/masks_val_placement_oracle.npy",
-    threads: res("dynamics")["threads"]
+    threads: rule_threads("placement_oracle")
     resources:
-        runtime=res("dynamics")["runtime"],
-        mem_mb=res("dynamics")["mem_mb"],
+        **rule_resources("placement_oracle"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

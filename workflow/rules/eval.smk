@@ -37,9 +37,9 @@ rule score:
         sequences=" ".join(f"--sequence {r}={p}" for r, p in SEQUENCES.items() if r in ROUTES),
         submit=SUBMIT,
         dynamics_truth=lambda wildcards, input: f"--dynamics-truth {input.dynamics_truth}" if input.dynamics_truth else "",
+    threads: rule_threads("score")
     resources:
-        runtime=res("score")["runtime"],
-        mem_mb=res("score")["mem_mb"],
+        **rule_resources("score"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -67,9 +67,9 @@ rule submission:
         f"{RESULTS}/{config['eval']['submission_name']}.pt",
     params:
         routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(SUBMIT_CANDIDATES, input.masks)),
+    threads: rule_threads("submission")
     resources:
-        runtime=res("submission")["runtime"],
-        mem_mb=res("submission")["mem_mb"],
+        **rule_resources("submission"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -118,9 +118,9 @@ rule report_figures:
         ),
         frames=lambda wildcards, input: f"--frames {input.frames}" if input.frames else "",
         examples=config["eval"]["report_examples"],
+    threads: rule_threads("report_figures")
     resources:
-        runtime=res("report_figures")["runtime"],
-        mem_mb=res("report_figures")["mem_mb"],
+        **rule_resources("report_figures"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -149,9 +149,9 @@ rule resource_table:
     params:
         benchmarks=f"{RESULTS}/benchmarks",
         requests=lambda wildcards: json.dumps(resource_requests()),
+    threads: rule_threads("resource_table")
     resources:
-        runtime=res("resource_table")["runtime"],
-        mem_mb=res("resource_table")["mem_mb"],
+        **rule_resources("resource_table"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

@@ -24,11 +24,9 @@ rule pseudo_label:
         frames=lambda wildcards: 22 if wildcards.split == "unlabeled" else 11,
         # per frame, one class per object; then per video, one class per track
         votes=" ".join(flag for flag in (OBJECT_CLASS, "--track-vote" if S["track_vote"] else "") if flag),
-    threads: res("segment")["threads"]
+    threads: rule_threads("pseudo_label")
     resources:
-        runtime=res("segment")["runtime"],
-        mem_mb=res("segment")["mem_mb"],
-        gpu=res("segment")["gpu"],
+        **rule_resources("pseudo_label"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -62,11 +60,9 @@ rule train_forecaster:
         checkpoints=f"{RESULTS}/forecaster/checkpoints",
         max_steps=MAX_STEPS_FLAG,
         priors=lambda wildcards, input: f"--priors {' '.join(input.priors)} --val-prior {input.val_prior}" if SEQUENCE_PRIOR else "",
-    threads: res("train_forecaster")["threads"]
+    threads: rule_threads("train_forecaster")
     resources:
-        runtime=res("train_forecaster")["runtime"],
-        mem_mb=res("train_forecaster")["mem_mb"],
-        gpu=res("train_forecaster")["gpu"],
+        **rule_resources("train_forecaster"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -96,11 +92,9 @@ rule forecast:
         sequence=f"{RESULTS}/forecaster/sequence_val.npy",
     params:
         prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
-    threads: res("forecast")["threads"]
+    threads: rule_threads("forecast")
     resources:
-        runtime=res("forecast")["runtime"],
-        mem_mb=res("forecast")["mem_mb"],
-        gpu=res("forecast")["gpu"],
+        **rule_resources("forecast"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -122,11 +116,9 @@ rule forecast_hidden_shard:
     params:
         shard=shard_arg,
         prior=lambda wildcards, input: f"--prior {input.prior}" if input.prior else "",
-    threads: res("forecast")["threads"]
+    threads: rule_threads("forecast_hidden_shard")
     resources:
-        runtime=res("forecast")["runtime"],
-        mem_mb=res("forecast")["mem_mb"],
-        gpu=res("forecast")["gpu"],
+        **rule_resources("forecast_hidden_shard"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

@@ -17,10 +17,9 @@ rule extrapolate:
     params:
         motion=json.dumps(M),
         frames=frames_flag,
-    threads: res("extrapolate")["threads"]
+    threads: rule_threads("extrapolate")
     resources:
-        runtime=res("extrapolate")["runtime"],
-        mem_mb=res("extrapolate")["mem_mb"],
+        **rule_resources("extrapolate"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -44,10 +43,9 @@ rule extrapolate_hidden_shard:
         motion=json.dumps(M),
         frames=frames_flag,
         shard=shard_arg,
-    threads: res("extrapolate")["threads"]
+    threads: rule_threads("extrapolate_hidden_shard")
     resources:
-        runtime=res("extrapolate")["runtime"],
-        mem_mb=res("extrapolate")["mem_mb"],
+        **rule_resources("extrapolate_hidden_shard"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -69,10 +67,9 @@ rule motion_truth:
     params:
         motion=json.dumps(M),
         frames=frames_flag,
-    threads: res("extrapolate")["threads"]
+    threads: rule_threads("motion_truth")
     resources:
-        runtime=res("extrapolate")["runtime"],
-        mem_mb=res("extrapolate")["mem_mb"],
+        **rule_resources("motion_truth"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -99,10 +96,9 @@ rule motion_prior:
         motion=json.dumps(M),
         frames=frames_flag,
         masks=lambda wildcards, input: f"--masks {input.masks}" if input.masks else f"--root {input.data} --split train",
-    threads: res("extrapolate")["threads"]
+    threads: rule_threads("motion_prior")
     resources:
-        runtime=res("extrapolate")["runtime"],
-        mem_mb=res("extrapolate")["mem_mb"],
+        **rule_resources("motion_prior"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

@@ -2,12 +2,6 @@
 # predicted frames.
 
 P = config["predictor"]
-# More than one GPU for training: one process per GPU under torchrun (torch DDP); the
-# global batch stays predictor.batch_size, split across the processes.
-N_GPUS = res("train_predictor")["gpu"]
-TRAIN_LAUNCHER = (
-    f"torchrun --standalone --nproc-per-node {N_GPUS} -m futureseg" if N_GPUS > 1 else "futureseg"
-)
 
 
 rule train_predictor:
@@ -23,7 +17,6 @@ rule train_predictor:
             category="Frame prediction",
         ),
     params:
-        launcher=TRAIN_LAUNCHER,
         model=P["model"],
         # only the selected model's section: editing the other one reruns nothing
         model_config=json.dumps(P[P["model"]]),
@@ -35,25 +28,25 @@ rule train_predictor:
         checkpoint_every=P["checkpoint_every"],
         checkpoints=f"{RESULTS}/predictor/checkpoints",
         max_steps=MAX_STEPS_FLAG,
-    threads: res("train_predictor")["threads"]
+    threads: rule_threads("train_predictor")
     resources:
-        runtime=res("train_predictor")["runtime"],
-        mem_mb=res("train_predictor")["mem_mb"],
-        gpu=res("train_predictor")["gpu"],
+        **rule_resources("train_predictor"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
         f"{RESULTS}/benchmarks/train_predictor.tsv",
     log:
         f"{RESULTS}/logs/train_predictor.log",
+    # --gpus from the job's own resources: more than one runs a process per GPU (torch DDP,
+    # launched by the verb), the global batch staying predictor.batch_size
     shell:
-        "{params.launcher} train-predictor --cache {input.caches} --val-cache {input.val_cache}"
+        "futureseg train-predictor --cache {input.caches} --val-cache {input.val_cache}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
         " --checkpoints {params.checkpoints} --model {params.model} --model-config '{params.model_config}'"
         " --epochs {params.epochs}"
         " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
         " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
-        " {params.max_steps} --threads {threads} 2> {log}"
+        " {params.max_steps} --gpus {resources.gpu} --threads {threads} 2> {log}"
 
 
 rule predict_frames:
@@ -67,11 +60,9 @@ rule predict_frames:
         split="train|val",
     params:
         frames=kept_frames,
-    threads: res("predict_frames")["threads"]
+    threads: rule_threads("predict_frames")
     resources:
-        runtime=res("predict_frames")["runtime"],
-        mem_mb=res("predict_frames")["mem_mb"],
-        gpu=res("predict_frames")["gpu"],
+        **rule_resources("predict_frames"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -93,11 +84,9 @@ rule predict_hidden_shard:
     params:
         frames=csv(P["keep_frames"]),
         shard=shard_arg,
-    threads: res("predict_frames")["threads"]
+    threads: rule_threads("predict_hidden_shard")
     resources:
-        runtime=res("predict_frames")["runtime"],
-        mem_mb=res("predict_frames")["mem_mb"],
-        gpu=res("predict_frames")["gpu"],
+        **rule_resources("predict_hidden_shard"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:

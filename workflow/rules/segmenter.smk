@@ -37,9 +37,9 @@ rule make_seg_frames:
         blur_prob=A["blur_prob"],
         blur_sigma=csv(A["blur_sigma"]),
         seed=A["seed"],
+    threads: rule_threads("make_seg_frames")
     resources:
-        runtime=res("make_seg_frames")["runtime"],
-        mem_mb=res("make_seg_frames")["mem_mb"],
+        **rule_resources("make_seg_frames"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -75,11 +75,9 @@ rule train_segmenter:
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/checkpoints",
         max_steps=MAX_STEPS_FLAG,
-    threads: res("train_segmenter")["threads"]
+    threads: rule_threads("train_segmenter")
     resources:
-        runtime=res("train_segmenter")["runtime"],
-        mem_mb=res("train_segmenter")["mem_mb"],
-        gpu=res("train_segmenter")["gpu"],
+        **rule_resources("train_segmenter"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -116,11 +114,9 @@ rule train_object_classifier:
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/object_classifier_checkpoints",
         max_steps=MAX_STEPS_FLAG,
-    threads: res("train_object_classifier")["threads"]
+    threads: rule_threads("train_object_classifier")
     resources:
-        runtime=res("train_object_classifier")["runtime"],
-        mem_mb=res("train_object_classifier")["mem_mb"],
-        gpu=res("train_object_classifier")["gpu"],
+        **rule_resources("train_object_classifier"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -144,11 +140,9 @@ rule segment:
     params:
         score_threshold=SCORE_THRESHOLD,
         object_class=OBJECT_CLASS,
-    threads: res("segment")["threads"]
+    threads: rule_threads("segment")
     resources:
-        runtime=res("segment")["runtime"],
-        mem_mb=res("segment")["mem_mb"],
-        gpu=res("segment")["gpu"],
+        **rule_resources("segment"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -174,11 +168,9 @@ rule segment_references:
     params:
         score_threshold=SCORE_THRESHOLD,
         object_class=OBJECT_CLASS,
-    threads: res("segment")["threads"]
+    threads: rule_threads("segment_references")
     resources:
-        runtime=res("segment")["runtime"],
-        mem_mb=res("segment")["mem_mb"],
-        gpu=res("segment")["gpu"],
+        **rule_resources("segment_references"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -201,11 +193,9 @@ rule segment_hidden_shard:
     params:
         score_threshold=SCORE_THRESHOLD,
         object_class=OBJECT_CLASS,
-    threads: res("segment")["threads"]
+    threads: rule_threads("segment_hidden_shard")
     resources:
-        runtime=res("segment")["runtime"],
-        mem_mb=res("segment")["mem_mb"],
-        gpu=res("segment")["gpu"],
+        **rule_resources("segment_hidden_shard"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
@@ -226,9 +216,9 @@ rule gather_hidden_masks:
         f"{RESULTS}/{{stage}}/masks_hidden.npy",
     wildcard_constraints:
         stage="segmenter|forecaster|direct|motion|dynamics",
+    threads: rule_threads("gather_hidden_masks")
     resources:
-        runtime=res("gather_hidden_masks")["runtime"],
-        mem_mb=res("gather_hidden_masks")["mem_mb"],
+        **rule_resources("gather_hidden_masks"),
     conda:
         "../../envs/futureseg.yaml"
     benchmark:
