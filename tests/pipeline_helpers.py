@@ -75,3 +75,14 @@ def planned_jobs(workdir: Path, *args: str, override: dict | None = None) -> dic
             break
         jobs[match.group(1)] = int(match.group(2))
     return jobs
+
+
+def planned_resources(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, {resource: value}) of every job a `snakemake -n` output plans, read from its
+    `resources:` lines (rule all, which has none, left out)."""
+    jobs = []
+    for rule, body in re.findall(r"(?ms)^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", dry_run_output):
+        found = re.search(r"^\s+resources: (.*)$", body, flags=re.MULTILINE)
+        if rule != "all" and found:
+            jobs.append((rule, dict(item.split("=", 1) for item in found.group(1).split(", "))))
+    return jobs

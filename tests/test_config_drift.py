@@ -181,23 +181,36 @@ def test_dynamics_section_schema_and_model_config_agree():
 
 
 def test_real_data_config_validates_and_plans_a_run(tmp_path):
-    """real-data.yaml over config.yaml, as the README runs it: the schema accepts it and a dry
-    run (through the SLURM profile) plans route dynamics with real-data.yaml's settings."""
+    """real-data.yaml over config.yaml, as the README runs it, with a cluster's file of its own
+    (partitions, account) after them: the schema accepts it and a dry run through the SLURM
+    profile plans route dynamics with real-data.yaml's settings, every job with its runtime,
+    memory and partition."""
     import subprocess
     import sys
 
     from futureseg.data.synth import generate_dataset
+    from pipeline_helpers import planned_resources
 
     generate_dataset(tmp_path / "ds", {"train": 1, "val": 1, "unlabeled": 1, "hidden": 1}, 32, 48, seed=0)
     real = yaml.safe_load((REPO / "real-data.yaml").read_text())
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "ds")}, "resources": {
+        "slurm": {"partition": "cpu", "gpu_partition": "gpu", "account": "my_project"}}}))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
-         str(REPO / "slurm"), "--configfile", str(REPO / "config.yaml"), str(REPO / "real-data.yaml"),
-         "--config", f"data={{root: {tmp_path / 'ds'}}}", "--dry-run", "--printshellcmds"],
+         str(REPO / "slurm"), "--configfile", str(REPO / "config.yaml"), str(REPO / "real-data.yaml"), str(cluster),
+         "--dry-run", "--printshellcmds"],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     shell = result.stdout
     assert "futureseg train-dynamics" in shell and "futureseg dynamics --model" in shell
     assert f"--interaction {real['dynamics']['interaction']}" in shell and f"--layers {real['dynamics']['layers']}" in shell
+    jobs = planned_resources(shell)
+    assert {rule for rule, _ in jobs} >= {"check_data", "segment_references", "pseudo_label", "tracks", "train_dynamics",
+                                          "dynamics", "score", "submission"}, jobs
+    for rule, resources in jobs:
+        assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0, (rule, resources)
+        assert resources["slurm_partition"] == ("gpu" if int(resources["gpu"]) else "cpu"), (rule, resources)
+        assert resources["slurm_account"] == "my_project", (rule, resources)
     for route in {"frames", "masks", "direct"} - set(real["routes"]):
         assert {"frames": "train-predictor", "masks": "train-forecaster", "direct": "train-direct"}[route] not in shell

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline_helpers import planned_resources
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm"
 CLUSTER_SCRIPT = PROFILE / "local-cluster.sh"
@@ -288,17 +290,6 @@ def test_every_rule_runs_as_a_slurm_job_and_the_gpu_rule_gets_a_gpu(slurm_cluste
 # Checks that need no cluster.
 
 
-def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
-    """(rule, {resource: value}) of every job a `snakemake -n` output plans, read from its
-    `resources:` lines (rule all, which has none, left out)."""
-    jobs = []
-    for rule, body in re.findall(r"(?ms)^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", dry_run_output):
-        found = re.search(r"^\s+resources: (.*)$", body, flags=re.MULTILINE)
-        if rule != "all" and found:
-            jobs.append((rule, dict(item.split("=", 1) for item in found.group(1).split(", "))))
-    return jobs
-
-
 def dry_run_under_profile(workdir: Path, configfiles: list[Path], *args: str) -> str:
     """`snakemake --profile slurm -n` (+ `args`) of the repository's workflow in `workdir`,
     config.yaml then `configfiles` merged over it; its output."""
@@ -328,7 +319,7 @@ def test_one_gpu_partition_setting_reaches_every_rule_that_asks_for_a_gpu(tmp_pa
         # partition of its own for one rule
         "pseudo_label": {"runtime": 900},
         "score": {"partition": "short"}}}))
-    jobs = planned_jobs(dry_run_under_profile(tmp_path, [override]))
+    jobs = planned_resources(dry_run_under_profile(tmp_path, [override]))
     gpu_rules = {rule for rule, resources in jobs if int(resources["gpu"]) > 0}
     # the 16 GPU rules of the default config: trainers, inference, their hidden-set shards
     assert len(gpu_rules) == 16, sorted(gpu_rules)
@@ -355,7 +346,7 @@ def test_the_job_gpu_count_sets_the_processes_and_threads_of_train_predictor(tmp
     # the verb starts a process per GPU of the job's own resources; each takes its threads (a
     # dry run caps a job's threads at --cores, as a SLURM job caps them at its CPUs)
     assert "--gpus 4" in command and "--threads 12" in command, command
-    (resources,) = [r for rule, r in planned_jobs(output) if rule == "train_predictor"]
+    (resources,) = [r for rule, r in planned_resources(output) if rule == "train_predictor"]
     assert resources["gpu"] == "4", resources
 
 
