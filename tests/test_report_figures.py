@@ -148,9 +148,9 @@ def run_cli(monkeypatch, argv):
 
 def test_a_route_set_without_frames_through_the_cli(monkeypatch, capsys, case, tmp_path):
     folder = case[0]
-    (folder / "metrics.csv").write_text("step,loss\n1,1.0\n2,0.5\n")
+    (folder / "metrics.csv").write_text("step,loss,val_oracle_iou\n1,1.0,0.1\n2,0.5,0.2\n")
     out = tmp_path / "report"
-    argv = ["report-figures", "--metrics", folder / "metrics.csv", "--curves", out / "curves.png",
+    argv = ["report-figures", "--metrics", f"segmenter={folder / 'metrics.csv'}", "--curves", out / "curves.png",
             "--root", folder / "dataset", "--route", f"direct={folder / 'direct_val.npy'}",
             "--route", f"masks={folder / 'masks_val.npy'}", "--sequence", f"masks={folder / 'masks_sequence.npy'}",
             "--scores", folder / "scores.json", "--examples", out / "examples.png", "--animations", out / "animations.html",
@@ -216,10 +216,11 @@ REFUSALS = ["ids in another order", "a sequence of other videos", "predicted fra
 def test_bad_inputs_are_refused_by_name_and_nothing_is_written(monkeypatch, capsys, case, tmp_path, name):
     folder = case[0]
     argv, named, says = refusals(folder)[name]
-    (folder / "metrics.csv").write_text("step,loss\n1,1.0\n2,0.5\n")
+    (folder / "metrics.csv").write_text("step,loss,val_oracle_iou\n1,1.0,0.1\n2,0.5,0.2\n")
     out = tmp_path / "report"
     out.mkdir()
-    code = run_cli(monkeypatch, ["report-figures", "--metrics", folder / "metrics.csv", "--curves", out / "curves.png",
+    code = run_cli(monkeypatch, ["report-figures", "--metrics", f"segmenter={folder / 'metrics.csv'}",
+                                 "--curves", out / "curves.png",
                                  "--root", folder / "dataset", *argv, "--examples", out / "examples.png",
                                  "--animations", out / "animations.html"])
     err = capsys.readouterr().err.strip()
@@ -235,3 +236,152 @@ def test_the_functions_raise_the_same_errors(case):
         rf.val_examples(folder / "dataset", {"masks": folder / "masks_val.npy", "direct": folder / "swapped_val.npy"},
                         folder / "x.png")
     assert not (folder / "x.png").exists()
+
+
+# ---------------------------------------------------------------- training curves
+
+# each trainer's metrics.csv header as core.training.fit writes it (its losses train_*, its
+# validate()'s entries), taken from real runs of the trainers (the forecaster's from its code)
+HEADERS = {
+    "predictor": "step,epoch,lr,train_loss,step_seconds,val_loss,val_mse,val_psnr,val_ssim,val_mse_f21,val_psnr_f21,"
+                 "val_ssim_f21,copy_last_mse,copy_last_psnr,copy_last_ssim,copy_last_mse_f21,copy_last_psnr_f21,"
+                 "copy_last_ssim_f21",
+    "segmenter": "step,epoch,lr,train_loss,train_ce,step_seconds,val_oracle_iou",
+    "maskrcnn": "step,epoch,lr,loss,loss_classifier,loss_box_reg,loss_mask,loss_objectness,loss_rpn_box_reg,"
+                "step_seconds,val_oracle_iou,val_seconds",
+    "object_classifier": "step,epoch,lr,train_loss,train_shape,train_material,step_seconds,val_shape_acc,"
+                         "val_material_acc,val_repaint_iou",
+    "forecaster": "step,epoch,lr,train_loss,train_ce,train_soft_iou,step_seconds,val_iou,val_pseudo_copy_last_iou,"
+                  "val_prior_iou",
+    "forecaster_copy_last": "step,epoch,lr,train_loss,train_ce,step_seconds,val_iou,val_pseudo_copy_last_iou",
+    "direct": "step,epoch,lr,train_loss,train_ce,step_seconds,val_iou",
+    "dynamics": "step,epoch,lr,train_loss,train_position,train_log_scale,step_seconds,val_iou,val_rule_iou,"
+                "val_threshold",
+}
+# the columns a baseline is read from: scored once per run, the same at every epoch
+BASELINES = {"copy_last_psnr_f21": 20.57, "val_prior_iou": 0.2194, "val_pseudo_copy_last_iou": 0.1259,
+             "val_rule_iou": 0.5195}
+
+
+def metrics_csv(folder, layout, epochs=4, log_every_rows=True):
+    """A metrics.csv of `layout` (a key of HEADERS): per epoch, a training-loss row every few
+    steps (val cells empty, as fit's log_every rows), then the epoch-end row with the val metrics."""
+    header = HEADERS[layout].split(",")
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for window in ((5, 10) if log_every_rows else (10,)):
+            step = (epoch - 1) * 10 + window
+            row = {"step": step, "epoch": epoch, "lr": 0.001, "step_seconds": 0.2}
+            row.update({c: round(2.0 / step, 5) for c in header if c.startswith(("train_", "loss"))})
+            if window == 10:
+                row.update({c: round(0.1 * epoch, 4) for c in header if c.startswith("val_")})
+                row.update({c: round(20 + epoch, 3) for c in header if c.startswith(("val_psnr", "copy_last"))})
+                row.update({c: v for c, v in BASELINES.items() if c in header})
+            rows.append(",".join(str(row.get(c, "")) for c in header))
+    path = folder / f"{layout}_metrics.csv"
+    path.write_text(",".join(header) + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def legends(fig):
+    """{panel title: (legend texts of the val panel, legend texts of the loss panel)}."""
+    return {sub.axes[0].get_title(): tuple([t.get_text() for t in ax.get_legend().get_texts()] for ax in sub.axes)
+            for sub in fig.subfigs if sub.axes}
+
+
+def test_one_panel_per_trainer_titled_by_stage_its_metric_beside_its_baseline(tmp_path):
+    stages = ["predictor", "segmenter", "object_classifier", "forecaster", "direct", "dynamics"]
+    # given out of the pipeline's order: drawn in it
+    metrics = {stage: metrics_csv(tmp_path, stage) for stage in reversed(stages)}
+    fig = rf.training_curves_figure(metrics, {"predictor": "simvp", "segmenter": "unet", "forecaster": "convlstm"})
+    panels = legends(fig)
+    assert list(panels) == ["Frame predictor (SimVP)", "Segmenter (U-Net)", "Object classifier",
+                            "Mask forecaster (ConvLSTM)", "Direct U-Net", "Dynamics"]
+    assert len([ax for sub in fig.subfigs for ax in sub.axes]) == 2 * len(stages)  # val and loss, one trainer each
+    assert panels["Frame predictor (SimVP)"] == (["val PSNR of frame 21: 24.00", "val PSNR of copy-last: 20.57"],
+                                                 ["train loss: 0.05", "val loss: 0.4"])
+    assert panels["Segmenter (U-Net)"] == (["val IoU on true frames: 0.400"], ["train loss: 0.05"])
+    assert panels["Object classifier"] == (["val IoU of repainted masks: 0.400"], ["train loss: 0.05"])
+    assert panels["Mask forecaster (ConvLSTM)"] == (["val IoU: 0.400", "val IoU of the prior: 0.219"], ["train loss: 0.05"])
+    assert panels["Direct U-Net"] == (["val IoU: 0.400"], ["train loss: 0.05"])
+    assert panels["Dynamics"] == (["val IoU: 0.400", "val IoU of the rule (route motion): 0.519"], ["train loss: 0.05"])
+    texts = [t for pair in panels.values() for side in pair for t in side] + [fig.get_suptitle()]
+    assert not any("/" in t or ".csv" in t or str(tmp_path) in t for t in texts), "no file paths"
+
+    forecaster = next(sub for sub in fig.subfigs if sub.axes[0].get_title().startswith("Mask forecaster"))
+    val, loss = forecaster.axes
+    metric, prior = val.get_lines()
+    # the val IoU at the epoch ends only (the training-loss rows have none), every step's loss
+    np.testing.assert_array_equal(metric.get_xdata(), [10, 20, 30, 40])
+    np.testing.assert_allclose(metric.get_ydata(), [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_array_equal(loss.get_lines()[0].get_xdata(), [5, 10, 15, 20, 25, 30, 35, 40])
+    # the prior, a constant, is a dashed line across the whole panel
+    assert prior.get_linestyle() == "--" and list(prior.get_ydata()) == [0.2194, 0.2194]
+    assert list(prior.get_xdata()) == [0, 1] and prior.get_transform() != metric.get_transform()
+    direct = next(sub for sub in fig.subfigs if sub.axes[0].get_title() == "Direct U-Net")
+    assert len(direct.axes[0].get_lines()) == 1, "the direct U-Net logs no baseline: none is drawn"
+
+
+def test_the_other_layouts_of_a_trainer_a_mask_rcnn_segmenter_and_a_copy_last_forecaster(tmp_path):
+    fig = rf.training_curves_figure({"segmenter": metrics_csv(tmp_path, "maskrcnn", epochs=1, log_every_rows=False),
+                                     "forecaster": metrics_csv(tmp_path, "forecaster_copy_last")},
+                                    {"segmenter": "maskrcnn"})
+    panels = legends(fig)
+    # Mask R-CNN's loop logs its summed loss unprefixed; one epoch is one point, still drawn
+    assert panels["Segmenter (Mask R-CNN)"] == (["val IoU on true frames: 0.100"], ["train loss: 0.2"])
+    # a copy_last forecaster's prior is the segmenter's mask 10 copied, logged under that name
+    assert panels["Mask forecaster"][0] == ["val IoU: 0.400", "val IoU of the prior (mask 10 copied): 0.126"]
+    png = rf.training_curves({"dynamics": metrics_csv(tmp_path, "dynamics")}, tmp_path / "curves.png")
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 300
+
+
+def test_training_curves_through_the_cli(monkeypatch, capsys, tmp_path):
+    argv = ["report-figures", "--metrics", f"predictor={metrics_csv(tmp_path, 'predictor')}", "--model", "predictor=simvp",
+            "--metrics", f"forecaster={metrics_csv(tmp_path, 'forecaster')}", "--curves", tmp_path / "out" / "curves.png"]
+    assert run_cli(monkeypatch, argv) == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "out" / "curves.png") as png:
+        assert png.format == "PNG" and png.width > png.height  # two panels side by side
+
+
+def curve_refusals(folder):
+    """(argv, what the one-line error must name, what it says)."""
+    predictor, segmenter = metrics_csv(folder, "predictor"), metrics_csv(folder, "segmenter")
+    (folder / "no_step.csv").write_text("epoch,train_loss\n1,0.5\n")
+    return {
+        "an unknown stage": (["--metrics", f"predicter={predictor}"], f"--metrics predicter={predictor}",
+                             "no trainer 'predicter'; one of predictor, segmenter"),
+        "another trainer's CSV": (["--metrics", f"segmenter={predictor}"], str(predictor),
+                                  "no val_oracle_iou values"),
+        "another trainer's CSV, no metric": (["--metrics", f"forecaster={segmenter}"], str(segmenter), "no val_iou values"),
+        "a CSV without a step column": (["--metrics", f"direct={folder / 'no_step.csv'}"], str(folder / "no_step.csv"),
+                                        "no 'step' column"),
+        "a missing CSV": (["--metrics", f"direct={folder / 'nowhere.csv'}"], str(folder / "nowhere.csv"),
+                          "does not exist"),
+        "a stage given twice": (["--metrics", f"predictor={predictor}", "--metrics", f"predictor={predictor}"],
+                                "--metrics predictor", "twice"),
+        "a model of a stage not drawn": (["--metrics", f"predictor={predictor}", "--model", "forecaster=simvp"],
+                                         "--model forecaster=simvp", "no --metrics forecaster"),
+    }
+
+
+@pytest.mark.parametrize("name", ["an unknown stage", "another trainer's CSV", "another trainer's CSV, no metric",
+                                  "a CSV without a step column", "a missing CSV", "a stage given twice",
+                                  "a model of a stage not drawn"])
+def test_bad_training_curves_are_refused_in_one_line_naming_the_file(monkeypatch, capsys, tmp_path, name):
+    argv, named, says = curve_refusals(tmp_path)[name]
+    out = tmp_path / "report"
+    out.mkdir()
+    code = run_cli(monkeypatch, ["report-figures", *argv, "--curves", out / "curves.png"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert named in err and says in err, err
+    assert not list(out.iterdir())
+
+
+def test_a_csv_without_a_training_loss_names_the_columns_looked_for(tmp_path):
+    # a segmenter CSV of a trainer that logged neither train_loss nor loss: the error says both
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,epoch,val_oracle_iou\n10,1,0.2\n")
+    with pytest.raises(FuturesegError, match=re.escape(str(path)) + ": no train_loss or loss values.*val_oracle_iou"):
+        rf.training_curves_figure({"segmenter": path})

@@ -224,11 +224,11 @@ def test_training_curves_and_val_examples(tmp_path, random_case):
     predictor, segmenter = tmp_path / "predictor", tmp_path / "segmenter"
     predictor.mkdir()
     segmenter.mkdir()
-    (predictor / "metrics.csv").write_text("step,loss,val_mse,val_psnr,lr\n" + "".join(f"{s},{1 / s},{0.5 / s},{20 + s},{1e-3}\n" for s in range(1, 8)))
-    (segmenter / "metrics.csv").write_text("step,loss,val_iou\n1,2.0,0.1\n2,1.5,\n3,1.0,0.3\n")
-    assert_png(report_figures.training_curves([predictor / "metrics.csv", segmenter / "metrics.csv"], tmp_path / "curves.png"))
-    assert report_figures._panel_of("val_psnr") == "PSNR (dB)" and report_figures._panel_of("val_mse") == "loss"
-    assert report_figures._panel_of("val_iou") == "IoU / accuracy" and report_figures._panel_of("lr") == "learning rate"
+    (predictor / "metrics.csv").write_text("step,train_loss,val_psnr_f21,copy_last_psnr_f21,lr\n"
+                                           + "".join(f"{s},{1 / s},{20 + s},20.5,{1e-3}\n" for s in range(1, 8)))
+    (segmenter / "metrics.csv").write_text("step,loss,val_oracle_iou\n1,2.0,0.1\n2,1.5,\n3,1.0,0.3\n")
+    assert_png(report_figures.training_curves({"predictor": predictor / "metrics.csv", "segmenter": segmenter / "metrics.csv"},
+                                              tmp_path / "curves.png"))
 
     ids = [v.id for v in data.list_videos(root, "val")]
     frames = np.zeros((5, 2, 12, 16, 3), np.uint8)
@@ -265,10 +265,10 @@ def test_score_and_report_figures_through_the_cli(monkeypatch, capsys, hand_case
     assert run_cli(monkeypatch, argv) == 2
     assert str(folder / "nowhere.npy") in capsys.readouterr().err
     # report-figures needs its options in complete groups
-    assert run_cli(monkeypatch, ["report-figures", "--metrics", "m.csv"]) == 2
+    assert run_cli(monkeypatch, ["report-figures", "--metrics", "direct=m.csv"]) == 2
     assert "--metrics and --curves go together" in capsys.readouterr().err
-    (tmp_path / "m.csv").write_text("step,loss\n1,1.0\n2,0.5\n")
-    assert run_cli(monkeypatch, ["report-figures", "--metrics", str(tmp_path / "m.csv"), "--curves", str(tmp_path / "c.png")]) == 0
+    (tmp_path / "m.csv").write_text("step,train_loss,val_iou\n1,1.0,0.1\n2,0.5,0.2\n")
+    assert run_cli(monkeypatch, ["report-figures", "--metrics", f"direct={tmp_path / 'm.csv'}", "--curves", str(tmp_path / "c.png")]) == 0
     assert_png(tmp_path / "c.png", min_bytes=2000)
 
 

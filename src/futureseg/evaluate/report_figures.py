@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from futureseg.core import data
-from futureseg.core.errors import ConfigError, DataError, FuturesegError
+from futureseg.core.errors import ConfigError, DataError
 from futureseg.core.io import atomic_path, read_array
 
 METHOD_COLOURS = {"pipeline": "#1f77b4", "oracle": "#2ca02c", "copy_last": "#ff7f0e"}
@@ -158,38 +158,59 @@ def confusion_heatmap(confusion: np.ndarray, names: list[str], out_png, top: int
 
 # ---------------------------------------------------------------- training curves
 
-_LOSS_WORDS = ("loss", "mse", "mae", "l1", "l2", "nll", "ce")
-_SCORE_WORDS = ("iou", "acc", "ssim", "dice", "ap")
-_SKIPPED_COLUMNS = {"step", "epoch"}
+
+@dataclass(frozen=True)
+class Trainer:
+    """What the training curves draw of one trainer's metrics.csv: the columns that trainer
+    writes (core.training.fit: its losses `train_*`, its validate()'s entries at each epoch end)."""
+
+    title: str
+    losses: tuple[str, ...]  # its training-loss column: the first of these the CSV holds
+    metric: str  # the val metric it is judged by
+    metric_label: str  # legend text of `metric`
+    axis_label: str  # y-axis text of the metric's panel
+    digits: int  # of the last value in the legend
+    # (column, legend text) of the metric's baseline: the first of these the CSV holds is drawn
+    baselines: tuple[tuple[str, str], ...] = ()
+    val_loss: str | None = None  # a val loss in the training loss's units, drawn beside it
 
 
-def _panel_of(column: str) -> str:
-    words = column.lower().replace("-", "_").replace("/", "_").split("_")
-    name = column.lower()
-    if "psnr" in name:
-        return "PSNR (dB)"
-    if name == "lr" or "learning_rate" in name or words[-1] == "lr":
-        return "learning rate"
-    if "loss" in name or any(w in _LOSS_WORDS for w in words):
-        return "loss"
-    if any(w in _SCORE_WORDS or w.endswith("iou") for w in words):
-        return "IoU / accuracy"
-    return "other"
+TRAINERS = {
+    "predictor": Trainer("Frame predictor", ("train_loss",), "val_psnr_f21", "val PSNR of frame 21", "PSNR (dB)", 2,
+                         (("copy_last_psnr_f21", "val PSNR of copy-last"),), val_loss="val_loss"),
+    # Mask R-CNN's loop logs its summed loss as `loss` (no prefix), the U-Net's as `train_loss`
+    "segmenter": Trainer("Segmenter", ("train_loss", "loss"), "val_oracle_iou", "val IoU on true frames", "IoU", 3),
+    "object_classifier": Trainer("Object classifier", ("train_loss",), "val_repaint_iou", "val IoU of repainted masks",
+                                 "IoU", 3),
+    # a forecaster on a sequence prior (motion, dynamics) logs that prior's IoU; on copy_last its
+    # prior is the segmenter's mask of frame 10 copied, which it logs under that name
+    "forecaster": Trainer("Mask forecaster", ("train_loss",), "val_iou", "val IoU", "IoU", 3,
+                          (("val_prior_iou", "val IoU of the prior"),
+                           ("val_pseudo_copy_last_iou", "val IoU of the prior (mask 10 copied)"))),
+    "direct": Trainer("Direct U-Net", ("train_loss",), "val_iou", "val IoU", "IoU", 3),
+    "dynamics": Trainer("Dynamics", ("train_loss",), "val_iou", "val IoU", "IoU", 3,
+                        (("val_rule_iou", "val IoU of the rule (route motion)"),)),
+}
+# how config.yaml's model keys read in a title; another key is shown as given
+MODEL_NAMES = {"simvp": "SimVP", "convlstm": "ConvLSTM", "convgru": "ConvGRU", "unet": "U-Net", "maskrcnn": "Mask R-CNN"}
+# a metric's y-axis spans at least this much, so that a flat curve's last-digit jitter does
+# not look like learning
+_MIN_SPAN = {"IoU": 0.02, "PSNR (dB)": 0.5}
 
 
 def read_metrics_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{column: (steps, values)} of a MetricsLog CSV; non-numeric or empty cells skipped."""
     path = Path(path)
     if not path.is_file():
-        raise FuturesegError(f"{path}: metrics CSV does not exist")
+        raise DataError(f"{path}: metrics CSV does not exist")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "step" not in reader.fieldnames:
-            raise FuturesegError(f"{path}: not a metrics CSV (no 'step' column)")
+            raise DataError(f"{path}: not a metrics CSV (no 'step' column)")
         rows = list(reader)
     series = {}
     for column in reader.fieldnames:
-        if column in _SKIPPED_COLUMNS:
+        if column in ("step", "epoch"):
             continue
         steps, values = [], []
         for row in rows:
@@ -205,47 +226,125 @@ def read_metrics_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return series
 
 
-def _labels_for(paths: list[Path]) -> list[str]:
-    """The CSV's folder name (predictor, segmenter, …), its path when that is ambiguous."""
-    names = [p.parent.name or p.stem for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [str(p) for p in paths]
+@dataclass
+class Curves:
+    """One trainer's curves, read and checked: {legend text: (steps, values)} of each panel."""
+
+    stage: str
+    title: str
+    metric: dict
+    baseline: dict
+    loss: dict
 
 
-def training_curves(csv_paths, out_png) -> Path:
-    """One panel per kind of metric (loss, IoU/accuracy, PSNR, learning rate, other),
-    every CSV's columns of that kind drawn in it against the step."""
-    return save_png(training_curves_figure(csv_paths), out_png)
+def _metric_label(trainer: Trainer, label: str, values) -> str:
+    return f"{label}: {values[-1]:.{trainer.digits}f}"
 
 
-def training_curves_figure(csv_paths):
-    """The figure of `training_curves`, not yet written."""
-    paths = [Path(p) for p in ([csv_paths] if isinstance(csv_paths, (str, Path)) else csv_paths)]
-    if not paths:
-        raise ConfigError("training_curves: no metrics CSV given")
-    panels: dict[str, list] = {}
-    for label, path in zip(_labels_for(paths), paths):
-        for column, (steps, values) in read_metrics_csv(path).items():
-            name = f"{label}: {column}" if len(paths) > 1 else column
-            panels.setdefault(_panel_of(column), []).append((name, steps, values))
-    order = [p for p in ("loss", "IoU / accuracy", "PSNR (dB)", "learning rate", "other") if p in panels]
-    if not order:
-        raise FuturesegError(f"{paths[0]}: no numeric metric columns to plot")
-    fig = _figure(5.0 * len(order), 3.8)
-    axes = fig.subplots(1, len(order), squeeze=False)[0]
-    for ax, panel in zip(axes, order):
-        lines = panels[panel]
-        for name, steps, values in lines:
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, linewidth=1.2, label=name)
-        all_values = np.concatenate([v for _, _, v in lines])
-        if panel in ("loss", "learning rate") and (all_values > 0).all() and all_values.max() / all_values.min() > 20:
-            ax.set_yscale("log")
-        ax.set_title(panel)
-        ax.set_xlabel("step")
+def read_curves(stage: str, path, model: str | None = None) -> Curves:
+    """The curves of `stage`'s metrics.csv at `path`, each error naming the file."""
+    trainer = TRAINERS[stage]
+    series = read_metrics_csv(path)
+    found = ", ".join(series) or "none"
+    loss = next((c for c in trainer.losses if c in series), None)
+    for column in (loss or " or ".join(trainer.losses), trainer.metric):
+        if column not in series:
+            raise DataError(f"{path}: no {column} values, which the {trainer.title.lower()}'s metrics hold "
+                            f"(--metrics {stage}=...); its columns with values: {found}")
+    title = f"{trainer.title} ({MODEL_NAMES.get(model, model)})" if model else trainer.title
+    metric = {_metric_label(trainer, trainer.metric_label, series[trainer.metric][1]): series[trainer.metric]}
+    baseline = next(({_metric_label(trainer, label, series[c][1]): series[c]}
+                     for c, label in trainer.baselines if c in series), {})
+    losses = {"train loss": series[loss]}
+    if trainer.val_loss in series:
+        losses["val loss"] = series[trainer.val_loss]
+    return Curves(stage, title, metric, baseline, {f"{k}: {v[1][-1]:.3g}": v for k, v in losses.items()})
+
+
+def _check_stages(metrics: dict, models: dict) -> None:
+    for stage, path in metrics.items():
+        if stage not in TRAINERS:
+            raise ConfigError(f"--metrics {stage}={path}: no trainer {stage!r}; one of {', '.join(TRAINERS)}")
+    for stage, model in models.items():
+        if stage not in metrics:
+            raise ConfigError(f"--model {stage}={model}: no --metrics {stage}=CSV to title")
+
+
+def _plot(ax, steps, values, label, **style) -> None:
+    # unclipped: a point on the panel's edge (an IoU of 0) shows whole
+    ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, linewidth=1.2, label=label,
+            clip_on=False, **style)
+
+
+def _draw(subfig, curves: Curves) -> None:
+    from matplotlib.ticker import MultipleLocator
+
+    trainer = TRAINERS[curves.stage]
+    top, bottom = subfig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for label, (steps, values) in curves.metric.items():
+        _plot(top, steps, values, label, color="#1f77b4", zorder=3)  # over its baseline where it stays on it
+    for label, (steps, values) in curves.baseline.items():
+        # a baseline is scored once per run: a constant, drawn across the panel (a run of
+        # one epoch has one point, which a line through it would not show)
+        if np.ptp(values) == 0:
+            top.axhline(values[0], color="#ff7f0e", linestyle="--", linewidth=1.2, label=label)
+        else:
+            _plot(top, steps, values, label, color="#ff7f0e", linestyle="--")
+    low, high = top.get_ylim()
+    span = _MIN_SPAN.get(trainer.axis_label, 0)
+    if high - low < span:
+        low = (low + high - span) / 2
+        high = low + span
+    if trainer.axis_label == "IoU":  # no room for IoUs below 0 or above 1
+        low, high = max(0.0, low - max(0.0, high - 1)), min(1.0, high - min(0.0, low))
+    top.set_ylim(low, high)
+    top.set_title(curves.title, fontsize=10)
+    top.set_ylabel(f"val {trainer.axis_label}", fontsize=8)
+    for (label, (steps, values)), colour in zip(curves.loss.items(), ("#444444", "#2ca02c")):
+        _plot(bottom, steps, values, label, color=colour)
+    every = np.concatenate([values for _, values in curves.loss.values()])
+    size = np.abs(every)
+    if (every > 0).all() and every.max() / every.min() > 20:
+        bottom.set_yscale("log")
+    elif size.max() > 20 * np.median(size) > 0:
+        # a loss that goes negative (dynamics' Gaussian NLL) after a first epoch far above
+        # the rest: linear near zero, logarithmic beyond, so the later epochs stay visible
+        bottom.set_yscale("symlog", linthresh=10 ** math.floor(math.log10(np.median(size))))
+    bottom.set_ylabel("loss", fontsize=8)
+    bottom.set_xlabel("step", fontsize=8)
+    steps = np.concatenate([s for series in (curves.metric, curves.loss) for s, _ in series.values()])
+    if steps.max() - steps.min() < 2:  # a run of one epoch: whole-step ticks around its point
+        bottom.set_xlim(steps.min() - 1, steps.max() + 1)
+        bottom.xaxis.set_major_locator(MultipleLocator(1))
+    for ax in (top, bottom):
         ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    fig.suptitle("Training metrics (" + ", ".join(str(p) for p in paths) + ")", fontsize=9)
+
+
+def training_curves(metrics: dict, out_png, models: dict | None = None) -> Path:
+    """`training_curves_figure`, written as a PNG."""
+    return save_png(training_curves_figure(metrics, models), out_png)
+
+
+def training_curves_figure(metrics: dict, models: dict | None = None):
+    """One panel per trainer that ran, {stage: its metrics.csv} (stages: `TRAINERS`), in the
+    pipeline's order: its val metric beside that metric's baseline where the trainer logs one
+    (dashed), and below, its training loss; titled by stage and, from `models` ({stage:
+    config key}), the model it trained."""
+    metrics, models = dict(metrics), dict(models or {})
+    if not metrics:
+        raise ConfigError("training curves: no --metrics STAGE=CSV given")
+    _check_stages(metrics, models)
+    panels = [read_curves(stage, metrics[stage], models.get(stage)) for stage in TRAINERS if stage in metrics]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig = _figure(4.2 * columns, 3.6 * rows + 0.4)
+    cells = fig.subfigures(rows, columns, squeeze=False).ravel()
+    for cell, curves in zip(cells, panels):
+        _draw(cell, curves)
+    fig.suptitle("Training: each trainer's val metric at epoch ends (top; dashed: its baseline) and its training "
+                 "loss (bottom); legends give the last values", fontsize=9)
     return fig
 
 
@@ -557,7 +656,10 @@ HELP = "training-curve figure, val-example sheet and animations for the report"
 def add_arguments(parser) -> None:
     from futureseg.cli import name_path
 
-    parser.add_argument("--metrics", nargs="+", metavar="CSV", help="metrics.csv files written by training (MetricsLog)")
+    parser.add_argument("--metrics", type=name_path, action="append", default=[], metavar="STAGE=CSV",
+                        help="a trainer's metrics.csv, STAGE one of " + ", ".join(TRAINERS) + "; repeat per trainer")
+    parser.add_argument("--model", type=stage_model, action="append", default=[], metavar="STAGE=NAME",
+                        help="the model a stage trained (config.yaml's key: simvp, unet, ...), named in its title")
     parser.add_argument("--curves", metavar="PNG", help="training curves figure to write (with --metrics)")
     parser.add_argument("--root", help="Dataset_Student root (the val videos' true frames and masks)")
     parser.add_argument("--route", type=name_path, action="append", default=[], metavar="NAME=MASKS",
@@ -571,6 +673,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, default=4, help="videos in the examples sheet and animations")
 
 
+def stage_model(text: str) -> tuple[str, str]:
+    """argparse type of --model: STAGE=NAME."""
+    import argparse
+
+    stage, sep, name = text.partition("=")
+    if not sep or not stage or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STAGE=NAME, e.g. predictor=simvp")
+    return stage, name
+
+
 def _unique(pairs, flag: str) -> dict:
     names = [name for name, _ in pairs]
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -581,6 +693,8 @@ def _unique(pairs, flag: str) -> dict:
 
 def main(args) -> None:
     curves = (args.metrics, args.curves)
+    if args.model and not args.metrics:
+        raise ConfigError("--model STAGE=NAME titles a --metrics STAGE=CSV: give --metrics and --curves with it")
     outputs = (args.examples, args.animations)
     if any(curves) and not all(curves):
         raise ConfigError("--metrics and --curves go together: give both or neither")
@@ -595,7 +709,8 @@ def main(args) -> None:
     # appear together (each renamed into place), or none of them
     figures = []
     if all(curves):
-        figures.append(("training curves", training_curves_figure(args.metrics), args.curves))
+        figures.append(("training curves", training_curves_figure(_unique(args.metrics, "--metrics"),
+                                                                  _unique(args.model, "--model")), args.curves))
     if any(outputs):
         examples = load_examples(args.root, routes, args.n, sequences, args.frames, args.scores)
         if args.examples:
