@@ -373,7 +373,7 @@ def _gather_shard_missing(chain, odd, tmp, out):
 
 def _report_metrics_missing(chain, odd, tmp, out):
     missing = tmp / "nowhere" / "metrics.csv"
-    return (["report-figures", "--metrics", missing, "--curves", out / "curves.png"], str(missing),
+    return (["report-figures", "--metrics", f"predictor={missing}", "--curves", out / "curves.png"], str(missing),
             "does not exist")
 
 
@@ -650,12 +650,13 @@ def _kill_cases(root: Path, r: Path, base: Path) -> dict:
         "score": (["score", "--root", root, "--pred", seg / "masks_val.npy", "--oracle", seg / "masks_val_oracle.npy",
                    "--out", "{out}/scores.json", "--per-class", "{out}/per_class.csv"],
                   ["scores.json", "per_class.csv"], set()),
-        # the ids sidecar is written before the tensor (not a declared output)
+        # the ids sidecar is renamed into place first, then the tensor
         "submission": (["submission", "--masks", seg / "masks_hidden.npy", "--out", "{out}/submission.pt"],
-                       ["submission.pt"], {"submission.json"}),
+                       ["submission.json", "submission.pt"], set()),
         "gather-shards": (["gather-shards", "--shards", *shards, "--out", "{out}/masks_hidden.npy"],
                           ["masks_hidden.npy"], set()),
-        "report-figures": (["report-figures", "--metrics", r / "predictor/metrics.csv", seg / "metrics.csv",
+        "report-figures": (["report-figures", "--metrics", f"predictor={r / 'predictor/metrics.csv'}",
+                            "--metrics", f"segmenter={seg / 'metrics.csv'}",
                             "--curves", "{out}/training_curves.png"], ["training_curves.png"], set()),
     }
     return cases

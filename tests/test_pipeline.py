@@ -152,6 +152,8 @@ def test_nothing_reruns_without_a_change(finished_run):
         ({"forecaster": {"prior": "copy_last"}}, MASKS_ROUTE | SCORING),
         ({"augment": {"frameskip": 2}}, SEGMENTATION | {"make_seg_frames", "train_object_classifier"}),
         ({"predictor": {"lr": 0.003}}, PREDICTION),
+        # two int settings swapped: the same set of values, yet another training
+        ({"predictor": {"epochs": 2, "batch_size": 1}}, PREDICTION),
         ({"eval": {"report_examples": 1}}, {"report_figures", "resource_table", "all"}),
         ({"data": {"mean_std_splits": ["train"]}}, PREDICTION | {"mean_std"}),
         # the resource table shows the requests; no stage reruns, whatever allow_cpu says
@@ -164,7 +166,7 @@ def test_nothing_reruns_without_a_change(finished_run):
     ],
     ids=["segmenter", "unselected-segmenter", "unselected-forecaster", "unselected-predictor", "forecaster", "direct",
          "dynamics", "submit", "motion", "motion-flow", "forecaster-prior", "augment",
-         "predictor", "report-only", "mean-std", "resources", "allow-cpu", "keep-intermediates", "max-train-steps"],
+         "predictor", "predictor-swapped-ints", "report-only", "mean-std", "resources", "allow-cpu", "keep-intermediates", "max-train-steps"],
 )
 def test_a_changed_setting_reruns_its_stage_and_what_follows(finished_run, override, expected):
     assert set(planned_jobs(finished_run, override=override)) == expected
@@ -213,3 +215,24 @@ def test_one_class_per_object_reaches_the_painting_rules_not_training(tmp_path):
         assert all("vote" not in line and "object-classifier" not in line for line in train)
         assert all(flag in line and "--track-vote" not in line for line in segment)
         assert all(f"{flag} --track-vote" in line for line in pseudo)
+
+
+@pytest.mark.parametrize("routes, prior, stages", [
+    (None, "motion", ["predictor", "segmenter", "object_classifier", "forecaster", "direct", "dynamics"]),
+    (["frames", "motion"], "motion", ["predictor", "segmenter", "object_classifier"]),
+    # route dynamics does not run, but the forecaster's prior trains the dynamics model
+    (["masks"], "dynamics", ["predictor", "segmenter", "object_classifier", "forecaster", "dynamics"]),
+])
+def test_the_training_curves_get_every_trainer_that_runs_by_stage(tmp_path, routes, prior, stages):
+    config = merged(tiny_config(), {"forecaster": {"prior": prior}, "segmenter": {"model": "maskrcnn"}})
+    config["routes"] = routes or config["routes"]
+    write_config(tmp_path, config)
+    command = next(line for line in snakemake(tmp_path, "--dry-run", "--printshellcmds").stdout.splitlines()
+                   if "futureseg report-figures" in line)
+    given = dict(pair.split("=", 1) for pair in command.split("--metrics ")[1:] for pair in [pair.split()[0]])
+    assert list(given) == stages
+    assert given["object_classifier"] == "results/segmenter/object_classifier_metrics.csv"
+    assert all(given[stage] == f"results/{stage}/metrics.csv" for stage in stages if stage != "object_classifier")
+    models = [pair.split()[0] for pair in command.split("--model ")[1:]]
+    assert models == [m for m in ("predictor=simvp", "segmenter=maskrcnn", "forecaster=simvp")
+                      if m.split("=")[0] in stages]

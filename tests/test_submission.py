@@ -198,3 +198,76 @@ def test_gather_scores_table(tmp_path, monkeypatch):
     args = parse(gather_scores, [str(simvp), str(convlstm), "--out", str(tmp_path / "t5.md"), "--labels", "x,y"])
     gather_scores.main(args)
     assert "| x | 0.4123" in (tmp_path / "t5.md").read_text()
+
+
+# ---------------------------------------------------------------- rule submission: checked against the hidden split
+
+
+def submission_command(workdir: Path, override: dict | None = None) -> str:
+    """The shell line a dry run gives rule submission under the tests' config (+ `override`)."""
+    from pipeline_helpers import merged, snakemake, tiny_config, write_config
+
+    write_config(workdir, merged(tiny_config(), override or {}))
+    out = snakemake(workdir, "--dry-run", "--printshellcmds", "results/submission.pt").stdout
+    found = ["futureseg submission " + line.split("futureseg submission ", 1)[1] for line in out.splitlines()
+             if "futureseg submission " in line]
+    assert len(found) == 1, out[-3000:]
+    return found[0]
+
+
+def test_the_submission_rule_checks_the_hidden_split_and_writes_the_configured_dtype(tmp_path, masks_hidden):
+    import subprocess
+    import sys
+
+    line = submission_command(tmp_path)
+    assert " --hidden resources/synthetic/hidden --dtype uint8 --out results/submission.pt " in line
+    line = submission_command(tmp_path, {"eval": {"submission_dtype": "int64"}})
+    assert " --dtype int64 " in line
+    # Run that very line on inputs made by hand: scores.json naming route motion, its hidden masks
+    # (4 videos, 8x12) and a hidden split of the same 4 videos where the dataset should be.
+    path, masks = masks_hidden
+    results = tmp_path / "results"
+    (results / "motion").mkdir(parents=True)
+    (results / "eval").mkdir()
+    (results / "logs").mkdir()
+    save_array(results / "motion" / "masks_hidden.npy", *reversed(read_rows(path)))
+    (results / "eval" / "scores.json").write_text(json.dumps({"submitted_route": "motion"}))
+    hidden = tmp_path / "resources" / "synthetic" / "hidden"
+    for video_id in HIDDEN_IDS:
+        folder = hidden / f"video_{video_id}"
+        folder.mkdir(parents=True)
+        for index in range(data.N_INPUT):
+            Image.fromarray(np.zeros((*SIZE, 3), np.uint8)).save(folder / f"image_{index}.png")
+    command = line.replace("futureseg ", f"{sys.executable} -m futureseg ", 1)
+
+    def run():
+        return subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True)
+
+    done = run()
+    assert done.returncode == 0, (results / "logs" / "submission.log").read_text()
+    tensor = torch.load(results / "submission.pt", weights_only=True)
+    assert tensor.dtype == torch.int64  # the config's dtype reached the file
+    np.testing.assert_array_equal(tensor.numpy(), masks)
+    assert json.loads((results / "submission.json").read_text())["dtype"] == "int64"
+    # A hidden split that differs (one video gone, one other): the rule's line fails with one
+    # line naming the differences, and leaves neither file (Snakemake removes the previous
+    # run's outputs, both declared, before the job: as here)
+    (results / "submission.pt").unlink()
+    (results / "submission.json").unlink()
+    (hidden / f"video_{HIDDEN_IDS[-1]}").rename(hidden / "video_16000")
+    done = run()
+    assert done.returncode == 2
+    log = (results / "logs" / "submission.log").read_text().splitlines()
+    assert len(log) == 1, log
+    assert log[0].startswith(f"futureseg submission: error: results/motion/masks_hidden.npy: does not fit the hidden "
+                             f"split resources/synthetic/hidden: ")
+    assert "1 hidden videos missing (first [16000])" in log[0] and f"1 ids not in the hidden split (first [{HIDDEN_IDS[-1]}])" in log[0]
+    assert sorted(p.name for p in results.iterdir()) == ["eval", "logs", "motion"]
+
+
+def read_rows(path: Path):
+    """(ids, masks) of an array with its sidecar."""
+    from futureseg.core.io import load_array
+
+    array, meta = load_array(path)
+    return meta["ids"], array

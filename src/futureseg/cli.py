@@ -21,6 +21,7 @@ from futureseg.core.errors import FuturesegError
 # verb modules by stage of the DAG, in pipeline order (package.module; the verb is the
 # module's name with dashes)
 VERB_MODULES = (
+    "data.doctor",  # the pre-flight check, before anything else runs
     "data.synth",
     "data.check_data",
     "data.mean_std",
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a verb that re-executes itself
     try:
         args.run(args)
     except FuturesegError as exc:

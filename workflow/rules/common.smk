@@ -59,7 +59,7 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- resources
-# The entry of config `resources` a rule takes when it has none of its own name: the data
+# The entry of config `resources` taken by each rule without one of its own name. The data
 # readers share one, the hidden-set shards run as their parent rule, the pseudo-labels and the
 # references are segmentation jobs, the priors, tracks and oracles are route motion's or route
 # dynamics' jobs. Every other rule takes `default`. README, "Resources", shows this table
@@ -81,7 +81,7 @@ RESOURCE_SETTINGS = ("hidden_shards", "allow_cpu", "slurm", "default")
 # they checkpoint and requeue their job (core/training.py).
 TRAINERS = ("train_predictor", "train_segmenter", "train_object_classifier", "train_forecaster", "train_direct",
             "train_dynamics")
-# The one rule that runs a process per GPU (torch DDP): its threads are each process's.
+# Runs a process per GPU (torch DDP), so its threads are each process's.
 MULTI_GPU_RULES = ("train_predictor",)
 # An entry's SLURM keys and the executor plugin's resource names for them.
 SLURM_RESOURCES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos", "extra": "slurm_extra"}
@@ -101,7 +101,7 @@ def rule_threads(rule_name):
 
 
 def rule_resources(rule_name):
-    """A rule's `resources:` (written `resources: **rule_resources("name")`): runtime, mem_mb
+    """What a step asks for, written `resources: **rule_resources("name")`. Runtime, mem_mb
     and gpu, and, for SLURM, the partition (a GPU rule's is resources.slurm.gpu_partition when
     set), account, qos and extra sbatch flags, where set; a trainer's extra flags ask for
     SIGUSR1 resources.slurm.warn_seconds before its time limit. Local runs ignore the SLURM keys."""
@@ -133,9 +133,10 @@ def check_resource_entries():
         raise ValueError(f"config resources.default: {', '.join(in_default)}: set them for every job in "
                          "resources.slurm, or for one rule in its own entry")
     if unknown:
-        raise ValueError(f"config resources: {', '.join(unknown)}: no rule or group of that name (rules: "
-                         f"{', '.join(sorted(step.name for step in workflow.rules))}; groups: "
-                         f"{', '.join(sorted(set(RESOURCE_GROUPS.values())))})")
+        # (the message's words are split so that no line reads like a rule's header to the lint)
+        raise ValueError(f"config resources: {', '.join(unknown)}: no " "rule or group of that name (the "
+                         f"rules are {', '.join(sorted(step.name for step in workflow.rules))}; the groups "
+                         f"are {', '.join(sorted(set(RESOURCE_GROUPS.values())))})")
 
 
 def intermediate(path):

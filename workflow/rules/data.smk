@@ -87,3 +87,38 @@ rule cache_frames:
     shell:
         "futureseg cache-frames --root {input.data} --split {wildcards.split}"
         " --out {output.frames} --workers {threads} 2> {log}"
+
+
+# The pre-flight check, a target to name, never part of rule all: `snakemake --profile slurm
+# -f doctor` runs it as a short job on a GPU node (config resources.doctor), so that the driver
+# and the GPUs it reports are the compute nodes'; -f reruns it when its report exists. It reads
+# the dataset itself, not check_data's report: a bad dataset is one of its lines, after the
+# others, instead of a stop before them. The disk a real run writes (the scale benchmark's
+# table) is checked when the dataset is a real one.
+SCALE_TABLE = str(Path(workflow.basedir) / "docs" / "scale.csv")
+
+
+rule doctor:
+    input:
+        data=DATA,
+        scale=[SCALE_TABLE] if config["data"]["root"] else [],
+    output:
+        f"{RESULTS}/doctor/report.txt",
+    params:
+        splits=csv(DATA_SPLITS),
+        # the results folder, whose filesystem needs the space: the report's grandparent
+        results=lambda wildcards, output: Path(output[0]).parent.parent,
+        # where the jobs go (resources.slurm): each named partition, account and QoS must exist
+        slurm=flags({key: value for key, value in config["resources"]["slurm"].items()
+                     if key in ("partition", "gpu_partition", "account", "qos") and value}),
+        scale=lambda wildcards, input: f"--scale-csv {input.scale}" if input.scale else "",
+    threads: rule_threads("doctor")
+    resources:
+        **rule_resources("doctor"),
+    conda:
+        "../../envs/futureseg.yaml"
+    log:
+        f"{RESULTS}/logs/doctor.log",
+    shell:
+        "futureseg doctor --root {input.data} --splits {params.splits} --workers {threads}"
+        " --results {params.results} {params.scale} {params.slurm} --out {output} > {log} 2>&1"

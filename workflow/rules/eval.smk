@@ -63,10 +63,18 @@ rule submission:
     input:
         scores=f"{RESULTS}/eval/scores.json",
         masks=[f"{ROUTE_DIRS[route]}/masks_hidden.npy" for route in SUBMIT_CANDIDATES],
+        # the hidden split the tensor must fit (count, ids and order, frame size), checked
+        # before anything is written
+        data=DATA,
+        checked=DATA_CHECK,
     output:
-        f"{RESULTS}/{config['eval']['submission_name']}.pt",
+        tensor=f"{RESULTS}/{config['eval']['submission_name']}.pt",
+        # its ids sidecar: declared, so that Snakemake removes a previous run's before the job
+        # and a failed job leaves neither file
+        ids=f"{RESULTS}/{config['eval']['submission_name']}.json",
     params:
         routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(SUBMIT_CANDIDATES, input.masks)),
+        dtype=config["eval"]["submission_dtype"],
     threads: rule_threads("submission")
     resources:
         **rule_resources("submission"),
@@ -77,23 +85,29 @@ rule submission:
     log:
         f"{RESULTS}/logs/submission.log",
     shell:
-        "futureseg submission {params.routes} --scores {input.scores} --out {output} 2> {log}"
+        "futureseg submission {params.routes} --scores {input.scores} --hidden {input.data}/hidden"
+        " --dtype {params.dtype} --out {output.tensor} 2> {log}"
 
 
 # The report's figures, whatever routes run: the training curves (the frame predictor's when
 # it trains: route frames, or generated frames for the segmenter; the segmenter's, which every
-# route needs; the object classifier's when it is used), and the val examples: every route's
+# route needs; the object classifier's when it is used; the mask forecaster's, the direct
+# U-Net's and the dynamics model's when their routes run), and the val examples: every route's
 # mask of frame 21 beside the truth, the masks of frames 11…21 of the routes in SEQUENCES,
 # route frames' predicted frames, the submitted route (scores.json) marked.
 rule report_figures:
     input:
         data=DATA,
         checked=DATA_CHECK,
+        # every trainer that runs: its folder names its stage (--metrics STAGE=CSV below)
         metrics=[
             *([f"{RESULTS}/predictor/metrics.csv"] if "frames" in ROUTES or config["augment"]["generated"] else []),
             f"{RESULTS}/segmenter/metrics.csv",
             *([f"{RESULTS}/segmenter/object_classifier_metrics.csv"] if OBJECT_CLASSIFIER else []),
-            *([f"{RESULTS}/dynamics/metrics.csv"] if "dynamics" in ROUTES else []),
+            *([f"{RESULTS}/forecaster/metrics.csv"] if "masks" in ROUTES else []),
+            *([f"{RESULTS}/direct/metrics.csv"] if "direct" in ROUTES else []),
+            *([f"{RESULTS}/dynamics/metrics.csv"]
+              if "dynamics" in ROUTES or ("masks" in ROUTES and F["prior"] == "dynamics") else []),
         ],
         scores=f"{RESULTS}/eval/scores.json",
         routes=[f"{ROUTE_DIRS[route]}/masks_val.npy" for route in ROUTES],
@@ -112,6 +126,15 @@ rule report_figures:
             f"{RESULTS}/report/animations.html", caption="../report/animations.rst", category="Examples"
         ),
     params:
+        # each CSV as STAGE=CSV (its trainer: the folder its rule writes it in, the object
+        # classifier's beside the segmenter's) and the models config.yaml picks, which title the panels
+        curves=lambda wildcards, input: " ".join(
+            f"--metrics {stage}={path}" + (f" --model {stage}={model}" if model else "")
+            for path in input.metrics
+            for stage in ["object_classifier" if Path(path).name == "object_classifier_metrics.csv"
+                          else Path(path).parent.name]
+            for model in [{"predictor": P["model"], "segmenter": S["model"], "forecaster": F["model"]}.get(stage)]
+        ),
         routes=lambda wildcards, input: " ".join(f"--route {r}={p}" for r, p in zip(ROUTES, input.routes)),
         sequences=lambda wildcards, input: " ".join(
             f"--sequence {r}={p}" for r, p in zip([r for r in ROUTES if r in SEQUENCES], input.sequences)
@@ -128,7 +151,7 @@ rule report_figures:
     log:
         f"{RESULTS}/logs/report_figures.log",
     shell:
-        "futureseg report-figures --metrics {input.metrics} --curves {output.curves} --root {input.data}"
+        "futureseg report-figures {params.curves} --curves {output.curves} --root {input.data}"
         " {params.routes} {params.sequences} {params.frames} --scores {input.scores}"
         " --examples {output.examples} --animations {output.animations} --n {params.examples} 2> {log}"
 
@@ -141,7 +164,7 @@ rule report_figures:
 rule resource_table:
     input:
         scores=rules.score.output.scores,
-        submission=rules.submission.output[0],
+        submission=rules.submission.output.tensor,
         figures=rules.report_figures.output.examples,
     output:
         table=report(f"{RESULTS}/report/resources.html", caption="../report/resources.rst", category="Resources"),

@@ -5,11 +5,16 @@
 ids are listed beside it in `<name>.json` ({"ids": [...], ...}, the same sidecar form as
 every per-video array of the pipeline).
 
-dtype: torch.uint8 by default. Class ids 0…48 fit in a byte, the file is 8x smaller than
-int64 (the real hidden set, 5000 videos of 160x240, is 192 MB instead of 1.5 GB), and
-torchmetrics' JaccardIndex accepts uint8 predictions (it widens them itself). `--dtype
-int64` writes torch.long for a grader that insists on it; the checker accepts any
-integer dtype.
+dtype: torch.uint8 by default (config eval.submission_dtype). Class ids 0…48 fit in a byte,
+the file is 8x smaller than int64 (the real hidden set, 2,000 videos of 160x240, is 76.8 MB
+instead of 614 MB), and torchmetrics' JaccardIndex accepts uint8 predictions (it widens them
+itself). `--dtype int64` writes torch.long for a grader that insists on it; the checker
+accepts any integer dtype.
+
+`--hidden DIR` (rule submission passes the dataset's hidden/ folder) checks the tensor
+against the hidden split before anything is written: the video count, the ids and their
+order, the frame size, the dtype and the class ids. A mismatch is one error line naming each
+difference, and leaves no file.
 
 `futureseg check-submission FILE --hidden DIR` checks a file against a hidden folder and
 lists every problem it finds, one a line.
@@ -149,10 +154,16 @@ def make_submission(masks_path, out, dtype: str = "uint8", hidden=None) -> dict:
         if found:
             raise FuturesegError(f"{masks_path}: does not fit the hidden split {hidden}: " + "; ".join(found))
     meta = {"ids": ids, "shape": list(tensor.shape), "dtype": dtype, "frame": data.TARGET_FRAME, "source": str(masks_path)}
-    # The sidecar first: the tensor, the rule's declared output, appears only once both exist.
-    write_json(sidecar_path(out), meta)
-    with atomic_path(out) as tmp:
-        torch.save(tensor, tmp)
+    # The sidecar first, so the tensor appears only once both are complete; a tensor that cannot
+    # be written takes its new sidecar with it, so a failure leaves neither.
+    sidecar = sidecar_path(out)
+    write_json(sidecar, meta)
+    try:
+        with atomic_path(out) as tmp:
+            torch.save(tensor, tmp)
+    except BaseException:
+        sidecar.unlink(missing_ok=True)
+        raise
     return meta
 
 
