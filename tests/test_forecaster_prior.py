@@ -122,6 +122,20 @@ def test_an_untrained_forecaster_that_sees_its_prior_predicts_it():
             assert torch.equal(model(masks, prior).argmax(2), prior), core
 
 
+def test_small_deltas_survive_bf16_autocast_beside_the_prior():
+    """bf16 holds nothing between 8 and 8 + 1/16: the delta and the prior's logit add in fp32."""
+    torch.manual_seed(0)
+    masks, prior = torch.randint(0, 49, (1, 11, H, W)), torch.randint(0, 49, (1, 11, H, W))
+    model = forecasters.build("simvp", (H, W), {**SIMVP, "prior": "motion"}).eval()
+    with torch.no_grad():
+        model.read_out.bias.fill_(0.02)  # the read-out's zero weights: every delta is its bias
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(masks, prior)
+    assert logits.dtype == torch.float32
+    on_prior = logits.gather(2, prior.unsqueeze(2))
+    assert torch.allclose(on_prior, torch.full_like(on_prior, 8.02)), on_prior.unique()
+
+
 def test_the_core_sees_the_prior_only_with_prior_input():
     torch.manual_seed(0)
     masks = torch.randint(0, 49, (1, 11, H, W))

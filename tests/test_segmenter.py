@@ -156,6 +156,35 @@ def test_empty_targets_and_predictions(tiny_dataset, one_thread):
             assert 1 <= int(p["labels"].min()) and int(p["labels"].max()) <= 48
 
 
+def test_under_bf16_autocast_only_the_backbone_runs_in_bf16(tiny_dataset, one_thread):
+    """Anchors, proposals and the boxes the losses compare stay fp32 (bf16 puts a box edge
+    near 200 px on a 1-px grid); the backbone and FPN still take the caller's autocast."""
+    torch.manual_seed(0)
+    backend = TorchvisionMaskRCNN(MaskRCNNConfig(min_size=32, max_size=48, **TINY_MODEL))
+    model = backend.model
+    seen = {}
+    model.backbone.body.register_forward_hook(lambda m, i, out: seen.update(body=out["3"].dtype))
+    model.roi_heads.register_forward_pre_hook(
+        lambda m, args: seen.update(features={f.dtype for f in args[0].values()}, proposals={p.dtype for p in args[1]}))
+    real_encode = model.roi_heads.box_coder.encode
+
+    def encode(matched_boxes, proposals):  # the box head's regression targets
+        seen["targets"] = {b.dtype for b in matched_boxes} | {p.dtype for p in proposals}
+        return real_encode(matched_boxes, proposals)
+
+    model.roi_heads.box_coder.encode = encode
+    images, targets = tiny_batch(tiny_dataset)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = backend.losses(images, targets)
+    assert seen == {"body": torch.bfloat16, "features": {torch.float32}, "proposals": {torch.float32},
+                    "targets": {torch.float32}}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        predictions = backend.predict(images)
+    assert all(p["masks"].dtype == p["scores"].dtype == torch.float32 for p in predictions)
+
+
 def test_frames_are_not_resized_and_nothing_is_downloaded(monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("a weight download was attempted")
@@ -253,6 +282,19 @@ def test_batches_do_not_depend_on_the_number_of_workers(seg_frames):
             assert torch.equal(a, b)
         for a, b in zip(targets_a, targets_b, strict=True):
             assert all(torch.equal(a[k], b[k]) for k in ("boxes", "labels", "masks"))
+
+
+def test_mask_rcnn_on_a_gpu_leaves_cudnn_benchmark_off(tiny_dataset, tmp_path, monkeypatch):
+    """The mask head meets a new ROI count every step; benchmark would re-tune for each."""
+    from futureseg.core import training
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(training, "select_device", lambda **kw: torch.device("cuda", 0))
+    # the run stops at the missing training set, after its device settings
+    args = parse(train_segmenter, train_argv(tiny_dataset, tmp_path / "absent", tmp_path))
+    with pytest.raises(DataError, match="does not exist"):
+        train_segmenter.train(args)
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_augmentation_moves_image_and_mask_together():

@@ -266,7 +266,21 @@ def _ddp_worker(rank, world, port, args, shares_folder):
             f.write(f"{share}\n")
         return share
 
-    train_predictor.rank_slice = recording_rank_slice  # this forked process's copy only
+    real_evaluate, real_loader = train_predictor.evaluate, train_predictor.loader
+
+    def recording_evaluate(model, videos, rows, mean, std, device, batch_size, workers, **kw):
+        with open(shares_folder / f"rank{rank}_validation", "a") as f:
+            f.write(f"{batch_size} {workers} {torch.get_num_threads()}\n")
+        return real_evaluate(model, videos, rows, mean, std, device, batch_size, workers, **kw)
+
+    def recording_loader(videos, batches, workers, pin):
+        with open(shares_folder / f"rank{rank}_loader", "a") as f:
+            f.write(f"{workers}\n")
+        return real_loader(videos, batches, workers, pin)
+
+    # this forked process's copies only
+    train_predictor.rank_slice, train_predictor.evaluate = recording_rank_slice, recording_evaluate
+    train_predictor.loader = recording_loader
     train_predictor.train(args)
 
 
@@ -284,8 +298,13 @@ def test_ddp_two_processes_match_one_process(caches, tmp_path, one_thread):
         port = probe.getsockname()[1]
     # forked, not spawned: the workers start with torch already imported (seconds saved);
     # each joins a 2-process gloo group through setup_distributed, as under torchrun
-    ddp = _args(caches, tmp_path / "ddp", *steps)
+    ddp = _args(caches, tmp_path / "ddp", *steps, "--loader-workers", "2", "--threads", "2")
     mp.start_processes(_ddp_worker, args=(2, port, ddp, tmp_path), nprocs=2, start_method="fork")
+    # each rank validates in its share of a global batch, and runs on its share of the
+    # threads and of the loader workers
+    for r in range(2):
+        assert set((tmp_path / f"rank{r}_validation").read_text().splitlines()) == {"1 1 1"}
+        assert set((tmp_path / f"rank{r}_loader").read_text().splitlines()) == {"1"}
     # each rank trained on its own half of every global batch
     shares = [(tmp_path / f"rank{r}_of_2").read_text().split("\n")[:-1] for r in range(2)]
     assert len(shares[0]) == len(shares[1]) == 4
@@ -300,6 +319,40 @@ def test_ddp_two_processes_match_one_process(caches, tmp_path, one_thread):
                 assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), key
     _assert_same_weights(_weights(tmp_path / "single" / "model.pt"), _weights(tmp_path / "ddp" / "model.pt"),
                          atol=1e-5)
+
+
+def test_gpus_starts_one_process_per_gpu_under_torchrun():
+    argv = ["train-predictor", "--cache", "a.npy", "--gpus", "4", "--threads", "16"]
+    for gpus in (0, 1):
+        assert train_predictor.rank_launch(gpus, argv, 16, environ={}) is None
+    for rank_variable in ("LOCAL_RANK", "WORLD_SIZE"):  # a rank of torchrun trains itself
+        assert train_predictor.rank_launch(4, argv, 16, environ={rank_variable: "0"}) is None
+    command, environ = train_predictor.rank_launch(4, argv, 16, environ={"PATH": "/bin"})
+    assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+                           "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]
+    assert command[6:] == ["-m", "futureseg", *argv]
+    assert environ == {"PATH": "/bin", "OMP_NUM_THREADS": "4"}
+    with pytest.raises(ConfigError, match="^--gpus 2: .*command line"):
+        train_predictor.rank_launch(2, None, 0, environ={})
+
+
+def test_each_rank_takes_its_share_of_threads_and_loader_workers():
+    assert [train_predictor.rank_threads(t, 4) for t in (0, 1, 4, 16, 18)] == [0, 1, 1, 4, 4]
+    assert [train_predictor.rank_workers(w, 2) for w in (0, 1, 2, 5)] == [0, 1, 1, 2]
+
+
+def test_gpus_runs_ranks_through_the_verb(caches, tmp_path):
+    """`--gpus 2` on CPU: the verb re-executes itself under torchrun, two gloo ranks train
+    (as with FUTURESEG_ALLOW_CPU=1 in a GPU job whose GPUs torch cannot use)."""
+    args = _args(caches, tmp_path, "--epochs", "1", "--batch-size", "2", "--max-steps", "2", "--val-limit", "2",
+                 "--log-every", "0", "--threads", "2")
+    environ = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
+    run = subprocess.run([*VERB, *_argv(args), "--gpus", "2"], capture_output=True, text=True, timeout=300,
+                         env=environ)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("device cpu") == 2, run.stderr[-3000:]  # one line per rank
+    assert [r["step"] for r in _rows(tmp_path / "metrics.csv")] == ["2"]
+    assert load_checkpoint(tmp_path / "model.pt")["step"] == 2
 
 
 # ---------------------------------------------------------------- bad settings

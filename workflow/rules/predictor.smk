@@ -17,15 +17,12 @@ rule train_predictor:
             category="Frame prediction",
         ),
     params:
-        model=P["model"],
-        # only the selected model's section: editing the other one reruns nothing
+        # one dict: Snakemake compares a job's params as a set of values, so two int settings
+        # swapped (epochs 2, batch_size 1 → 1, 2) as separate params would read as unchanged.
+        # Only the selected model's section: editing the other one reruns nothing.
+        settings={key: P[key] for key in ("model", "epochs", "batch_size", "lr", "weight_decay", "seed",
+                                          "checkpoint_every")} | {"model_config": P[P["model"]]},
         model_config=json.dumps(P[P["model"]]),
-        epochs=P["epochs"],
-        batch_size=P["batch_size"],
-        lr=P["lr"],
-        weight_decay=P["weight_decay"],
-        seed=P["seed"],
-        checkpoint_every=P["checkpoint_every"],
         checkpoints=f"{RESULTS}/predictor/checkpoints",
         max_steps=MAX_STEPS_FLAG,
     threads: rule_threads("train_predictor")
@@ -42,10 +39,10 @@ rule train_predictor:
     shell:
         "futureseg train-predictor --cache {input.caches} --val-cache {input.val_cache}"
         " --mean-std {input.mean_std} --out {output.model} --metrics {output.metrics}"
-        " --checkpoints {params.checkpoints} --model {params.model} --model-config '{params.model_config}'"
-        " --epochs {params.epochs}"
-        " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
-        " --seed {params.seed} --checkpoint-every {params.checkpoint_every}"
+        " --checkpoints {params.checkpoints} --model {params.settings[model]} --model-config '{params.model_config}'"
+        " --epochs {params.settings[epochs]} --batch-size {params.settings[batch_size]} --lr {params.settings[lr]}"
+        " --weight-decay {params.settings[weight_decay]} --seed {params.settings[seed]}"
+        " --checkpoint-every {params.settings[checkpoint_every]}"
         " {params.max_steps} --gpus {resources.gpu} --threads {threads} 2> {log}"
 
 

@@ -84,12 +84,15 @@ rule train_segmenter:
         f"{RESULTS}/benchmarks/train_segmenter.tsv",
     log:
         f"{RESULTS}/logs/train_segmenter.log",
+    # --workers: Mask R-CNN's loader processes, decoding and augmenting beside the GPU (the
+    # U-Net's trainer reads its frames in-process and ignores it)
     shell:
         "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
         " --model {params.model} {params.flags} --seed {params.seed}"
-        " --checkpoint-every {params.checkpoint_every} {params.max_steps} --threads {threads} 2> {log}"
+        " --checkpoint-every {params.checkpoint_every} {params.max_steps} --threads {threads}"
+        " --workers {threads} 2> {log}"
 
 
 # Each object's shape and material, decided from its crop and silhouette (segmenter.object_class:

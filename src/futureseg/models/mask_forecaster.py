@@ -116,5 +116,7 @@ class MaskForecaster(nn.Module):
             x = torch.cat([x, self.embed(base)], dim=-1)
         y = self.core(x.permute(0, 1, 4, 2, 3))  # (B, T, channels, H, W): frames T…2T-1
         delta = self.read_out(y.reshape(B * T, -1, H, W)).reshape(B, T, -1, H, W)
-        onehot = F.one_hot(base, self.config.num_classes).permute(0, 1, 4, 2, 3).to(delta.dtype)
-        return delta + self.config.residual_scale * onehot
+        # in fp32 even under bf16 autocast: bf16's spacing near 8 is 1/16, so a small delta
+        # added to the prior's logit there would vanish (8 + 0.02 == 8)
+        onehot = F.one_hot(base, self.config.num_classes).permute(0, 1, 4, 2, 3).float()
+        return delta.float() + self.config.residual_scale * onehot

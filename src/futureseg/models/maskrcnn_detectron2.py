@@ -1,6 +1,6 @@
 """Mask R-CNN R50-FPN from detectron2, behind the same interface as the torchvision backend.
 
-`segmenter.backend: detectron2` selects it. detectron2 is an optional dependency that
+`segmenter.maskrcnn.backend: detectron2` selects it. detectron2 is an optional dependency that
 builds from source (see envs/detectron2.yaml), so it is imported lazily, inside the
 functions that need it: importing this module never fails, and building the backend
 without detectron2 raises a ConfigError that says how to install it.

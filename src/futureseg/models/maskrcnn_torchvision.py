@@ -22,6 +22,8 @@ on small frames:
   than torchvision's fixed 2.
   Anchors are 16…256 px (stock: 32…512), since the objects of a 160×240 frame are 10–60 px
   and a 512-px anchor would not fit in the frame.
+- Under a caller's bf16 autocast (training on GPU) only the backbone and FPN run in bf16;
+  the RPN and ROI heads, with their anchors, proposals and box targets, run in fp32.
 
 Backend interface (what `futureseg.segment.train_segmenter` and `futureseg.segment.segment` use; the
 detectron2 backend, `futureseg.models.maskrcnn_detectron2`, provides the same):
@@ -185,7 +187,25 @@ def build_backbone(config: MaskRCNNConfig) -> nn.Module:
     probe = IntermediateLayerGetter(net, return_layers=returned).eval()
     with torch.no_grad():
         channels = [f.shape[1] for f in probe(torch.zeros(1, 3, 64, 64)).values()]
-    return BackboneWithFPN(net, returned, channels, config.fpn_channels, extra_blocks=LastLevelMaxPool())
+    return _mixed_precision(BackboneWithFPN)(net, returned, channels, config.fpn_channels,
+                                             extra_blocks=LastLevelMaxPool())
+
+
+def _mixed_precision(backbone_class):
+    """The backbone + FPN under the autocast its caller asked for (`MaskRCNN.forward` hands
+    it over in `autocast`, since the model turns autocast off around it), its feature maps
+    returned in fp32 for the box math of the heads."""
+
+    class Backbone(backbone_class):
+        autocast: tuple[bool, torch.dtype] = (False, torch.float32)  # (enabled, dtype)
+
+        def forward(self, x):
+            enabled, dtype = self.autocast
+            with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
+                features = super().forward(x)
+            return OrderedDict((name, f.float()) for name, f in features.items())
+
+    return Backbone
 
 
 def _identity_resize_skipped(transform_class):
@@ -204,6 +224,24 @@ def _identity_resize_skipped(transform_class):
     return Transform
 
 
+def _fp32_boxes(model_class):
+    """Mask R-CNN whose bf16 autocast, when its caller runs it under one, covers the backbone
+    and FPN alone. Under autocast the whole model would run in bf16: anchors take the
+    features' dtype, proposals the RPN head's, so anchors, proposals, regression targets and
+    decoded boxes would all be bf16, whose 8 bits of mantissa put a box edge at 200 px on a
+    1-px grid. The RPN and ROI heads run in fp32, as detectron2 and torchvision's AMP
+    recipes keep box math; the state dict is MaskRCNN's own."""
+
+    class Model(model_class):
+        def forward(self, images, targets=None):
+            device = images[0].device.type if len(images) else "cpu"
+            self.backbone.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+            with torch.autocast(device, enabled=False):
+                return super().forward(images, targets)
+
+    return Model
+
+
 def build_model(config: MaskRCNNConfig) -> nn.Module:
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -220,7 +258,7 @@ def build_model(config: MaskRCNNConfig) -> nn.Module:
         aspect_ratios=(config.aspect_ratios,) * len(config.anchor_sizes),
     )
     c = config.fpn_channels
-    model = MaskRCNN(
+    model = _fp32_boxes(MaskRCNN)(
         backbone,
         num_classes=None,
         min_size=config.min_size,

@@ -20,8 +20,12 @@ PSNR and SSIM of the predicted frames 11…21 and of frame 21 alone, in the 0…
 next to the same figures for copying frame 10 forward: a model that does not beat that
 baseline has learnt nothing useful about motion.
 
-Under torchrun (WORLD_SIZE > 1) each rank takes an equal contiguous slice of every global
-batch, so the global batch (and the averaged gradient) is the same for any world size.
+`--gpus N` (N > 1) trains with one process per GPU (torch DDP): the verb re-executes
+itself under torch.distributed.run (`torchrun --standalone --nproc-per-node N`), and each
+rank takes `--threads` / N torch threads and its share of `--loader-workers`. Under torchrun
+(WORLD_SIZE > 1) each rank takes an equal contiguous slice of every global batch (and of
+every validation batch), so the global batch (and the averaged gradient) is the same for
+any world size.
 Models with BatchNorm (SimVP's gSTA translator) get SyncBatchNorm on GPUs so the batch
 statistics are those of the global batch too; on CPU (gloo) torch has no SyncBatchNorm and
 each rank normalises over its own share, so only the models without BatchNorm (IncepU,
@@ -32,6 +36,8 @@ samples). The loop itself, with its checkpoints and stop signals, is `core.train
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +62,48 @@ def check_settings(args) -> None:
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
-    for name in ("max_steps", "log_every", "val_limit", "loader_workers", "threads"):
+    for name in ("max_steps", "log_every", "val_limit", "loader_workers", "threads", "gpus"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be 0 or more")
     if not args.lr > 0:
         raise ConfigError(f"--lr {args.lr}: must be positive")
     if args.weight_decay < 0:
         raise ConfigError(f"--weight-decay {args.weight_decay}: must be 0 or more")
+
+
+# ---------------------------------------------------------------- processes
+
+# What torchrun sets in each process it starts: a process that has them is a rank already.
+RANK_VARIABLES = ("LOCAL_RANK", "WORLD_SIZE")
+# The signals torchrun passes on to its ranks: its default four and SLURM's warning before
+# the time limit (resources.slurm.warn_seconds), which the ranks checkpoint on.
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def rank_launch(gpus: int, argv: list[str] | None, threads: int, environ=os.environ) -> tuple[list[str], dict] | None:
+    """(command, environment) that runs this command line `argv` (the verb and its flags) as
+    `gpus` ranks under torch.distributed.run, when `gpus` > 1 and this process is no rank yet;
+    None when this process trains itself."""
+    if gpus <= 1 or any(name in environ for name in RANK_VARIABLES):
+        return None
+    if argv is None:
+        raise ConfigError(f"--gpus {gpus}: starting {gpus} processes needs the command line; "
+                          "run it as `futureseg train-predictor ...`")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               f"--signals-to-handle={FORWARDED_SIGNALS}", "-m", "futureseg", *argv]
+    # torchrun would set 1 (with a warning); each rank sets its torch threads itself
+    return command, {**environ, "OMP_NUM_THREADS": str(rank_threads(threads, gpus) or 1)}
+
+
+def rank_threads(threads: int, world: int) -> int:
+    """Each rank's torch threads of the job's `threads` (0: torch's default)."""
+    return max(1, threads // world) if threads else 0
+
+
+def rank_workers(workers: int, world: int) -> int:
+    """Each rank's loader workers of the job's `workers`; one at least where there are any:
+    a worker mostly waits on the disk, and a rank without one reads between its GPU steps."""
+    return max(1, workers // world) if workers else 0
 
 
 # ---------------------------------------------------------------- data
@@ -237,8 +278,17 @@ def train(args) -> dict:
     from futureseg.core.training import autocast, cleanup_distributed, fit, seed_everything, select_device, setup_distributed
 
     check_settings(args)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if args.gpus > 1 and world != args.gpus:
+        raise ConfigError(f"--gpus {args.gpus}: but this process is one of {world} (WORLD_SIZE); start the verb "
+                          f"as `futureseg train-predictor --gpus {args.gpus}`, which starts the {args.gpus} "
+                          "processes itself, not under a torchrun of another count")
+    if world > 1 and torch.cuda.is_available() and torch.cuda.device_count() < world:
+        raise ConfigError(f"--gpus {world}: torch sees {torch.cuda.device_count()} CUDA devices "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(rank_threads(args.threads, world))
+    workers = rank_workers(args.loader_workers, world)
     rank, world = setup_distributed()
     try:
         device = select_device(bf16_autocast=True)
@@ -302,8 +352,9 @@ def train(args) -> dict:
             return {"loss": F.mse_loss(predicted.float(), targets)}
 
         def validate():
-            scores = evaluate(model, val_videos, val_rows, mean, std, device, args.batch_size,
-                              args.loader_workers, with_copy_last=not copy_last)
+            # this rank's share of a global batch, as in training: each rank holds its own
+            scores = evaluate(model, val_videos, val_rows, mean, std, device, args.batch_size // world,
+                              workers, with_copy_last=not copy_last)
             copy_last.update({k: v for k, v in scores.items() if k.startswith("copy_last_")})
             return {**scores, **copy_last}
 
@@ -312,7 +363,7 @@ def train(args) -> dict:
 
         def read_batches(batches):
             local = [rank_slice(b, rank, world) for b in batches]
-            return loader(train_videos, local, args.loader_workers, device.type == "cuda")
+            return loader(train_videos, local, workers, device.type == "cuda")
 
         return fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
                    checkpoints=args.checkpoints, metrics_out=args.metrics, out=args.out,
@@ -360,10 +411,25 @@ def add_arguments(parser) -> None:
     run.add_argument("--checkpoint-every", type=int, default=200, help="steps; also at each epoch end")
     run.add_argument("--log-every", type=int, default=50, help="steps between training-loss rows (0: epoch rows only)")
     run.add_argument("--val-limit", type=int, default=0, help="validate on the first N val videos (0: all)")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    run.add_argument("--loader-workers", type=int, default=2, help="processes reading batches from the caches")
+    run.add_argument("--threads", type=int, default=0,
+                     help="torch CPU threads of the job, shared by its processes (0: torch's default)")
+    run.add_argument("--loader-workers", type=int, default=2,
+                     help="processes reading batches from the caches, shared by the job's processes")
+    run.add_argument("--gpus", type=int, default=0,
+                     help="GPUs of the job: N > 1 trains with N processes (torch DDP) under torchrun, "
+                          "started by the verb itself; 0 or 1: one process")
 
 
 def main(args) -> None:
+    launch = rank_launch(args.gpus, getattr(args, "argv", None), args.threads)
+    if launch is not None:
+        check_settings(args)  # a bad flag stops here, not once per rank
+        command, environ = launch
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        # exec, not a child: the launcher becomes this very process, so the signals SLURM or
+        # Snakemake send it (time limit, cancel) reach torchrun, which hands them on to the
+        # ranks, and its exit status is the job's
+        os.execve(command[0], command, environ)
     scores = train(args)
     print(" ".join(f"{k}={v:.4g}" for k, v in scores.items()))

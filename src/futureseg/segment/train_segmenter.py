@@ -279,9 +279,9 @@ def train(args) -> dict:
     check_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # No cudnn.benchmark (Mask R-CNN's trainer): its mask head sees a new ROI count every
+    # step, and benchmark would time every algorithm again for each count it meets.
     device = select_device(bf16_autocast=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every batch has the frame size: tune the convolutions once
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
     mean01, std01 = dense.normalisation(args.mean_std)
     config = model_config(args, dataset.size, mean01, std01)
