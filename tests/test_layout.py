@@ -19,7 +19,7 @@ def test_verbs_live_in_the_stage_packages_and_the_core_holds_none():
     stages = [name.split(".")[0] for name in cli.VERB_MODULES]
     assert list(dict.fromkeys(stages)) == ["data", "predict", "segment", "forecast", "evaluate"]
     core = {p.stem for p in (PACKAGE / "core").glob("*.py")} - {"__init__"}
-    assert core == {"data", "classes", "io", "errors", "training", "dense", "instances", "shards", "motion"}
+    assert core == {"data", "classes", "io", "errors", "training", "dense", "instances", "shards", "motion", "flags"}
     assert not any(hasattr(importlib.import_module(f"futureseg.core.{m}"), "VERB") for m in core)
 
 
@@ -77,3 +77,6 @@ def test_stages_stand_on_the_core_and_models_only():
             if name.startswith(("futureseg.core", "futureseg.models")):
                 raise AssertionError(f"{name} (a floor) imports the verb {dep}")
             assert dep.split(".")[1] == name.split(".")[1], f"{name} imports {dep}, a verb of another stage"
+        # nor the command above them all: the flags the verbs share live in core/flags.py
+        assert name == "futureseg.__main__" or "futureseg.cli" not in imports_of(path, set(paths)), \
+            f"{name} imports futureseg.cli, the command; take the shared flags from futureseg.core.flags"

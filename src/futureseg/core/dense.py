@@ -165,7 +165,7 @@ def add_training_arguments(parser, epochs_help: str = "epochs"):
     """The optimisation and run flags of the dense trainers (forecaster, direct U-Net): those of
     every trainer on `training.fit`, and the dense losses' weights; the rules pass every one of
     them from config.yaml."""
-    from futureseg.cli import add_fit_arguments
+    from futureseg.core.flags import add_fit_arguments
 
     opt = add_fit_arguments(parser, epochs_help)
     opt.add_argument("--soft-iou-weight", type=float, required=True, help="weight of the soft-IoU loss term")

@@ -70,7 +70,7 @@ HELP = "check every file of the dataset's splits cheaply (PNG headers, mask head
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import comma_list
+    from futureseg.core.flags import comma_list
 
     parser.add_argument("--root", required=True, help="Dataset_Student root")
     parser.add_argument("--splits", type=comma_list, default=data.SPLITS,

@@ -363,7 +363,7 @@ HELP = "pre-flight check: torch and the driver, the GPUs, SLURM partitions and a
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import comma_list
+    from futureseg.core.flags import comma_list
 
     parser.add_argument("--root", help="Dataset_Student root to check (as check-data does)")
     parser.add_argument("--splits", type=comma_list, default=data.SPLITS, help="comma-separated splits [all four]")

@@ -107,7 +107,7 @@ HELP = "exact per-channel mean/std of the dataset's frames (stage 1)"
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import comma_list
+    from futureseg.core.flags import comma_list
 
     parser.add_argument("--root", required=True, help="Dataset_Student root")
     parser.add_argument("--out", required=True, help="JSON file to write")

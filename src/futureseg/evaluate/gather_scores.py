@@ -96,7 +96,7 @@ HELP = "several runs' eval/scores.json as one Markdown table"
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import comma_list
+    from futureseg.core.flags import comma_list
 
     parser.add_argument("folders", nargs="+", metavar="DIR", help="results folders, each holding eval/scores.json")
     parser.add_argument("--out", required=True, help="Markdown file to write")

@@ -654,7 +654,7 @@ HELP = "training-curve figure, val-example sheet and animations for the report"
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import name_path
+    from futureseg.core.flags import name_path
 
     parser.add_argument("--metrics", type=name_path, action="append", default=[], metavar="STAGE=CSV",
                         help="a trainer's metrics.csv, STAGE one of " + ", ".join(TRAINERS) + "; repeat per trainer")

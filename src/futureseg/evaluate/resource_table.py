@@ -197,7 +197,7 @@ HELP = "each job's benchmark (time, CPU time, peak memory) beside its rule's res
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import json_object
+    from futureseg.core.flags import json_object
 
     parser.add_argument("--benchmarks", required=True, help="folder of Snakemake's benchmark files (RULE[.WILDCARDS].tsv)")
     parser.add_argument("--requests", type=json_object, required=True,

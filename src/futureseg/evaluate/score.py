@@ -403,7 +403,7 @@ HELP = "competition IoU of val frame 21: every route beside the references, with
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import name_path
+    from futureseg.core.flags import name_path
 
     parser.add_argument("--root", required=True, help="Dataset_Student root (ground truth: val mask.npy[21])")
     parser.add_argument("--pred", help="masks_val.npy: one pipeline's frame-21 masks (ids sidecar beside it)")

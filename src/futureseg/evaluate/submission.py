@@ -188,7 +188,7 @@ def submitted_masks(routes: dict, scores_path) -> tuple[str, str]:
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import name_path
+    from futureseg.core.flags import name_path
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", help="masks_hidden.npy with its ids sidecar")

@@ -134,7 +134,7 @@ HELP = "move each object of frame 10 by its own motion: masks of frames 11…21,
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import json_object
+    from futureseg.core.flags import json_object
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--masks", help="mask cache (pseudo-label) whose frames 0…10 are the input")

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from futureseg.cli import given
+from futureseg.core.flags import given
 from futureseg.core import data
 from futureseg.core.errors import DataError
 
@@ -107,7 +107,7 @@ HELP = "train the direct U-Net: 11 stacked frames → mask of frame 21 (route di
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import comma_list
+    from futureseg.core.flags import comma_list
     from futureseg.core.dense import add_training_arguments
 
     io = parser.add_argument_group("inputs and outputs")

@@ -117,7 +117,7 @@ def train(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from futureseg.cli import given
+    from futureseg.core.flags import given
     from futureseg.core import data, motion
     from futureseg.core.dense import check_training_settings, macro_iou
     from futureseg.core.io import load_cache
@@ -242,8 +242,8 @@ HELP = "train the dynamics model on object tracks: each object's centroid and sc
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import json_object
-    from futureseg.cli import add_fit_arguments
+    from futureseg.core.flags import json_object
+    from futureseg.core.flags import add_fit_arguments
     from futureseg.models import dynamics
 
     io = parser.add_argument_group("inputs and outputs")

@@ -150,7 +150,7 @@ HELP = "train the mask forecaster (a frame predictor over class embeddings) on m
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import comma_list, json_object
+    from futureseg.core.flags import comma_list, json_object
     from futureseg.core.dense import add_training_arguments
     from futureseg.models import forecasters
 

@@ -383,7 +383,7 @@ HELP = "train the frame predictor (SimVP, ConvLSTM, ConvGRU) on cached frames (s
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import json_object
+    from futureseg.core.flags import json_object
     from futureseg.models import predictors
 
     io = parser.add_argument_group("inputs and outputs")

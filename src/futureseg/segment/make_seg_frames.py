@@ -331,7 +331,7 @@ HELP = "segmentation training set from real + predicted frames, with blur and fr
 def add_arguments(parser) -> None:
     import argparse
 
-    from futureseg.cli import comma_list
+    from futureseg.core.flags import comma_list
 
     parser.add_argument("--root", required=True, help="Dataset_Student root")
     parser.add_argument("--frames", default=None, help="predicted frames of the train videos (frames_train.npy + .json); required unless --no-generated")

@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from futureseg.cli import given
+from futureseg.core.flags import given
 from futureseg.core import data, dense
 
 MIN_PIXELS = 4  # training objects smaller than this are slivers an occluder left, not shapes
@@ -134,7 +134,7 @@ HELP = "train the object classifier (each object's shape and material) on the se
 
 
 def add_arguments(parser) -> None:
-    from futureseg.cli import add_fit_arguments
+    from futureseg.core.flags import add_fit_arguments
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root (validation: val frame 21 and its mask)")

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from futureseg.cli import given
+from futureseg.core.flags import given
 from futureseg.core import data, dense
 from futureseg.core.errors import ConfigError, DataError
 
