@@ -6,11 +6,13 @@ import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,6 +183,26 @@ def test_killed_run_resumes_at_its_checkpoint_with_the_same_final_weights(caches
     untimed = [[{k: v for k, v in row.items() if k != "step_seconds"} for row in _rows(tmp_path / run / "metrics.csv")]
                for run in ("reference", "interrupted")]
     assert untimed[0] == untimed[1]
+
+
+def test_caches_of_other_data_under_the_same_paths_start_a_new_run(caches, tmp_path, one_thread, caplog):
+    # a finished run, then other videos of the same shape written over its caches: the rerun
+    # must train on them, not resume (or re-export) the old data's checkpoint
+    own = tmp_path / "caches"
+    shutil.copytree(caches, own)
+    steps = ["--epochs", "1", "--batch-size", "1", "--max-steps", "2", "--val-limit", "1"]
+    args = _args(own, tmp_path / "run", *steps)
+    train_predictor.train(args)
+    first = _weights(tmp_path / "run" / "model.pt")
+    for split in ("unlabeled", "train"):
+        frames = np.load(own / f"{split}.npy")
+        np.save(own / f"{split}.npy", 255 - frames)  # same shape and dtype, other pixels
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="futureseg")
+    train_predictor.train(args)
+    assert "from scratch" in caplog.text, caplog.text[-2000:]
+    assert len(list((tmp_path / "run" / "checkpoints").glob("*/last.pt"))) == 2
+    assert any(not torch.equal(first[key], value) for key, value in _weights(tmp_path / "run" / "model.pt").items())
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_non_zero(caches, tmp_path):

@@ -275,7 +275,8 @@ def train(args) -> dict:
 
     from futureseg.core.io import read_mean_std
     from futureseg.models import predictors
-    from futureseg.core.training import autocast, cleanup_distributed, fit, seed_everything, select_device, setup_distributed
+    from futureseg.core.training import (autocast, cleanup_distributed, data_fingerprint, fit, seed_everything,
+                                         select_device, setup_distributed)
 
     check_settings(args)
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -326,6 +327,10 @@ def train(args) -> dict:
             "mean": [float(v) for v in mean_values], "std": [float(v) for v in std_values],
             "train_caches": [[p.name, list(s)] for p, s in zip(train_videos.paths, train_videos.shapes)],
             "val_cache": [val_videos.paths[0].name, list(val_videos.shapes[0])],
+            # what the caches hold, not only their names and shapes: another dataset's caches
+            # under the same paths start a new run instead of resuming (or re-exporting) this one
+            "training_data": data_fingerprint(*(np.load(path, mmap_mode="r")
+                                                for path in [*train_videos.paths, *val_videos.paths])),
         }
         if world > 1 and device.type == "cuda":
             # batch statistics over the global batch, as in a one-process run (SyncBatchNorm
