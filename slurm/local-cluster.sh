@@ -177,6 +177,10 @@ JobCompType=jobcomp/none
 MinJobAge=3600
 # Seconds between SIGTERM and SIGKILL at the time limit or on scancel: time to checkpoint.
 KillWait=30
+# A requeued job waits cred_expire + 1 s before it may start again (120 s by default): a
+# trainer that requeues itself before its time limit (slurm/README.md) comes back within
+# ~20 s here. It also bounds how long a job launch may take, seconds on one machine.
+AuthInfo=cred_expire=20
 ReturnToService=2
 SlurmctldPidFile=$STATE_DIR/run/slurmctld.pid
 SlurmdPidFile=$STATE_DIR/run/slurmd.pid

@@ -331,7 +331,7 @@ def test_one_gpu_partition_setting_reaches_every_rule_that_asks_for_a_gpu(tmp_pa
         flags = resources["slurm_extra"].split()
         assert "--comment=futureseg" in flags, (rule, resources)
         # the trainers, and only they, ask for the warning signal before their time limit
-        assert ("--signal=USR1@240" in flags) == rule.startswith("train_"), (rule, resources)
+        assert ("--signal=URG@240" in flags) == rule.startswith("train_"), (rule, resources)
     pseudo = [resources for rule, resources in jobs if rule == "pseudo_label"]
     segment = [resources for rule, resources in jobs if rule == "segment"]
     assert pseudo and all(r["runtime"] == "900" and r["mem_mb"] == segment[0]["mem_mb"] for r in pseudo), pseudo

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from futureseg.core.errors import FuturesegError
-from futureseg.core.training import (adamw_one_cycle, checkpoint_path, epoch_order, fingerprint, fit, rng_state,
-                                     save_checkpoint)
+from futureseg.core.training import (adamw_one_cycle, checkpoint_path, epoch_order, fingerprint, fit, load_checkpoint,
+                                     restore_rng_state, rng_state, save_checkpoint)
 
 SETTINGS = {"what": "a line through two points"}
 
@@ -104,3 +104,104 @@ def test_a_truncated_checkpoint_is_moved_aside_and_the_run_starts_over(tmp_path,
     assert len(warnings) == 1, caplog.text
     text = warnings[0].getMessage()
     assert str(path) in text and "truncated" in text and "starts over" in text and "\n" not in text, text
+
+
+# ---------------------------------------------------------------- DDP
+
+
+def _two_rank_fit(rank, port, folder):
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(1, 1)
+        optimizer, scheduler = adamw_one_cycle(model, 0.05, 0.0, 2)
+
+        def validate():
+            # torchmetrics' sync in miniature: a collective every rank must join; rank 0 then
+            # lingers, as a rank busy logging does, before it writes metrics.csv
+            total = torch.ones(1)
+            dist.all_reduce(total)
+            if rank == 0:
+                time.sleep(1.0)
+            return {"val_ranks": float(total)}
+
+        fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=SETTINGS, checkpoints=folder / "ckpt",
+            metrics_out=folder / "metrics.csv", out=folder / "model.pt", model_file={"kind": "line"}, epochs=1,
+            epoch_batches=lambda epoch: epoch_order(4, 2, 0, epoch), total_steps=2, checkpoint_every=100,
+            step_losses=lambda epoch, batch, step, total: {"loss": model(torch.ones(1, 1)).pow(2).mean()},
+            validate=validate, rank=rank, world=2)
+        dist.barrier()  # a rank left validating alone would fail here, or time out
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_end_together_when_the_first_csv_row_is_the_last_step(tmp_path):
+    """Only rank 0 writes metrics.csv; a rank that decided from the file after the loop
+    validated a second time, alone, and its collective never met a partner."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_two_rank_fit, args=(port, tmp_path), nprocs=2, start_method="fork")
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["val_ranks"]) for r in rows] == [("2", "2.0")]
+
+
+# ---------------------------------------------------------------- CUDA random state
+
+
+class FakeCuda:
+    """torch.cuda's random-state functions over `devices` visible devices, on any machine:
+    each device's state is a tensor filled with its index."""
+
+    def __init__(self, devices: int):
+        self.states = [torch.full((8,), i, dtype=torch.uint8) for i in range(devices)]
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        for name in ("get_rng_state", "set_rng_state", "get_rng_state_all", "set_rng_state_all"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        return self
+
+    def get_rng_state(self, device="cuda"):  # the current device: 0, as on rank 0
+        return self.states[0].clone()
+
+    def set_rng_state(self, new_state, device="cuda"):
+        self.states[0] = new_state.clone()
+
+    def get_rng_state_all(self):
+        return [s.clone() for s in self.states]
+
+    def set_rng_state_all(self, new_states):
+        for i, new_state in enumerate(new_states):
+            self.states[i] = new_state.clone()  # IndexError past the visible devices
+
+
+def test_a_checkpoint_of_two_gpus_resumes_on_one(tmp_path, monkeypatch):
+    two = FakeCuda(2).install(monkeypatch)
+    two.states[0] = torch.full((8,), 7, dtype=torch.uint8)  # rank 0's device, advanced by training
+    save_checkpoint(tmp_path / "last.pt", {"fingerprint": "f", "model": {}, "rng": rng_state()})
+    one = FakeCuda(1).install(monkeypatch)
+    restore_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
+    assert one.states[0].tolist() == [7] * 8
+
+
+def test_older_checkpoints_with_every_devices_state_still_restore(monkeypatch):
+    one = FakeCuda(1).install(monkeypatch)
+    state = rng_state()
+    state["cuda"] = [torch.full((8,), 7, dtype=torch.uint8), torch.full((8,), 1, dtype=torch.uint8)]
+    restore_rng_state(state)
+    assert one.states[0].tolist() == [7] * 8
+    state["cuda"] = []  # saved where there was no CUDA
+    restore_rng_state(state)
+    assert one.states[0].tolist() == [7] * 8

@@ -104,7 +104,7 @@ def rule_resources(rule_name):
     """What a step asks for, written `resources: **rule_resources("name")`. Runtime, mem_mb
     and gpu, and, for SLURM, the partition (a GPU rule's is resources.slurm.gpu_partition when
     set), account, qos and extra sbatch flags, where set; a trainer's extra flags ask for
-    SIGUSR1 resources.slurm.warn_seconds before its time limit. Local runs ignore the SLURM keys."""
+    SIGURG resources.slurm.warn_seconds before its time limit. Local runs ignore the SLURM keys."""
     entry, slurm = resource_entry(rule_name), config["resources"]["slurm"]
     if entry["gpu"] > 1 and rule_name not in MULTI_GPU_RULES:
         raise ValueError(f"config resources.{rule_name}.gpu: {entry['gpu']}; only {', '.join(MULTI_GPU_RULES)} "
@@ -115,7 +115,7 @@ def rule_resources(rule_name):
     placement.update({key: entry[key] for key in placement if key in entry})
     extra = [slurm["extra"], entry.get("extra", "")]
     if rule_name in TRAINERS:
-        extra.append(f"--signal=USR1@{slurm['warn_seconds']}")
+        extra.append(f"--signal=URG@{slurm['warn_seconds']}")
     requests = {"runtime": entry["runtime"], "mem_mb": entry["mem_mb"], "gpu": entry["gpu"]}
     for key, value in {**placement, "extra": " ".join(flag for flag in extra if flag)}.items():
         if value:  # unset: the plugin adds no flag, and sbatch takes the cluster's default

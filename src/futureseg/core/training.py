@@ -2,7 +2,8 @@
 
 Contract (DESIGN.md §6): checkpoints are written atomically every N steps and at the end;
 a rerun resumes from the last checkpoint of the same config; SIGTERM/SIGUSR1 (SLURM time
-limit, preemption) writes a checkpoint and exits non-zero; every checkpoint is read with
+limit, preemption) writes a checkpoint and exits non-zero, SIGURG (SLURM's warning before the
+time limit) also requeues the SLURM job; every checkpoint is read with
 `torch.load(weights_only=True)`.
 """
 
@@ -149,7 +150,9 @@ def rng_state() -> dict:
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's device only: a checkpoint of a run on N GPUs resumes on fewer
+        # (rank 0 saves it; every rank starts from the same seed, so it is each rank's)
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else [],
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": [py_state[0], list(py_state[1]), py_state[2]],
@@ -158,8 +161,14 @@ def rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, (list, tuple)):
+        # older checkpoints: one state per visible device, of which rank 0, the saver, drew
+        # from the first alone (device LOCAL_RANK=0); restoring them all by index failed
+        # where fewer devices were visible
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))
@@ -170,13 +179,30 @@ def restore_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- stop signals
 
 
-class StopFlag:
-    """Turns SIGTERM/SIGUSR1 into a flag the training loop checks after each step."""
+# SLURM's warning that a job nears its time limit, which SLURM itself ends without requeueing
+# the job: the trainers' jobs ask for it (sbatch --signal=URG@<seconds>, config
+# resources.slurm.warn_seconds), and on it a trainer writes its checkpoint and requeues its
+# own job, which starts again and resumes from it. SIGURG, not the customary SIGUSR1: SLURM
+# signals every process of the job's steps, and the plugin's step runs Snakemake, which runs
+# a shell, which runs the trainer. SIGUSR1's default action ends Snakemake and the shell, so
+# the step and the job fail while the trainer checkpoints (on a cgroup cluster the trainer
+# dies with them); SIGURG's default action is to ignore it, so only the trainer, which
+# listens, reacts. (`B:USR1` signals the batch shell alone, which it ends: the trainer never
+# hears of it. All four tried on slurm/local-cluster.sh.)
+TIME_LIMIT_SIGNAL = signal.SIGURG
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+class StopFlag:
+    """Turns SIGTERM/SIGUSR1 (stop: a cancel, a preemption, the time limit itself) and
+    TIME_LIMIT_SIGNAL (stop, then requeue the SLURM job) into flags the training loop checks
+    after each step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, TIME_LIMIT_SIGNAL)
 
     def __init__(self):
         self.signum: int | None = None
+        # the time limit warning came, whatever came after it (the SIGTERM of a requeue)
+        self.time_limit = False
         self._previous = {}
 
     def __enter__(self):
@@ -190,14 +216,39 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         self.signum = signum
+        self.time_limit = self.time_limit or signum == TIME_LIMIT_SIGNAL
 
     @property
     def raised(self) -> bool:
         return self.signum is not None
 
-    def interrupt(self, checkpoint: Path, step: int):
-        name = signal.Signals(self.signum).name
-        raise TrainingInterrupted(f"{checkpoint}: {name} received at step {step}; checkpoint written, rerun to resume")
+    def interrupt(self, checkpoint: Path, step: int, then: str = "rerun to resume"):
+        names = [signal.Signals(self.signum).name]
+        if self.time_limit:
+            warning = signal.Signals(TIME_LIMIT_SIGNAL).name
+            names = [f"{warning} (SLURM's time limit warning)", *(name for name in names if name != warning)]
+        raise TrainingInterrupted(f"{checkpoint}: {' and '.join(names)} received at step {step}; checkpoint written, "
+                                  f"{then}")
+
+
+def requeue_slurm_job(environ=os.environ) -> str:
+    """Put this process's SLURM job back in the queue (`scontrol requeue`; a job may requeue
+    itself): SLURM ends it and starts it again, under the same job id, which Snakemake keeps
+    watching. What happened, for the stop message: the job requeued, or why not (then it just
+    ends, and Snakemake's `retries` may resubmit it)."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return "not in a SLURM job (no SLURM_JOB_ID), nothing to requeue: rerun to resume"
+    command = ["scontrol", "requeue", job]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        problem = result.returncode and (result.stderr.strip() or f"exit status {result.returncode}")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    if problem:
+        return (f"`{' '.join(command)}` failed ({problem}): not requeued, the job ends here; rerun to resume "
+                "(a batch job whose cluster allows requeueing can requeue itself: sbatch --requeue)")
+    return f"requeued SLURM job {job}: it starts again and resumes from the checkpoint"
 
 
 def ignore_stop_signals(_worker_id=None) -> None:
@@ -442,7 +493,8 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     The checkpoint (`<checkpoints>/<fingerprint of settings>/last.pt`) holds the weights,
     optimizer, scheduler, every RNG and the running loss sums, so a resumed run ends with the
     weights of an uninterrupted one. It is written every `checkpoint_every` steps and at
-    each epoch end; SIGTERM/SIGUSR1 write it and stop; a NaN loss stops with the last good
+    each epoch end; SIGTERM/SIGUSR1 write it and stop (SIGURG, SLURM's time limit warning, also
+    requeues the job); a NaN loss stops with the last good
     one kept; one torch.load cannot parse (truncated) is moved to `last.pt.corrupt` with a
     warning and the run starts over, while one of another config or loop stops the run.
     `log_every` > 0 adds a training-loss row every that many steps. Under DDP
@@ -505,6 +557,13 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
         n = sums.get("steps", 0)
         return {(k if k == "step_seconds" else f"{loss_prefix}{k}"): v / n for k, v in sums.items() if k != "steps"}
 
+    # A finished run whose live CSV was removed validates once more to rewrite it. Decided
+    # here, not after the loop: rank 0 writes the CSV at the last step, so a rank that looked
+    # afterwards could find it missing and validate alone, its metrics' sync waiting forever
+    # for partners that had moved on. Rank 0's answer is every rank's.
+    revalidate = [step >= total_steps and not (run_dir / "metrics.csv").exists()]
+    if world > 1:
+        dist.broadcast_object_list(revalidate, src=0)
     model.train()
     with StopFlag() as stop:
         while step < total_steps:
@@ -519,11 +578,13 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                 losses = step_losses(epoch, batch, step, total_steps)
                 # One device sync (and, under DDP, one collective) per step carries the
                 # losses for the log and the NaN check, and the stop flag.
+                device = losses["loss"].device
                 status = torch.stack([*(v.detach().float() for v in losses.values()),
-                                      torch.tensor(float(stop.raised), device=losses["loss"].device)])
+                                      torch.tensor(float(stop.raised), device=device),
+                                      torch.tensor(float(stop.time_limit), device=device)])
                 if world > 1:
                     dist.all_reduce(status)
-                *values, stop_requests = status.tolist()
+                *values, stop_requests, time_limit_warnings = status.tolist()
                 values = dict(zip(losses, (v / world for v in values)))
                 check_finite(torch.tensor(values["loss"]), step + 1, ckpt_path)
                 optimizer.zero_grad(set_to_none=True)
@@ -555,12 +616,18 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                 if epoch_end or step % checkpoint_every == 0 or stop_requests:
                     save()
                 if stop_requests:
+                    then = "rerun to resume"
+                    if time_limit_warnings:
+                        # SLURM ends a job at its limit without requeueing it: the job requeues
+                        # itself, once the checkpoint it resumes from is written (by rank 0,
+                        # which asks; under DDP any rank's warning counts, they come together)
+                        then = requeue_slurm_job() if rank == 0 else "rank 0 requeues the SLURM job"
                     if stop.raised:
-                        stop.interrupt(ckpt_path, step)
+                        stop.interrupt(ckpt_path, step, then)
                     raise TrainingInterrupted(f"{ckpt_path}: another process received a stop signal at step "
-                                              f"{step}; checkpoint written, rerun to resume")
+                                              f"{step}; checkpoint written, {then}")
                 step_start = time.perf_counter()  # the next step's clock starts after validation and checkpoints
-    if not (run_dir / "metrics.csv").exists():  # a finished run whose live CSV was removed
+    if revalidate[0]:
         last_val = validate()
         if metrics is not None:
             metrics.log(step, epoch=epochs, **last_val)

@@ -75,8 +75,10 @@ def check_settings(args) -> None:
 
 # What torchrun sets in each process it starts: a process that has them is a rank already.
 RANK_VARIABLES = ("LOCAL_RANK", "WORLD_SIZE")
-# The signals torchrun passes on to its ranks: its default four and SLURM's warning before
-# the time limit (resources.slurm.warn_seconds), which the ranks checkpoint on.
+# The signals torchrun passes on to its ranks: its default four and SIGUSR1, on which the
+# ranks checkpoint and stop as on SIGTERM. Not SIGURG, SLURM's warning before the time limit
+# (core/training.py): torchrun takes any signal it forwards for the end and stops the ranks,
+# and SLURM sends that one to every rank itself.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
