@@ -57,6 +57,12 @@ def test_outputs(finished_run):
     assert scores["routes"][scores["submitted_route"]]["iou"] == scores["routes"][best]["iou"]
     assert scores["pipeline"] == scores["routes"][scores["submitted_route"]]
     assert set(scores["temporal_iou"]) == {"masks", "motion", "dynamics", "true_masks"}
+    # every route and reference carries DAVIS's boundary F and J&F beside its IoU (J)
+    references = ("pipeline", "oracle", "motion_truth", "dynamics_truth", "placement_oracle", "segmented_copy_last",
+                  "copy_last")
+    for name, entry in {**scores["routes"], **{m: scores[m] for m in references}}.items():
+        assert 0.0 <= entry["boundary_f"] <= 1.0, name
+        assert entry["j_and_f"] == pytest.approx((entry["iou"] + entry["boundary_f"]) / 2), name
     submission = torch.load(results / "submission.pt", weights_only=True)
     assert submission.shape == (2, 32, 48) and int(submission.max()) <= 48
     check = subprocess.run(

@@ -283,7 +283,8 @@ def test_score_writes_the_three_way_table_as_html(random_case):
     for (_, cells), method in zip(rows, score.METHODS):
         values = re.findall(r"<td>(.*?)</td>", cells)
         s = scores[method]
-        assert values == [f"{s['iou']:.4f}", f"{s['iou_micro']:.4f}", f"{s['pixel_acc']:.4f}", str(s["n_classes_counted"])]
+        assert values == [*(f"{s[k]:.4f}" for k in ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc")),
+                          str(s["n_classes_counted"])]
     factor_rows = re.findall(r"<tr><th scope=\"row\">(.*?)</th>((?:<td>.*?</td>)+)</tr>", factor_table)
     for (_, cells), method in zip(factor_rows, score.METHODS):
         s = scores[method]
@@ -422,6 +423,11 @@ def test_diagnostics_motion_truth_and_sequences_of_any_route_through_the_cli(mon
         assert entry["iou"] == pytest.approx(1.0) and entry["foreground_iou"] == pytest.approx(1.0)
         assert entry["factor_accuracy"] == {"shape": 1.0, "material": 1.0, "colour": 1.0}
     assert set(scores["motion_truth"]) == set(score.SUMMARY_KEYS)
+    # every route and reference carries DAVIS's boundary F and J&F; route frames is the truth
+    for name, entry in {**scores["routes"], **{m: scores[m] for m in ("pipeline", "motion_truth", "copy_last")}}.items():
+        assert set(entry) == set(score.SUMMARY_KEYS), name
+        assert entry["j_and_f"] == pytest.approx((entry["iou"] + entry["boundary_f"]) / 2), name
+    assert scores["routes"]["frames"]["boundary_f"] == 1.0 > motion["boundary_f"]
     assert scores["inputs"]["motion_truth"] == str(folder / "masks_val_truth.npy")
     assert scores["temporal_iou"] == pytest.approx({"motion": 0.0, "frames": 1.0, "true_masks": 1.0})
     # motion truth beside the oracle's place: after the routes, before copy-last

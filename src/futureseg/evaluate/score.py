@@ -25,6 +25,11 @@ Each entry also carries `foreground_iou` (objects vs background, whatever their 
 off its confusion matrix: they tell a segmenter that misses objects from one that finds
 them and gets their shape wrong.
 
+Each entry carries DAVIS 2017's video metrics too (video_metrics.py, DESIGN.md §3e):
+`boundary_f`, the boundary F-measure per (video, class present in its true or predicted
+frame 21) averaged over those pairs, and `j_and_f` = (iou + boundary_f) / 2, J being the
+macro IoU above.
+
 How torchmetrics (1.9) treats classes: with average="macro" a class absent from both the
 prediction and the target of the whole split gets weight 0, so it is left out of the mean
 rather than counted as 0 or 1; with average="none" such a class reads 0.0 (its
@@ -44,6 +49,7 @@ import numpy as np
 from futureseg.core import data
 from futureseg.core.errors import ConfigError, FuturesegError
 from futureseg.core.io import atomic_path, read_array, save_npy, write_json
+from futureseg.evaluate import video_metrics
 
 log = logging.getLogger("futureseg")
 
@@ -174,6 +180,8 @@ def score(root, files: dict, batch_size: int = 32) -> dict:
     size = data.frame_size(root, "val")
     guesses = {method: load_masks(path, ids, size, method) for method, path in files.items()}
     metrics = {method: make_metrics() for method in [*files, "copy_last"]}
+    # one boundary F per (video, class) pair, averaged over the split's pairs at the end
+    boundary_f = {method: [] for method in metrics}
     support = np.zeros(data.NUM_CLASSES, dtype=np.int64)
 
     for start in range(0, len(videos), batch_size):
@@ -187,10 +195,13 @@ def score(root, files: dict, batch_size: int = 32) -> dict:
         batch["copy_last"] = true_masks[:, COPY_LAST_FRAME]
         for method, values in batch.items():
             metrics[method].update(torch.from_numpy(values.astype(np.int64)), target)
+            name = str(files.get(method, "copy_last (true masks of frame 10)"))
+            boundary_f[method].append(video_metrics.boundary_f_pairs(values, true_masks[:, data.TARGET_FRAME], name))
 
     result = {"n_videos": len(videos), "frame_size": list(size), "support": support}
     for method, collection in metrics.items():
-        result[method] = summarize(collection.compute())
+        summary = summarize(collection.compute())
+        result[method] = {**summary, **video_metrics.j_and_f(summary["iou"], np.concatenate(boundary_f[method]))}
     return result
 
 
@@ -222,7 +233,8 @@ def temporal_ious(root, sequences: dict) -> dict:
     return out
 
 
-SUMMARY_KEYS = ("iou", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou", "factor_accuracy")
+SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou",
+                "factor_accuracy")
 
 
 def scores_json(result: dict, files: dict, routes: dict | None = None, submit: str | None = None,
@@ -236,7 +248,9 @@ def scores_json(result: dict, files: dict, routes: dict | None = None, submit: s
         "frame_size": result["frame_size"],
         "metric": "torchmetrics MulticlassJaccardIndex(num_classes=49), accumulated over the split; "
         "iou = macro (classes absent from both prediction and target left out), iou_micro = micro, "
-        "pixel_acc = MulticlassAccuracy micro",
+        "pixel_acc = MulticlassAccuracy micro; boundary_f = DAVIS 2017 f_measure (seg2bmap boundaries, "
+        "tolerance ceil(0.008 x diagonal) px) per (video, class in its truth or prediction), averaged; "
+        "j_and_f = (iou + boundary_f) / 2",
         "inputs": {k: str(v) for k, v in files.items()},
     }
     for method in dict.fromkeys((*METHODS, *REFERENCES)):
@@ -317,8 +331,9 @@ def write_scores_html(path, scores: dict) -> None:
         return "–" if value is None else f"{value:.4f}"
 
     rows = [
-        f"<tr><th scope=\"row\">{label}</th><td>{s['iou']:.4f}</td>"
-        f"<td>{s['iou_micro']:.4f}</td><td>{s['pixel_acc']:.4f}</td><td>{s['n_classes_counted']}</td></tr>"
+        f"<tr><th scope=\"row\">{label}</th><td>{s['iou']:.4f}</td><td>{s['boundary_f']:.4f}</td>"
+        f"<td>{s['j_and_f']:.4f}</td><td>{s['iou_micro']:.4f}</td><td>{s['pixel_acc']:.4f}</td>"
+        f"<td>{s['n_classes_counted']}</td></tr>"
         for _, label, s in table_rows(scores)
     ]
     factor_rows = "".join(
@@ -344,8 +359,11 @@ def write_scores_html(path, scores: dict) -> None:
         "thead th{background:#eee}</style></head><body>\n"
         f"<p>Frame {scores['frame']} of {scores['n_videos']} val videos "
         f"({scores['frame_size'][0]}×{scores['frame_size'][1]}). IoU is the competition metric: "
-        "torchmetrics' macro Jaccard index over the 49 classes, accumulated over the split.</p>\n"
-        "<table><thead><tr><th>method</th><th>IoU (macro)</th><th>IoU (micro)</th>"
+        "torchmetrics' macro Jaccard index over the 49 classes, accumulated over the split, and DAVIS's J. "
+        "Boundary F is DAVIS 2017's boundary F-measure (boundaries matched within ceil(0.008 × the frame's "
+        "diagonal) pixels) of each class in a video's true or predicted frame 21, averaged over those "
+        "(video, class) pairs; J&amp;F = (IoU + F) / 2.</p>\n"
+        "<table><thead><tr><th>method</th><th>IoU (macro) = J</th><th>boundary F</th><th>J&amp;F</th><th>IoU (micro)</th>"
         "<th>pixel accuracy</th><th>classes counted</th></tr></thead><tbody>\n"
         + "\n".join(rows)
         + "\n</tbody></table>\n" + factors + temporal + "</body></html>\n"
@@ -449,7 +467,8 @@ def main(args) -> None:
     )
     for key, _, s in table_rows(scores):
         mark = " (submitted)" if key == scores.get("submitted_route") else ""
-        print(f"{key:9s} IoU {s['iou']:.4f}  micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
+        print(f"{key:9s} IoU {s['iou']:.4f}  boundary F {s['boundary_f']:.4f}  J&F {s['j_and_f']:.4f}  "
+              f"micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
     for name, value in scores.get("temporal_iou", {}).items():
         print(f"temporal IoU {value:.4f}  {name}")
     print(f"over {scores['n_videos']} val videos -> {args.out}")
