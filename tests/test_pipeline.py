@@ -83,11 +83,11 @@ def test_every_job_has_a_benchmark_and_the_resource_table_shows_them(finished_ru
         rows = list(csv.DictReader(f))
     # every job but the table's own, each measured (wall time at least), beside its request;
     # a rule of the workflow that did not run here (dynamics_prior: forecaster.prior is
-    # motion) has its row, empty
+    # motion; doctor, the pre-flight check, runs when named) has its row, empty
     measured = [row for row in rows if row["s"]]
     assert {row["rule"] for row in measured} == ALL_STAGES - {"all", "resource_table"}
     assert all(row["mem_mb"] in ("1000", "2000") for row in measured), rows  # tiny_config's requests, config.yaml's CPU entries
-    assert {row["rule"] for row in rows if not row["s"]} == {"dynamics_prior"}
+    assert {row["rule"] for row in rows if not row["s"]} == {"dynamics_prior", "doctor"}
     assert [row["job"] for row in rows if row["rule"] == "cache_frames"] == ["hidden", "train", "unlabeled", "val"]
     assert {row["gpu"] for row in rows if row["rule"] == "train_segmenter"} == {"1"}
     assert {row["gpu"] for row in rows if row["rule"] == "check_data"} == {"0"}
