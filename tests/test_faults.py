@@ -152,7 +152,10 @@ def is_temp(name: str) -> bool:
 # ---------------------------------------------------------------- config, through `snakemake -n`
 
 NOWHERE = "/nonexistent/Dataset_Student"
-CONFIG_CASES = {
+# What the schema refuses (workflow/schemas/config.schema.yaml): checked in-process with the
+# validate() the Snakefile calls, a case in milliseconds; one of them (unknown-key) also goes
+# through `snakemake -n` below, to show the Snakefile validates before anything runs.
+SCHEMA_CASES = {
     # case: (partial config merged over the tiny one, text naming the key)
     "unknown-key": ({"predictor": {"epochz": 3}}, "'epochz' was unexpected"),
     "wrong-type": ({"predictor": {"lr": "fast"}}, "['predictor']['lr']"),
@@ -160,23 +163,41 @@ CONFIG_CASES = {
     "odd-N_S": ({"predictor": {"simvp": {"N_S": 3}}}, "['predictor']['simvp']['N_S']"),
     "unknown-backend": ({"segmenter": {"maskrcnn": {"backend": "mmdet"}}}, "['segmenter']['maskrcnn']['backend']"),
     "unknown-route": ({"routes": ["frames", "teleport"]}, "['routes']"),
-    "submit-route-not-run": ({"routes": ["frames"], "eval": {"submit": "masks"}}, "eval.submit"),
-    "data-root-nowhere": ({"data": {"root": NOWHERE}}, f"config data.root: {NOWHERE} does not exist"),
     "negative-dynamics-layers": ({"dynamics": {"layers": -1}}, "['dynamics']['layers']"),
     "unknown-dynamics-key": ({"dynamics": {"friction": 0.1}}, "'friction' was unexpected"),
     "unknown-dynamics-interaction": ({"dynamics": {"interaction": "telepathy"}}, "['dynamics']['interaction']"),
     "non-boolean-dynamics-spread": ({"dynamics": {"spread": "wide"}}, "['dynamics']['spread']"),
     "unknown-prior": ({"forecaster": {"prior": "oracle"}}, "['forecaster']['prior']"),
+    "unknown-resources-key": ({"resources": {"segment": {"cpus": 4}}}, "'cpus' was unexpected"),
+    "unknown-slurm-key": ({"resources": {"slurm": {"partitions": "gpu"}}}, "'partitions' was unexpected"),
+}
+# What the workflow refuses once the schema has passed (workflow/rules/common.smk), through
+# `snakemake -n` as a user meets it.
+CONFIG_CASES = {
+    "unknown-key": SCHEMA_CASES["unknown-key"],
+    "submit-route-not-run": ({"routes": ["frames"], "eval": {"submit": "masks"}}, "eval.submit"),
+    "data-root-nowhere": ({"data": {"root": NOWHERE}}, f"config data.root: {NOWHERE} does not exist"),
     # a resources entry names a rule or a group of rules (README, "Resources")
     "resources-of-no-rule": ({"resources": {"pseudo_labl": {"runtime": 900}}},
                              "config resources: pseudo_labl: no rule or group of that name"),
-    "unknown-resources-key": ({"resources": {"segment": {"cpus": 4}}}, "'cpus' was unexpected"),
     "partition-in-resources-default": ({"resources": {"default": {"partition": "gpu"}}},
                                        "config resources.default: partition: set them for every job in resources.slurm"),
     "two-gpus-for-one-process": ({"resources": {"train_segmenter": {"gpu": 2}}},
                                  "config resources.train_segmenter.gpu: 2; only train_predictor"),
-    "unknown-slurm-key": ({"resources": {"slurm": {"partitions": "gpu"}}}, "'partitions' was unexpected"),
 }
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def test_the_schema_names_what_is_wrong(case):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from pipeline_helpers import REPO, merged
+
+    override, names = SCHEMA_CASES[case]
+    with pytest.raises(WorkflowError) as refused:
+        validate(merged(tiny_config(), override), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    assert names in str(refused.value), str(refused.value)[-3000:]
 
 
 @pytest.fixture(scope="module")
