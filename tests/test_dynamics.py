@@ -411,6 +411,56 @@ def test_tracks_average_the_flow_pairs_of_the_rule_and_training_checks_them(fric
     assert not out.exists()
 
 
+def reference_tracks(masks, frames, ends, flow_pairs):
+    """object_tracks the plain way: each class's pixels of each frame found one by one, each
+    window end's pairs' flow computed anew (route motion's `_backward_flow`)."""
+    classes = np.unique(masks)[1:]
+    states = np.zeros((len(classes), len(masks), len(motion.STATE_FIELDS)), np.float32)
+    states[..., motion.STATE["flow_row"] :] = np.nan
+    for k, c in enumerate(classes):
+        for t, mask in enumerate(masks):
+            rows, cols = np.nonzero(mask == c)
+            if len(rows):
+                states[k, t, : motion.STATE["right"] + 1] = (1, rows.mean(), cols.mean(), len(rows), rows.min(),
+                                                            cols.min(), rows.max(), cols.max())
+        for t in ends:
+            if not (masks[t] == c).any():
+                continue
+            estimates = []
+            for u in range(t, max(t - flow_pairs, 0), -1):
+                flow = motion._backward_flow(frames[u], frames[u - 1], "dis").reshape(-1, 2)
+                pixels = np.flatnonzero(masks[u] == c)
+                if len(pixels):
+                    dx, dy = np.median(flow[pixels], axis=0)
+                    estimates.append((-dy, -dx))
+            states[k, t, motion.STATE["flow_row"] :] = np.mean(np.asarray(estimates, np.float64), axis=0)
+    return classes, states
+
+
+@pytest.mark.parametrize("flow_pairs", [1, 3])
+def test_tracks_reuse_each_pair_flow_and_equal_the_plain_computation(flow_pairs):
+    from futureseg.data.synth import render_video
+
+    # a video whose objects enter, leave and hide: the window ends share pairs (3 pairs:
+    # frame 6←5 serves the ends 6, 7 and 8), each computed once, with the same bytes
+    for video in (3, 7):
+        frames, masks, _ = render_video(video, 0, 48, 72)
+        ends = range(dynamics.FIRST_WINDOW_END, 11)
+        classes, states = motion.object_tracks(masks, frames, ends, "dis", flow_pairs)
+        expected_classes, expected = reference_tracks(masks, frames, ends, flow_pairs)
+        np.testing.assert_array_equal(classes, expected_classes)
+        np.testing.assert_array_equal(states, expected)
+    # frames over 256 pixels wide take 16-bit row and column images; class ids past 255 are refused
+    wide = np.zeros((3, 20, 300), np.int64)
+    wide[:, 2:9, 280:299], wide[1, 15:, :4] = 7, 255
+    classes, states = motion.object_tracks(wide)
+    np.testing.assert_array_equal(classes, [7, 255])
+    np.testing.assert_array_equal(states, reference_tracks(wide, None, (), 1)[1])
+    wide[0, 0, 0] = 256
+    with pytest.raises(ValueError, match="0…255"):
+        motion.object_tracks(wide)
+
+
 def test_the_model_file_holds_the_best_epoch_by_val_iou(friction):
     folder, _, _ = friction
     rows = [dict(zip(*(line.split(",") for line in pair)))
