@@ -22,3 +22,16 @@ def dataset_copy(tiny_dataset, tmp_path):
     root = tmp_path / "dataset"
     shutil.copytree(tiny_dataset, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory):
+    """The folder of one local run of the whole chain on the tests' config (.test/config.yaml
+    over config.yaml), run once a session: test_pipeline reads it, test_slurm_pipeline
+    compares its SLURM run with it. Read-only: a test that reruns anything copies it."""
+    from pipeline_helpers import snakemake, tiny_config, write_config
+
+    workdir = tmp_path_factory.mktemp("chain")
+    write_config(workdir, tiny_config())
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -32,12 +32,14 @@ ALL_STAGES = {"synth_dataset", "check_data", "mean_std", "cache_frames", "motion
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pipeline")
-    write_config(workdir, tiny_config())
-    assert set(planned_jobs(workdir)) == ALL_STAGES
-    snakemake(workdir, "--cores", "2")
-    return workdir
+def finished_run(tiny_chain):
+    """The session's one run of the whole chain (conftest.py)."""
+    return tiny_chain
+
+
+def test_the_chain_plans_every_stage(tmp_path):
+    write_config(tmp_path, tiny_config())
+    assert set(planned_jobs(tmp_path)) == ALL_STAGES
 
 
 def test_outputs(finished_run):

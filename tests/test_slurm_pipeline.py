@@ -6,8 +6,9 @@ instead under FUTURESEG_REQUIRE_SLURM=1 (CI). The flags added to the profile are
 slurm/README.md names: `--slurm-status-command squeue` because the local cluster has no
 accounting database, and two polling flags for speed (LOCAL_CLUSTER_FLAGS).
 
-The chain runs on tiny_config() (1 thread, 1000 MB per rule), once through SLURM and once
-locally alongside it; the outputs must be equal bit for bit: every verb runs with
+The chain runs on tiny_config() (1 thread, 1000 MB per rule) through SLURM, and its outputs
+must equal bit for bit those of the session's local run of the same config (conftest.py,
+tiny_chain, which test_pipeline reads too): every verb runs with
 `--threads 1` in both, on the same CPU, and the pipeline is seeded throughout (torch's CPU
 kernels give the same bits for a fixed thread count). A cluster whose nodes have another
 CPU than the login node would need a tolerance for the trained weights and what follows.
@@ -57,7 +58,7 @@ CHAIN_TIMEOUT_S = 1500
 
 @dataclasses.dataclass
 class Chains:
-    local: Path  # the reference run's folder (snakemake --cores 1)
+    local: Path  # the reference run's folder (the session's local run, conftest.py tiny_chain)
     slurm: Path  # the SLURM run's folder
     planned: dict  # {rule: jobs} of the DAG, from a dry run
     run: SlurmRun
@@ -71,35 +72,22 @@ class Chains:
         in_jobs = sum((end - start).total_seconds() for start, end in times)
         return (
             f"the chain under SLURM: {self.run.job_count} SLURM jobs, {self.run.seconds:.0f} s wall for "
-            f"snakemake (a local run alongside), {span:.0f} s from the first job's start to the last's "
+            f"snakemake, {span:.0f} s from the first job's start to the last's "
             f"end, {in_jobs:.0f} s of job run time; jobs per rule: {counts}"
         )
 
 
 @pytest.fixture(scope="module")
-def chains(slurm_cluster, tmp_path_factory):  # noqa: F811
-    # The local cluster's GPUs are fake (torch finds none): its GPU jobs run on the CPU on purpose.
-    config = merged(tiny_config(), {"resources": {"allow_cpu": True}})
-    local, slurm = tmp_path_factory.mktemp("local_chain"), tmp_path_factory.mktemp("slurm_chain")
-    for workdir in (local, slurm):
-        write_config(workdir, config)
+def chains(slurm_cluster, tiny_chain, tmp_path_factory):  # noqa: F811
+    # The local cluster's GPUs are fake (torch finds none): its GPU jobs run on the CPU on
+    # purpose. allow_cpu shapes no output (not a param): the local run's outputs still hold.
+    slurm = tmp_path_factory.mktemp("slurm_chain")
+    write_config(slurm, merged(tiny_config(), {"resources": {"allow_cpu": True}}))
     planned = planned_jobs(slurm)
-    # The reference run goes alongside the SLURM one, which spends most of its time starting
-    # jobs and polling their status; on one core, as the SLURM jobs may take both.
-    reference = subprocess.Popen(
-        snakemake_command(local, "--cores", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    run = finish_snakemake_on_slurm(
+        start_snakemake_on_slurm(slurm, snakemake=snakemake_command(slurm)), timeout=CHAIN_TIMEOUT_S
     )
-    try:
-        run = finish_snakemake_on_slurm(
-            start_snakemake_on_slurm(slurm, snakemake=snakemake_command(slurm)), timeout=CHAIN_TIMEOUT_S
-        )
-        output, _ = reference.communicate(timeout=CHAIN_TIMEOUT_S)
-    except BaseException:
-        reference.kill()
-        reference.communicate()
-        raise
-    assert reference.returncode == 0, f"the local reference run failed:\n{output[-6000:]}"
-    chains = Chains(local, slurm, planned, run)
+    chains = Chains(tiny_chain, slurm, planned, run)
     print(f"\n{chains.summary()}")
     return chains
 
@@ -195,10 +183,11 @@ def _wait(what, condition, run, deadline, interval=0.2):
 
 
 def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(chains, tmp_path):
-    # The local run's folder, less the predictor: its data, caches and mean/std are up to date
-    # (Snakemake's metadata comes along), so only train_predictor runs, as a SLURM job.
+    # The SLURM run's folder (its config lets the fake-GPU jobs run on the CPU), less the
+    # predictor: its data, caches and mean/std are up to date (Snakemake's metadata comes
+    # along), so only train_predictor runs, as a SLURM job.
     workdir = tmp_path / "preempt"
-    shutil.copytree(chains.local, workdir)
+    shutil.copytree(chains.slurm, workdir)
     shutil.rmtree(workdir / "results" / "predictor")
     target = "results/predictor/model.pt"
     assert planned_jobs(workdir, target, override=PREEMPT_OVERRIDE) == {"train_predictor": 1}
