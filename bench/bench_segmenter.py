@@ -6,15 +6,18 @@ segmenter on CPU).
     python bench/bench_segmenter.py --part speed --size 160x240
     python bench/bench_segmenter.py --part quality --budget-s 480 --quality-variants ours,smp
     python bench/bench_segmenter.py --variants ours,ours+bf16 --repeats 30
+    python bench/bench_segmenter.py --part quality --quality-variants ours,enet --budget-s 190   # issue 28
 
 Variants are "+"-joined tokens: a model, `ours` (futureseg.models.unet.UNet, base 16,
 depth 4: the demo's) or `smp` (segmentation_models_pytorch.Unet, ResNet-18 encoder of
 depth 4 from random weights, decoder (128, 64, 32, 16); its input normalised with the same
-mean/std and reflect-padded to a multiple of 16 as ours pads, its logits cropped back),
+mean/std and reflect-padded to a multiple of 16 as ours pads, its logits cropped back)
+or `enet` (futureseg.models.enet.ENet at the paper's width 16, `enetN` at width N),
 then any of `cl` (channels_last weights and inputs), `bf16` (torch.autocast("cpu",
 bfloat16); weights, optimiser and loss stay fp32) and `compile` (torch.compile of the
 model, default inductor; its first steps are timed apart as the compile time, and a
-failure is printed and the variant dropped).
+failure is printed and the variant dropped) and `lrX` (peak learning rate X instead of
+0.005, e.g. enet+lr0.01).
 
 The recipe is train-segmenter's U-Net path: batch 16 of the training set (`--data`:
 images.npy, masks.npy), flips and brightness x U(0.8, 1.2) (`train_segmenter.augment`),
@@ -34,8 +37,11 @@ when its time is up. `--clock cpu` counts the process's CPU seconds per thread i
 wall seconds: near the wall time of an unshared machine, less swayed by other jobs. Then
 the model (fp32, eval mode, plain argmax) segments the true frame 21 of every val video
 (`--root`) and `dense.macro_iou` scores it: val oracle IoU, what train-segmenter's
-validation reports. `--quality-variants auto`: ours, smp, and the fastest other variant of
-ours in the speed part when it is more than 1.1x as fast as ours.
+validation reports; with `--object-classifier` (a model file of train-object-classifier
+on the same training set) also the IoU of those masks with each object repainted by the
+classifier, what the pipeline's oracle is (segmenter.object_class: classifier).
+`--quality-variants auto`: ours, smp, and the fastest other variant of ours in the speed
+part when it is more than 1.1x as fast as ours.
 
 torch.compile's first step is ~70 s on 2 cores with a cold inductor cache and ~4 s once
 the cache (/tmp/torchinductor_$USER) holds the graphs; the figure printed is whichever
@@ -61,13 +67,14 @@ from torch import nn
 
 from futureseg.core import data, dense
 from futureseg.core.training import epoch_order
+from futureseg.models.enet import ENet, ENetConfig
 from futureseg.models.unet import UNet, UNetConfig
 from futureseg.segment.train_segmenter import augment
 
 DEMO = Path("/tmp/democlone")
 BATCH, LR, WEIGHT_DECAY, BACKGROUND_WEIGHT = 16, 0.005, 0.01, 0.2
 SCHEDULE_POINTS = 100_000  # resolution of the time-driven one-cycle schedule
-MODELS, OPTIONS = ("ours", "smp"), ("cl", "bf16", "compile")
+MODELS, OPTIONS = ("ours", "smp", "enet"), ("cl", "bf16", "compile")
 DEFAULT_VARIANTS = "ours,ours+cl,ours+bf16,ours+compile,smp,smp+cl"
 
 
@@ -97,8 +104,19 @@ class SmpUNet(nn.Module):
 
 def parse_variant(name: str) -> tuple[str, set[str]]:
     model, *options = name.split("+")
-    if model not in MODELS or any(o not in OPTIONS for o in options):
-        raise SystemExit(f"{name!r}: a variant is one of {'|'.join(MODELS)} then +{'/+'.join(OPTIONS)} options")
+
+    def known(option):
+        if option.startswith("lr"):
+            try:
+                return float(option[2:]) > 0
+            except ValueError:
+                return False
+        return option in OPTIONS
+
+    width = model[4:] if model.startswith("enet") else ""
+    if (model not in MODELS and not (width.isdigit() and int(width) > 3)) or not all(map(known, options)):
+        raise SystemExit(f"{name!r}: a variant is one of {'|'.join(MODELS)} (enetN: ENet of width N) "
+                         f"then +{'/+'.join(OPTIONS)}/+lrX options")
     return model, set(options)
 
 
@@ -113,6 +131,9 @@ class Variant:
         if model == "ours":
             self.net = UNet(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=16, depth=4,
                                        image_mean=tuple(mean01), image_std=tuple(std01)))
+        elif model.startswith("enet"):
+            self.net = ENet(ENetConfig(in_channels=3, num_classes=data.NUM_CLASSES, width=int(model[4:] or 16),
+                                       image_mean=tuple(mean01), image_std=tuple(std01)))
         else:
             self.net = SmpUNet(mean01, std01)
         self.net.train()
@@ -120,8 +141,9 @@ class Variant:
         self.net = self.net.to(memory_format=self.memory_format)
         self.params = sum(p.numel() for p in self.net.parameters())
         self.forward = torch.compile(self.net) if "compile" in self.options else self.net
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=LR, total_steps=SCHEDULE_POINTS)
+        lr = next((float(o[2:]) for o in self.options if o.startswith("lr")), LR)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=lr, total_steps=SCHEDULE_POINTS)
         self.steps = 0
         self.first_steps_s = []  # the first steps' times (a compile's cost lies in them)
 
@@ -269,14 +291,26 @@ def quality(args, names, images, masks, mean01, std01) -> None:
             live.remove(v)
         elif s["used"] >= args.budget_s:
             live.remove(v)
-    print(f"{'variant':16s} {'steps':>6s} {'epochs':>7s} {'s/step':>7s} {'first step s':>13s} {'last loss':>10s} {'val IoU':>8s}")
+    classifier = None
+    if args.object_classifier:
+        from futureseg.models import object_classifier
+
+        classifier = object_classifier.load(args.object_classifier)[0].eval()
+    print(f"{'variant':16s} {'steps':>6s} {'epochs':>7s} {'s/step':>7s} {'first step s':>13s} {'last loss':>10s} "
+          f"{'val IoU':>8s}{' +classifier' if classifier else ''}")
     for v in variants:
         s = state[v.name]
         if s["failed"]:
             continue
-        iou = dense.macro_iou(v.predict(frames), truth)
+        masks = v.predict(frames)
+        iou = dense.macro_iou(masks, truth)
+        repainted = ""
+        if classifier is not None:
+            from futureseg.models.object_classifier import repaint
+
+            repainted = f" {dense.macro_iou(repaint(classifier, frames, masks, torch.device('cpu')), truth):11.4f}"
         print(f"{v.name:16s} {v.steps:6d} {v.steps * BATCH / len(images):7.1f} {s['used'] / v.steps:7.3f} "
-              f"{v.first_steps_s[0]:13.1f} {v.last_loss:10.4f} {iou:8.4f}")
+              f"{v.first_steps_s[0]:13.1f} {v.last_loss:10.4f} {iou:8.4f}{repainted}")
 
 
 def main():
@@ -293,6 +327,8 @@ def main():
     parser.add_argument("--root", default=str(DEMO / "resources/synthetic"), help="dataset root (val frame 21 and masks)")
     parser.add_argument("--mean-std", default=str(DEMO / "results/data/mean_std.json"),
                         help="stage 1's mean_std.json (missing: ImageNet's)")
+    parser.add_argument("--object-classifier", help="train-object-classifier's model file: also the IoU with each "
+                        "object repainted by it (the pipeline's oracle)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)

@@ -17,6 +17,7 @@ from futureseg.models.mask_forecaster import MaskForecasterConfig
 from futureseg.models.maskrcnn_torchvision import BACKBONES, NORMS, MaskRCNNConfig
 from futureseg.models.predictors.simvp import TRANSLATORS
 from futureseg.models.segmenters import BACKENDS, DETECTRON2_DEPTHS, MASKRCNN_FIELDS
+from futureseg.models.enet import ENetConfig
 from futureseg.models.unet import UNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +73,14 @@ def test_allowed_values_agree():
 
 
 def test_segmenter_sections_are_config_fields_or_training_settings():
-    unet = set(CONFIG["segmenter"]["unet"])
-    assert {"base_channels", "depth"} <= unet and unet - fields(UNetConfig) <= {
-        "epochs", "batch_size", "lr", "weight_decay", "soft_iou_weight", "background_weight"}
+    training = {"epochs", "batch_size", "lr", "weight_decay", "soft_iou_weight", "background_weight"}
+    for name, config_class in (("unet", UNetConfig), ("enet", ENetConfig)):
+        section = set(CONFIG["segmenter"][name])
+        # the model's keys are its config's fields and the trainer's flags for them, the rest training's
+        assert section - fields(config_class) == training, name
+        assert section & fields(config_class) == set(train_segmenter.PIXEL_MODEL_FLAGS[name]), name
+        schema = schema_section("segmenter", name)
+        assert set(schema["properties"]) == set(schema["required"]) == section, name
     maskrcnn = set(CONFIG["segmenter"]["maskrcnn"])
     model_keys = maskrcnn & set(MASKRCNN_FIELDS["torchvision"])
     assert maskrcnn - model_keys == {"backend", "epochs", "batch_size", "lr", "weight_decay", "warmup_steps",
@@ -91,7 +97,7 @@ def test_one_class_per_object_is_a_mask_flag_not_a_training_setting():
     section = CONFIG["segmenter"]
     schema = schema_section("segmenter")
     assert set(schema["properties"]) == set(schema["required"]) == set(section)
-    assert set(section) - {"unet", "maskrcnn", "object_classifier"} == {
+    assert set(section) - {"unet", "enet", "maskrcnn", "object_classifier"} == {
         "model", "seed", "checkpoint_every", "object_class", "track_vote"}
     assert schema["properties"]["object_class"]["enum"] == ["classifier", "vote", "none"]
     assert schema["properties"]["track_vote"] == {"type": "boolean"} and isinstance(section["track_vote"], bool)
@@ -132,7 +138,7 @@ def _flags(section: dict) -> list[str]:
     return argv
 
 
-@pytest.mark.parametrize("model", ["unet", "maskrcnn"])
+@pytest.mark.parametrize("model", ["unet", "enet", "maskrcnn"])
 def test_the_segmenter_verb_takes_every_key_of_its_section(model):
     section = CONFIG["segmenter"][model]
     args = parse(train_segmenter, ["--root", "r", "--seg-frames", "s", "--out", "o", "--metrics", "m",

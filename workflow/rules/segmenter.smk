@@ -1,12 +1,12 @@
 # Stages 3-4: the segmentation training set (real + generated frames, blur, frameskip),
-# segmenter training (U-Net or Mask R-CNN) and the object classifier's, masks of the
+# segmenter training (U-Net, ENet or Mask R-CNN) and the object classifier's, masks of the
 # predicted frame 21 (route `frames`) and of the true frames 21 and 10 (the references every
 # route is scored by).
 
 A = config["augment"]
 S = config["segmenter"]
 SEGMENTER = S[S["model"]]  # the selected segmenter's settings
-# Mask R-CNN paints instances above this score; a U-Net has no threshold (argmax)
+# Mask R-CNN paints instances above this score; a U-Net or ENet has no threshold (argmax)
 SCORE_THRESHOLD = SEGMENTER.get("score_threshold", 0.5)
 TRAINING_SETTINGS = {k: v for k, v in SEGMENTER.items() if k != "score_threshold"}
 # One class per object (segmenter.object_class): it shapes the masks (rules segment*,
@@ -85,7 +85,7 @@ rule train_segmenter:
     log:
         f"{RESULTS}/logs/train_segmenter.log",
     # --workers: Mask R-CNN's loader processes, decoding and augmenting beside the GPU (the
-    # U-Net's trainer reads its frames in-process and ignores it)
+    # per-pixel models' trainer (U-Net, ENet) reads its frames in-process and ignores it)
     shell:
         "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std}"

@@ -192,7 +192,7 @@ TRAINERS = {
                         (("val_rule_iou", "val IoU of the rule (route motion)"),)),
 }
 # how config.yaml's model keys read in a title; another key is shown as given
-MODEL_NAMES = {"simvp": "SimVP", "convlstm": "ConvLSTM", "convgru": "ConvGRU", "unet": "U-Net", "maskrcnn": "Mask R-CNN"}
+MODEL_NAMES = {"simvp": "SimVP", "convlstm": "ConvLSTM", "convgru": "ConvGRU", "unet": "U-Net", "enet": "ENet", "maskrcnn": "Mask R-CNN"}
 # a metric's y-axis spans at least this much, so that a flat curve's last-digit jitter does
 # not look like learning
 _MIN_SPAN = {"IoU": 0.02, "PSNR (dB)": 0.5}

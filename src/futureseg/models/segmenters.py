@@ -1,4 +1,4 @@
-"""The segmenter registry: `segmenter.model: unet | maskrcnn`, built and loaded by name.
+"""The segmenter registry: `segmenter.model: unet | enet | maskrcnn`, built and loaded by name.
 
     build(name, config)  the model from its name and config dict (plain values)
     maskrcnn_config(backend, settings, size, mean01, std01)
@@ -7,7 +7,8 @@
     Segmenter.masks(frames, device, batch_size) -> uint8 (N, H, W) class ids of uint8
                          (N, H, W, 3) RGB frames (an array or a memmap)
 
-The U-Net gives class logits per pixel (argmax). Mask R-CNN gives instances, painted into
+The U-Net and ENet give class logits per pixel (argmax; PIXEL_MODELS, one contract:
+`futureseg.models.unet`'s docstring). Mask R-CNN gives instances, painted into
 a class mask by score (`instances_to_mask`: most confident on top, those under the
 model file's score threshold left out). Mask R-CNN has two backends, torchvision and
 detectron2, behind one interface (`futureseg.models.maskrcnn_torchvision`'s docstring).
@@ -22,7 +23,8 @@ import numpy as np
 
 from futureseg.core.errors import ConfigError, FuturesegError
 
-SEGMENTERS = ("unet", "maskrcnn")
+SEGMENTERS = ("unet", "enet", "maskrcnn")
+PIXEL_MODELS = ("unet", "enet")  # per-pixel logits (N, 49, H, W), trained by train_unet
 BACKENDS = ("torchvision", "detectron2")
 
 
@@ -106,21 +108,40 @@ def build_backend(backend: str, config: dict):
     raise ConfigError(f"segmenter.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
 
 
-def build_unet(config: dict):
-    from futureseg.models.unet import UNet, UNetConfig
+def model_class(name: str):
+    """(module class, config dataclass) of a per-pixel model."""
+    if name == "unet":
+        from futureseg.models.unet import UNet, UNetConfig
 
-    return UNet(UNetConfig(**config))
+        return UNet, UNetConfig
+    if name == "enet":
+        from futureseg.models.enet import ENet, ENetConfig
+
+        return ENet, ENetConfig
+    raise ConfigError(f"segmenter.model: {name!r} is not one of {', '.join(PIXEL_MODELS)} (the per-pixel models)")
+
+
+def build_pixel_model(name: str, config: dict):
+    """A per-pixel model from its config dict; a key its config does not have (a model file
+    of another kind, say) is named."""
+    from dataclasses import fields
+
+    module, config_class = model_class(name)
+    unknown = sorted(set(config) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise ConfigError(f"segmenter.{name}: unknown setting {unknown[0]!r} (not a {config_class.__name__} field)")
+    return module(config_class(**config))
 
 
 @dataclass
 class Segmenter:
-    name: str  # unet | maskrcnn
-    net: object  # the UNet module, or the Mask R-CNN backend
+    name: str  # unet | enet | maskrcnn
+    net: object  # the UNet or ENet module, or the Mask R-CNN backend
     score_threshold: float = 0.5  # Mask R-CNN: instances below it are not painted
 
     @property
     def module(self):
-        return self.net if self.name == "unet" else self.net.model
+        return self.net if self.name in PIXEL_MODELS else self.net.model
 
     def to(self, device) -> "Segmenter":
         self.module.to(device)
@@ -140,7 +161,7 @@ class Segmenter:
                 # a writable copy of the memmap rows
                 chunk = torch.from_numpy(np.array(frames[start : start + batch_size])).to(device)
                 images = chunk.permute(0, 3, 1, 2).float().div_(255.0)
-                if self.name == "unet":
+                if self.name in PIXEL_MODELS:
                     out[start : start + len(chunk)] = self.net(images).argmax(1).to(torch.uint8).cpu().numpy()
                     continue
                 for offset, result in enumerate(self.net.predict(list(images))):
@@ -153,8 +174,8 @@ class Segmenter:
 
 
 def build(name: str, config: dict, backend: str = "torchvision", score_threshold: float = 0.5) -> Segmenter:
-    if name == "unet":
-        return Segmenter("unet", build_unet(config))
+    if name in PIXEL_MODELS:
+        return Segmenter(name, build_pixel_model(name, config))
     if name == "maskrcnn":
         return Segmenter("maskrcnn", build_backend(backend, config), score_threshold)
     raise ConfigError(f"segmenter.model: {name!r} is not one of {', '.join(SEGMENTERS)}")
@@ -172,6 +193,15 @@ def load(path: str | Path, score_threshold: float | None = None) -> tuple[Segmen
         raise FuturesegError(f"{path}: not a segmenter model (no 'segmenter'/'backend' and 'model_config'); "
                              "was it written by futureseg train-segmenter?")
     threshold = state.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    if name in PIXEL_MODELS:
+        # a file whose config or weights are another model's (a U-Net's labelled enet, say)
+        # is refused in one line that names the file
+        try:
+            segmenter = build(name, state["model_config"])
+            segmenter.net.load_state_dict(state["model"])
+        except (ConfigError, RuntimeError) as exc:
+            raise FuturesegError(f"{path}: not a {name} model file: {str(exc).strip().splitlines()[0]}") from None
+        return segmenter, state
     segmenter = build(name, state["model_config"], state.get("backend", "torchvision"), threshold)
     segmenter.net.load_state_dict(state["model"])
     return segmenter, state

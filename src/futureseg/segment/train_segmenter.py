@@ -1,4 +1,5 @@
-"""Stage 4: train Mask R-CNN from scratch on the segmentation training set.
+"""Stage 4: train the segmenter from scratch on the segmentation training set: Mask R-CNN
+(`train`, described here), or a per-pixel model, U-Net or ENet (`train_pixel`).
 
 Input: stage 3's folder (`images.npy` uint8 (N, H, W, 3), `masks.npy` uint8 (N, H, W),
 `index.csv`, `counts.json`). Each sample is augmented — horizontal and vertical flips,
@@ -322,23 +323,34 @@ def train(args) -> dict:
                loss_prefix="", desc=f"{args.backend} Mask R-CNN")
 
 
-def train_unet(args) -> dict:
-    """The semantic segmenter: a U-Net trained per pixel (cross-entropy, optionally plus
-    soft IoU) with AdamW under one-cycle, on the same training set, augmentation and
-    validation as Mask R-CNN, through the one training loop `training.fit`."""
+# The settings of each per-pixel model's section that shape it (its config fields); a flag
+# left out takes the config dataclass's default.
+PIXEL_MODEL_FLAGS = {"unet": ("base_channels", "depth"), "enet": ("width",)}
+PIXEL_MODEL_NAMES = {"unet": "U-Net", "enet": "ENet"}
+
+
+def train_pixel(args) -> dict:
+    """The semantic segmenter: a per-pixel model (`--model unet | enet`, logits (N, 49, H, W))
+    trained per pixel (cross-entropy, optionally plus soft IoU) with AdamW under one-cycle,
+    on the same training set, augmentation and validation as Mask R-CNN, through the one
+    training loop `training.fit`."""
     from dataclasses import asdict
 
     import torch
 
     from futureseg.core.dense import dense_losses
-    from futureseg.models.segmenters import build
-    from futureseg.models.unet import UNetConfig
+    from futureseg.models.segmenters import build, model_class
     from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
 
     check_settings(args)
+    model, title = args.model, PIXEL_MODEL_NAMES[args.model]
+    other = sorted(n for m, names in PIXEL_MODEL_FLAGS.items() if m != model for n in names
+                   if n not in PIXEL_MODEL_FLAGS[model] and getattr(args, n) is not None)
+    if other:  # another model's setting: a section pasted under the wrong model, say
+        raise ConfigError(f"--{other[0].replace('_', '-')}: not a setting of the {title} (segmenter.{model})")
     for name in ("soft_iou_weight", "background_weight"):
         if getattr(args, name) is None:
-            raise ConfigError(f"--{name.replace('_', '-')}: the U-Net needs it (segmenter.unet.{name})")
+            raise ConfigError(f"--{name.replace('_', '-')}: the {title} needs it (segmenter.{model}.{name})")
         if not getattr(args, name) >= 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
     if args.threads:
@@ -347,15 +359,15 @@ def train_unet(args) -> dict:
     dataset = TrainingSet(args.seg_frames, args.min_fragment, args.seed)
     images, masks = dataset._open()
     mean01, std01 = dense.normalisation(args.mean_std)
-    config = asdict(UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
-                               image_std=tuple(std01), **given(args, ("base_channels", "depth"))))
+    config = asdict(model_class(model)[1](in_channels=3, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
+                                          image_std=tuple(std01), **given(args, PIXEL_MODEL_FLAGS[model])))
     val_frames, val_masks = load_validation(args.root, dataset.size, args.val_limit)
     seed_everything(args.seed)
-    segmenter = build("unet", config)
+    segmenter = build(model, config)
     net = segmenter.to(device).net
     _, total_steps = plan_steps(len(dataset), args.batch_size, args.epochs, args.max_steps)
     optimizer, scheduler = adamw_one_cycle(net, args.lr, args.weight_decay, total_steps)
-    settings = {"segmenter": "unet", "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
+    settings = {"segmenter": model, "model_config": config, "epochs": args.epochs, "batch_size": args.batch_size,
                 "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
                 "background_weight": args.background_weight, "seed": args.seed, "training_set": dataset.fingerprint()}
 
@@ -372,16 +384,16 @@ def train_unet(args) -> dict:
         return {"val_oracle_iou": oracle_iou(segmenter, val_frames, val_masks, args.val_batch_size, device)}
 
     return fit(model=net, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
-               metrics_out=args.metrics, out=args.out, model_file={"segmenter": "unet", "model_config": config},
+               metrics_out=args.metrics, out=args.out, model_file={"segmenter": model, "model_config": config},
                epochs=args.epochs, total_steps=total_steps,
                epoch_batches=functools.partial(epoch_order, len(dataset), args.batch_size, args.seed),
-               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="U-Net segmenter")
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc=f"{title} segmenter")
 
 
 # ---------------------------------------------------------------- CLI
 
 VERB = "train-segmenter"
-HELP = "train the segmenter (U-Net or Mask R-CNN) from scratch on the segmentation training set (stage 4)"
+HELP = "train the segmenter (U-Net, ENet or Mask R-CNN) from scratch on the segmentation training set (stage 4)"
 
 
 def add_arguments(parser) -> None:
@@ -396,15 +408,16 @@ def add_arguments(parser) -> None:
     io.add_argument("--checkpoints", required=True, help="folder of per-config checkpoint folders (last.pt, live metrics.csv)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=SEGMENTERS, default="maskrcnn",
-                       help="unet (semantic, per-pixel loss) or maskrcnn (instances)")
+                       help="unet or enet (semantic, per-pixel loss) or maskrcnn (instances)")
     # No defaults here for what shapes the model: the rule passes config.yaml's section, and a
-    # flag left out takes the model config dataclass's default (UNetConfig, MaskRCNNConfig).
+    # flag left out takes the model config dataclass's default (UNetConfig, ENetConfig, MaskRCNNConfig).
     model.add_argument("--base-channels", type=int, help="U-Net: channels of the first level")
     model.add_argument("--depth", type=int, help="U-Net: levels (poolings + 1)")
+    model.add_argument("--width", type=int, help="ENet: the initial block's channels (stage 1: 4x, stages 2-3: 8x)")
     model.add_argument("--soft-iou-weight", type=float,
-                       help="U-Net: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
+                       help="U-Net, ENet: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
     model.add_argument("--background-weight", type=float,
-                       help="U-Net: weight of the background's pixels in the cross-entropy (objects: 1)")
+                       help="U-Net, ENet: weight of the background's pixels in the cross-entropy (objects: 1)")
     model.add_argument("--backend", choices=BACKENDS, default="torchvision")
     model.add_argument("--backbone", help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: the resnets)")
     model.add_argument("--norm", choices=("bn", "gn"), help="trainable normalisation in the backbone")
@@ -417,7 +430,7 @@ def add_arguments(parser) -> None:
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, required=True)
     opt.add_argument("--batch-size", type=int, required=True)
-    opt.add_argument("--lr", type=float, required=True, help="peak learning rate (Mask R-CNN: SGD; U-Net: AdamW)")
+    opt.add_argument("--lr", type=float, required=True, help="peak learning rate (Mask R-CNN: SGD; U-Net, ENet: AdamW)")
     opt.add_argument("--weight-decay", type=float, required=True)
     opt.add_argument("--warmup-steps", type=int, help="Mask R-CNN: linear warm-up steps before the cosine decay")
     opt.add_argument("--seed", type=int, default=0)
@@ -434,5 +447,5 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    scores = train_unet(args) if args.model == "unet" else train(args)
+    scores = train(args) if args.model == "maskrcnn" else train_pixel(args)
     print(" ".join(f"{k}={v:.4g}" for k, v in scores.items()))
