@@ -35,3 +35,15 @@ def tiny_chain(tmp_path_factory):
     write_config(workdir, tiny_config())
     snakemake(workdir, "--cores", "2")
     return workdir
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: on tiny tensors a second intra-op thread only adds
+    synchronisation, and on a busy machine it makes such tests ~10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

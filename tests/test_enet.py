@@ -29,13 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 H, W = TINY_SIZE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds synchronisation on a shared machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ok(*argv) -> None:

@@ -19,14 +19,7 @@ PARITY = dict(hid_S=64, hid_T=256, N_S=4, N_T=8)
 OPENSTL_PARAMS = {"gsta": 20_368_643, "incepu": 16_182_275}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On tiny tensors a second intra-op thread only adds synchronisation, and on a busy
-    # machine it makes these tests ~10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def clip(batch=2, shape=TINY, seed=0):
