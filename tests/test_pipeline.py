@@ -59,6 +59,10 @@ def test_outputs(finished_run):
     assert scores["routes"][scores["submitted_route"]]["iou"] == scores["routes"][best]["iou"]
     assert scores["pipeline"] == scores["routes"][scores["submitted_route"]]
     assert set(scores["temporal_iou"]) == {"masks", "motion", "dynamics", "true_masks"}
+    # the segmenter's masks of val's frames 0…10, which routes masks, motion and dynamics start from
+    pseudo = scores["pseudo_labels"]
+    assert pseudo["frames"] == list(range(11)) and 0 <= pseudo["iou"] <= 1 and 0 <= pseudo["temporal_iou"] <= 1
+    assert 0 < pseudo["true_temporal_iou"] <= 1 and scores["inputs"]["pseudo_labels"] == "results/pseudo/val.npy"
     # every route and reference carries DAVIS's boundary F and J&F beside its IoU (J)
     references = ("pipeline", "oracle", "motion_truth", "dynamics_truth", "placement_oracle", "segmented_copy_last",
                   "copy_last")

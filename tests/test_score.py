@@ -442,6 +442,42 @@ def test_diagnostics_motion_truth_and_sequences_of_any_route_through_the_cli(mon
     assert "<th scope=\"row\">motion</th><td>0.0000</td>" in page  # its temporal IoU
 
 
+def test_pseudo_labels_of_the_input_frames_are_scored_beside_the_truths_temporal_iou(monkeypatch, motion_case):
+    # The segmenter's masks of frames 0…10: the truth on even frames, nothing on odd ones (an
+    # object that flickers). Frames 0…10 of motion_case are the truth's frame 21, a 100-pixel
+    # object a video on 1,536 pixels.
+    root, folder = motion_case
+    truth = np.stack([data.read_mask(v) for v in data.list_videos(root, "val")])[:, : data.N_INPUT]
+    pseudo = truth.copy()
+    pseudo[:, 1::2] = 0
+    save_array(folder / "pseudo_val.npy", pseudo, [1000, 1001], frame_indices=list(range(data.N_INPUT)))
+    argv = ["score", "--root", str(root), "--route", f"motion={folder / 'motion.npy'}",
+            "--pseudo-labels", str(folder / "pseudo_val.npy"), "--out", str(folder / "scores.json"),
+            "--table", str(folder / "scores.html")]
+    assert run_cli(monkeypatch, argv) == 0
+    scores = json.loads((folder / "scores.json").read_text())
+    # IoU over the 22 frames: each object found on 6 frames of 11; the background gains the
+    # 5 frames' 2 missed objects
+    background = 2 * 11 * 1436 / (2 * 11 * 1436 + 2 * 5 * 100)
+    # each pair of consecutive frames: one with the objects, one without: objects 0, background 1436/1536
+    assert scores["pseudo_labels"] == pytest.approx({
+        "frames": list(range(11)), "iou": (2 * 600 / 1100 + background) / 3,
+        "temporal_iou": 1436 / 1536 / 3, "true_temporal_iou": 1.0})
+    assert scores["inputs"]["pseudo_labels"] == str(folder / "pseudo_val.npy")
+    assert f"temporal IoU {1436 / 1536 / 3:.4f} (the true masks': 1.0000)" in (folder / "scores.html").read_text()
+
+    # the frames 11…21 of a split, or another split's videos, are refused by name
+    save_array(folder / "late.npy", pseudo, [1000, 1001], frame_indices=list(range(11, 22)))
+    with pytest.raises(FuturesegError, match=r"late\.npy: pseudo-labels of frames \[11, .*expected 0…10"):
+        score.pseudo_label_scores(root, folder / "late.npy")
+    save_array(folder / "other.npy", pseudo, [7, 8])
+    with pytest.raises(FuturesegError, match=r"other\.npy: ids in its sidecar do not match"):
+        score.pseudo_label_scores(root, folder / "other.npy")
+    save_array(folder / "short.npy", pseudo[:, :5], [1000, 1001])
+    with pytest.raises(FuturesegError, match=r"short\.npy: pseudo-labels have shape \(2, 5, 32, 48\)"):
+        score.pseudo_label_scores(root, folder / "short.npy")
+
+
 def test_motion_truth_is_optional_and_checked_like_the_oracle(motion_case):
     root, folder = motion_case
     routes = {"motion": folder / "motion.npy"}

@@ -5,6 +5,9 @@
 # routes that forecast all of frames 11…21 (their temporal IoU is reported)
 SEQUENCES = {"masks": f"{RESULTS}/forecaster/sequence_val.npy", "motion": f"{RESULTS}/motion/sequence_val.npy",
              "dynamics": f"{RESULTS}/dynamics/sequence_val.npy"}
+# The segmenter's masks of val's input frames 0…10, where a route starts from them: their
+# IoU and temporal IoU beside the truth's are reported
+VAL_PSEUDO_LABELS = [f"{RESULTS}/pseudo/val.npy"] if {"masks", "motion", "dynamics"} & set(ROUTES) else []
 # route dynamics' references: its model on the true masks, and the ceiling of moving what was seen
 DYNAMICS_REFERENCES = {"dynamics_truth": f"{RESULTS}/dynamics/masks_val_truth.npy",
                        "placement_oracle": f"{RESULTS}/dynamics/masks_val_placement_oracle.npy"}
@@ -22,6 +25,7 @@ rule score:
         # the placement ceiling whatever routes run; the learnt model's truth when it runs
         placement_oracle=DYNAMICS_REFERENCES["placement_oracle"],
         dynamics_truth=[DYNAMICS_REFERENCES["dynamics_truth"]] if "dynamics" in ROUTES else [],
+        pseudo_labels=VAL_PSEUDO_LABELS,
     output:
         scores=report(f"{RESULTS}/eval/scores.json", caption="../report/scores_json.rst", category="Scores"),
         table=report(f"{RESULTS}/eval/scores.html", caption="../report/scores.rst", category="Scores"),
@@ -37,6 +41,7 @@ rule score:
         sequences=" ".join(f"--sequence {r}={p}" for r, p in SEQUENCES.items() if r in ROUTES),
         submit=SUBMIT,
         dynamics_truth=lambda wildcards, input: f"--dynamics-truth {input.dynamics_truth}" if input.dynamics_truth else "",
+        pseudo_labels=lambda wildcards, input: f"--pseudo-labels {input.pseudo_labels}" if input.pseudo_labels else "",
     threads: rule_threads("score")
     resources:
         **rule_resources("score"),
@@ -49,7 +54,7 @@ rule score:
     shell:
         "futureseg score --root {input.data} {params.routes} {params.sequences} --submit {params.submit}"
         " --oracle {input.oracle} --segmented-copy-last {input.segmented_copy_last} --motion-truth {input.motion_truth}"
-        " --placement-oracle {input.placement_oracle} {params.dynamics_truth}"
+        " --placement-oracle {input.placement_oracle} {params.dynamics_truth} {params.pseudo_labels}"
         " --out {output.scores} --table {output.table} --per-class {output.per_class}"
         " --plot-per-class {output.plot_per_class} --plot-confusion {output.plot_confusion} 2> {log}"
 

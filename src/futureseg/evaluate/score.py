@@ -233,12 +233,56 @@ def temporal_ious(root, sequences: dict) -> dict:
     return out
 
 
+def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
+    """How well the segmenter's masks of val's input frames 0…10 (pseudo-label's: what routes
+    masks, motion and dynamics start from) hold together: their macro IoU against the true
+    masks of those frames (every frame of the split accumulated), their temporal IoU (as
+    `temporal_iou`, over the 10 pairs of consecutive frames) and the truth's. Objects that
+    flicker from frame to frame lower the temporal IoU below the truth's; every track the
+    routes read inherits that noise."""
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    n_frames = data.N_INPUT
+    videos = data.list_videos(root, "val")
+    ids = [v.id for v in videos]
+    size = data.frame_size(root, "val")
+    masks, meta = read_array(path, "pseudo-labels")
+    if [int(i) for i in meta["ids"]] != ids:
+        raise FuturesegError(f"{path}: ids in its sidecar do not match the val split's ids")
+    if masks.shape != (len(ids), n_frames, *size):
+        raise FuturesegError(f"{path}: pseudo-labels have shape {masks.shape}, expected "
+                             f"{(len(ids), n_frames, *size)} (N val videos, frames 0…{n_frames - 1}, H, W)")
+    if meta.get("frame_indices", list(range(n_frames))) != list(range(n_frames)):
+        raise FuturesegError(f"{path}: pseudo-labels of frames {meta['frame_indices']}, expected 0…{n_frames - 1}")
+
+    def jaccard():
+        return MulticlassJaccardIndex(data.NUM_CLASSES, average="macro", validate_args=False)
+
+    iou = jaccard()
+    # one metric per pair of consecutive frames, accumulated over the split as temporal_iou's
+    pairs = {name: [jaccard() for _ in range(n_frames - 1)] for name in ("pseudo", "truth")}
+    for start in range(0, len(videos), batch_size):
+        chunk = videos[start : start + batch_size]
+        truth = torch.from_numpy(np.stack([data.read_mask(v, size)[:n_frames] for v in chunk]).astype(np.int64))
+        values = np.asarray(masks[start : start + len(chunk)])
+        _check_range(values, path, start)
+        pseudo = torch.from_numpy(values.astype(np.int64))
+        iou.update(pseudo.flatten(0, 1), truth.flatten(0, 1))
+        for name, sequences in (("pseudo", pseudo), ("truth", truth)):
+            for k, metric in enumerate(pairs[name]):
+                metric.update(sequences[:, k + 1], sequences[:, k])
+    temporal = {name: float(np.mean([float(m.compute()) for m in metrics])) for name, metrics in pairs.items()}
+    return {"frames": list(range(n_frames)), "iou": float(iou.compute()), "temporal_iou": temporal["pseudo"],
+            "true_temporal_iou": temporal["truth"]}
+
+
 SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou",
                 "factor_accuracy")
 
 
 def scores_json(result: dict, files: dict, routes: dict | None = None, submit: str | None = None,
-                submitted: str | None = None, temporal: dict | None = None) -> dict:
+                submitted: str | None = None, temporal: dict | None = None, pseudo_labels: dict | None = None) -> dict:
     """The JSON form of `score`'s result: confusion matrices and per-class lists left out
     (they go to their own files). With routes: `routes` {name: summary}, `submitted_route`
     and `pipeline` = the submitted route's summary (the key older readers know)."""
@@ -263,6 +307,8 @@ def scores_json(result: dict, files: dict, routes: dict | None = None, submit: s
         out["submitted_route"] = submitted
     if temporal:
         out["temporal_iou"] = temporal
+    if pseudo_labels:
+        out["pseudo_labels"] = pseudo_labels
     return out
 
 
@@ -352,6 +398,11 @@ def write_scores_html(path, scores: dict) -> None:
         temporal = ("<p>Temporal IoU: the macro IoU between consecutive masks of frames 11…21, averaged "
                     "over the 10 pairs (temporal consistency; the true masks' figure is the reference).</p>\n"
                     f"<table><thead><tr><th>masks</th><th>temporal IoU</th></tr></thead><tbody>{cells}</tbody></table>\n")
+    pseudo = scores.get("pseudo_labels")
+    if pseudo:
+        temporal += (f"<p>The segmenter's masks of val's input frames 0…10 (the pseudo-labels routes masks, motion "
+                     f"and dynamics start from): IoU {pseudo['iou']:.4f} against the true masks of those frames, "
+                     f"temporal IoU {pseudo['temporal_iou']:.4f} (the true masks': {pseudo['true_temporal_iou']:.4f}).</p>\n")
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>scores</title>'
         "<style>body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "
@@ -374,7 +425,7 @@ def write_scores_html(path, scores: dict) -> None:
 
 def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_class=None, plot_confusion=None,
         table=None, batch_size=32, routes=None, segmented_copy_last=None, submit="best", sequences=None,
-        motion_truth=None, dynamics_truth=None, placement_oracle=None) -> dict:
+        motion_truth=None, dynamics_truth=None, placement_oracle=None, pseudo_labels=None) -> dict:
     """Score and write the outputs. Either `pred` (one pipeline's masks) or `routes`
     ({route: masks path}, scored side by side, `submit` picking the pipeline)."""
     routes = dict(routes or {})
@@ -394,7 +445,9 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
         submitted = pick_route(result, routes, submit)
         result["pipeline"] = result[submitted]
     temporal = temporal_ious(root, sequences) if sequences else None
-    scores = scores_json(result, {"root": root, **files}, routes, submit, submitted, temporal)
+    pseudo = pseudo_label_scores(root, pseudo_labels, batch_size) if pseudo_labels else None
+    inputs = {"root": root, **files, **({"pseudo_labels": pseudo_labels} if pseudo_labels else {})}
+    scores = scores_json(result, inputs, routes, submit, submitted, temporal, pseudo)
     methods = [m for m in [*(routes or ["pipeline"]), *REFERENCES] if m in result]
     if per_class:
         write_per_class_csv(per_class, result, methods)
@@ -430,6 +483,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--submit", default="best", help="the route submitted, or best (highest val IoU)")
     parser.add_argument("--sequence", type=name_path, action="append", default=[], metavar="NAME=MASKS",
                         help="a route's masks of frames 11…21 (N, 11, H, W): its temporal IoU is reported")
+    parser.add_argument("--pseudo-labels", help="pseudo/val.npy: the segmenter's masks of val's frames 0…10 (N, 11, H, W): "
+                                                "their IoU and temporal IoU beside the truth's are reported")
     parser.add_argument("--oracle", help="masks_val_oracle.npy: the segmenter on the true frame 21")
     parser.add_argument("--segmented-copy-last", help="masks_val_frame10.npy: the segmenter on the true frame 10")
     parser.add_argument("--motion-truth", help="masks_val_truth.npy: route motion's motion on the true masks 0…10")
@@ -464,6 +519,7 @@ def main(args) -> None:
         placement_oracle=args.placement_oracle,
         submit=args.submit,
         sequences=dict(args.sequence),
+        pseudo_labels=args.pseudo_labels,
     )
     for key, _, s in table_rows(scores):
         mark = " (submitted)" if key == scores.get("submitted_route") else ""
@@ -471,4 +527,8 @@ def main(args) -> None:
               f"micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
     for name, value in scores.get("temporal_iou", {}).items():
         print(f"temporal IoU {value:.4f}  {name}")
+    if "pseudo_labels" in scores:
+        p = scores["pseudo_labels"]
+        print(f"pseudo-labels of val frames 0…10: IoU {p['iou']:.4f}  temporal IoU {p['temporal_iou']:.4f} "
+              f"(true masks {p['true_temporal_iou']:.4f})")
     print(f"over {scores['n_videos']} val videos -> {args.out}")
