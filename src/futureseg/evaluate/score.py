@@ -217,16 +217,21 @@ def temporal_iou(sequences) -> float:
     return float(np.mean([macro_iou(sequences[:, k + 1], sequences[:, k]) for k in range(sequences.shape[1] - 1)]))
 
 
+def read_val_sequences(path, what: str, ids: list[int]) -> tuple[np.ndarray, dict]:
+    """`read_array` of a file of val's mask sequences (N, K, H, W), its ids checked against val's."""
+    masks, meta = read_array(path, what)
+    if [int(i) for i in meta["ids"]] != ids:
+        raise FuturesegError(f"{path}: ids in its sidecar do not match the val split's ids")
+    return masks, meta
+
+
 def temporal_ious(root, sequences: dict) -> dict:
     """{route: temporal IoU of its predicted masks 11…21, "true_masks": that of the truth}."""
     videos = data.list_videos(root, "val")
     ids = [v.id for v in videos]
     out = {}
     for route, path in sequences.items():
-        masks, meta = read_array(path, f"{route} mask sequence")
-        if [int(i) for i in meta["ids"]] != ids:
-            raise FuturesegError(f"{path}: ids in its sidecar do not match the val split's ids")
-        out[route] = temporal_iou(masks)
+        out[route] = temporal_iou(read_val_sequences(path, f"{route} mask sequence", ids)[0])
     size = data.frame_size(root, "val")
     truth = np.stack([data.read_mask(v, size)[data.N_INPUT :] for v in videos])
     out["true_masks"] = temporal_iou(truth)
@@ -247,9 +252,7 @@ def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
     videos = data.list_videos(root, "val")
     ids = [v.id for v in videos]
     size = data.frame_size(root, "val")
-    masks, meta = read_array(path, "pseudo-labels")
-    if [int(i) for i in meta["ids"]] != ids:
-        raise FuturesegError(f"{path}: ids in its sidecar do not match the val split's ids")
+    masks, meta = read_val_sequences(path, "pseudo-labels", ids)
     if masks.shape != (len(ids), n_frames, *size):
         raise FuturesegError(f"{path}: pseudo-labels have shape {masks.shape}, expected "
                              f"{(len(ids), n_frames, *size)} (N val videos, frames 0…{n_frames - 1}, H, W)")

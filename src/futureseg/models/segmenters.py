@@ -24,7 +24,7 @@ import numpy as np
 from futureseg.core.errors import ConfigError, FuturesegError
 
 SEGMENTERS = ("unet", "enet", "maskrcnn")
-PIXEL_MODELS = ("unet", "enet")  # per-pixel logits (N, 49, H, W), trained by train_unet
+PIXEL_MODELS = ("unet", "enet")  # per-pixel logits (N, 49, H, W), trained by train_segmenter.train_pixel
 BACKENDS = ("torchvision", "detectron2")
 
 
