@@ -220,3 +220,46 @@ def test_real_data_config_validates_and_plans_a_run(tmp_path):
         assert resources["slurm_account"] == "my_project", (rule, resources)
     for route in {"frames", "masks", "direct"} - set(real["routes"]):
         assert {"frames": "train-predictor", "masks": "train-forecaster", "direct": "train-direct"}[route] not in shell
+
+
+# Every config file the repository ships, stacked over config.yaml as its header runs it.
+SHIPPED_STACKS = [
+    ("real-data.yaml",),
+    ("workflow/benchmarks/quality.yaml",),
+    ("workflow/benchmarks/scale.yaml",),
+    ("workflow/benchmarks/scale.yaml", "workflow/benchmarks/scale-small.yaml"),
+    ("real-data.yaml", "workflow/benchmarks/gpu-check.yaml"),
+    ("real-data.yaml", "workflow/benchmarks/gpu-check.yaml", "workflow/benchmarks/gpu-check-maskrcnn.yaml"),
+] + [(str(path.relative_to(REPO)),) for path in sorted((REPO / "workflow/ablations").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("stack", SHIPPED_STACKS, ids=lambda stack: "+".join(Path(p).stem for p in stack))
+def test_every_shipped_config_stack_passes_the_schema(stack):
+    from snakemake.utils import validate
+
+    from pipeline_helpers import merged
+
+    config = CONFIG
+    for path in stack:
+        config = merged(config, yaml.safe_load((REPO / path).read_text()))
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+
+
+def test_every_shipped_config_file_is_in_a_checked_stack():
+    shipped = {str(p.relative_to(REPO)) for folder in ("workflow/benchmarks", "workflow/ablations")
+               for p in (REPO / folder).glob("*.yaml")}
+    assert shipped <= {path for stack in SHIPPED_STACKS for path in stack}
+
+
+def test_the_gpu_check_runs_every_route_at_the_real_size_for_a_few_hundred_steps():
+    """The README's GPU check: real-data.yaml's models, every route, 160×240, short training."""
+    from pipeline_helpers import merged
+
+    config = CONFIG
+    for path in SHIPPED_STACKS[4]:
+        config = merged(config, yaml.safe_load((REPO / path).read_text()))
+    routes = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["$defs"]["route"]["enum"]
+    assert set(config["routes"]) == set(routes)
+    assert (config["data"]["synthetic"]["height"], config["data"]["synthetic"]["width"]) == (160, 240)
+    assert 100 <= config["max_train_steps"] <= 500
+    assert config["predictor"]["simvp"] == yaml.safe_load((REPO / "real-data.yaml").read_text())["predictor"]["simvp"]
