@@ -81,7 +81,7 @@ def squares(tmp_path_factory):
     return folder
 
 
-def train(folder, name: str, prior_input: bool) -> dict:
+def train(folder, name: str, prior_input: bool, lr: float = 0.01, patience: int = 0) -> dict:
     """Train by the verb; the last epoch's metrics row."""
     torch_threads = torch.get_num_threads()
     try:
@@ -91,8 +91,8 @@ def train(folder, name: str, prior_input: bool) -> dict:
             "--val-prior", folder / "prior_val.npy", "--out", folder / f"{name}.pt",
             "--metrics", folder / f"{name}.csv", "--checkpoints", folder / f"{name}_ck",
             "--model", "simvp", "--prior", "motion", "--model-config", json.dumps({**SIMVP, "prior_input": prior_input}),
-            "--epochs", EPOCHS, "--batch-size", BATCH, "--lr", 0.01, "--weight-decay", 0.01,
-            "--soft-iou-weight", 0, "--background-weight", 0.2, "--checkpoint-every", 1000, "--threads", 1]])
+            "--epochs", EPOCHS, "--batch-size", BATCH, "--lr", lr, "--weight-decay", 0.01,
+            "--soft-iou-weight", 0, "--background-weight", 0.2, "--patience", patience, "--checkpoint-every", 1000, "--threads", 1]])
     finally:
         torch.set_num_threads(torch_threads)
     assert code == 0
@@ -110,6 +110,17 @@ def test_a_forecaster_that_sees_its_prior_learns_to_correct_it(squares):
     # prior is wrong gets there in far fewer steps
     assert seeing["val_iou"] > prior_iou + 0.15, (seeing, prior_iou)
     assert seeing["val_iou"] > blind["val_iou"] + 0.08, (seeing, blind)
+
+
+def test_with_patience_a_forecaster_that_cannot_beat_its_prior_stops_and_exports_its_prior(squares):
+    # a learning rate too small to move it: val IoU stays the prior's, so training stops after
+    # `patience` epochs of the 12 and the model file is the untrained one, which forecasts the prior
+    last_row = train(squares, "stuck", prior_input=True, lr=1e-9, patience=2)
+    assert last_row["step"] == 2 * TRAIN_VIDEOS / BATCH, last_row
+    model = load_checkpoint(squares / "stuck.pt")
+    assert model["step"] == 0 and model["last_step"] == last_row["step"]
+    assert model["val_metrics"]["val_iou"] == model["val_metrics"]["val_prior_iou"]
+    assert model["val_metrics"]["val_prior_iou"] == pytest.approx(last_row["val_prior_iou"], abs=1e-6)  # CSV: 6 digits
 
 
 def test_an_untrained_forecaster_that_sees_its_prior_predicts_it():

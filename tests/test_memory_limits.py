@@ -125,7 +125,7 @@ def test_train_forecaster_streams_its_pseudo_labels(big, tiny_dataset, tmp_path)
        "--checkpoints", tmp_path / "ck", "--model", "simvp", "--prior", "copy_last",
        "--model-config", json.dumps({"embed_dim": 4, "hid_S": 4, "hid_T": 8, "N_S": 2, "N_T": 2}),
        "--epochs", "1", "--iou-finetune-epochs", "0", "--max-steps", "2", "--batch-size", "2", "--lr", "0.003",
-       "--weight-decay", "0", "--soft-iou-weight", "1", "--background-weight", "1", "--threads", "1")
+       "--weight-decay", "0", "--soft-iou-weight", "1", "--background-weight", "1", "--patience", "0", "--threads", "1")
 
 
 def test_tracks_and_the_motion_prior_stream_the_pseudo_labels(big, tmp_path):

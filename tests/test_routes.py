@@ -60,7 +60,7 @@ def forecaster_argv(ds: Path, folder: Path, out: Path, checkpoints: Path, metric
         "--checkpoints", checkpoints, "--model", "simvp", "--prior", "copy_last", "--model-config", json.dumps(SIMVP_CONFIG),
         "--epochs", FC_EPOCHS, "--iou-finetune-epochs", FC_FINETUNE, "--batch-size", FC_BATCH,
         "--lr", "0.003", "--weight-decay", "0.01", "--soft-iou-weight", "1.0", "--background-weight", "1.0",
-        "--threads", "1", "--checkpoint-every", "1",
+        "--patience", "0", "--threads", "1", "--checkpoint-every", "1",
     ]
 
 
@@ -71,7 +71,7 @@ def direct_argv(ds: Path, folder: Path, out_name: str, *pseudo) -> list[str]:
         "--out", folder / f"{out_name}.pt", "--metrics", folder / f"{out_name}.csv",
         "--checkpoints", folder / f"{out_name}_ck", "--base-channels", "4", "--depth", "2",
         "--epochs", "2", "--batch-size", "2", "--lr", "0.003", "--weight-decay", "0.01", "--soft-iou-weight", "0",
-        "--background-weight", "1.0", "--threads", "1",
+        "--background-weight", "1.0", "--patience", "0", "--threads", "1",
     ]
 
 

@@ -205,3 +205,62 @@ def test_older_checkpoints_with_every_devices_state_still_restore(monkeypatch):
     state["cuda"] = []  # saved where there was no CUDA
     restore_rng_state(state)
     assert one.states[0].tolist() == [7] * 8
+
+
+def run_with_patience(tmp_path, val_ious, patience, epochs=6):
+    """fit on the line with validate() returning `val_ious` in turn (the first: the untrained
+    model's); returns the exported model file, the CSV rows and the steps trained."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    total_steps = 2 * epochs
+    optimizer, scheduler = adamw_one_cycle(model, 0.05, 0.0, total_steps)
+    scores, trained = iter(val_ious), []
+
+    def step_losses(epoch, batch, step, total):
+        trained.append(step)
+        return {"loss": model(torch.ones(1, 1)).pow(2).mean()}
+
+    fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=SETTINGS, checkpoints=tmp_path / "ckpt",
+        metrics_out=tmp_path / "metrics.csv", out=tmp_path / "model.pt", model_file={"kind": "line"}, epochs=epochs,
+        epoch_batches=lambda epoch: epoch_order(4, 2, 0, epoch), total_steps=total_steps, checkpoint_every=100,
+        step_losses=step_losses, validate=lambda: {"val_iou": next(scores)}, keep_best="val_iou", patience=patience)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return torch.load(tmp_path / "model.pt", weights_only=True), rows, trained
+
+
+def test_a_flat_val_metric_stops_training_after_patience_epochs_exporting_the_untrained_model(tmp_path):
+    torch.manual_seed(0)
+    untrained = torch.nn.Linear(1, 1).state_dict()
+    # the untrained model scores 0.5 (a forecaster's prior) and training never beats it
+    model, rows, trained = run_with_patience(tmp_path, [0.5, 0.5, 0.4, 0.5, 0.5, 0.5, 0.5], patience=2)
+    assert trained == [0, 1, 2, 3]  # 2 epochs of 2 steps, not 6
+    assert [r["step"] for r in rows] == ["2", "4"]
+    assert model["step"] == 0 and model["last_step"] == 4 and model["val_metrics"] == {"val_iou": 0.5}
+    assert all(torch.equal(model["model"][k], v) for k, v in untrained.items())
+
+
+def test_each_better_epoch_restarts_the_patience(tmp_path):
+    model, rows, trained = run_with_patience(tmp_path, [0.1, 0.2, 0.15, 0.3, 0.25, 0.3, 0.9], patience=2)
+    # best at epoch 3 (step 6), then two epochs without beating it (0.3 ties): stop at step 10
+    assert len(trained) == 10 and rows[-1]["step"] == "10"
+    assert model["step"] == 6 and model["val_metrics"] == {"val_iou": 0.3}
+
+
+def test_a_run_stopped_by_its_patience_does_not_train_on_when_rerun(tmp_path):
+    first, _, _ = run_with_patience(tmp_path, [0.5, 0.4, 0.4], patience=2)
+    (tmp_path / "model.pt").unlink()
+    # the checkpoint holds the best epoch's step: no step, no validation (an empty list of scores)
+    again, rows, trained = run_with_patience(tmp_path, [], patience=2)
+    assert trained == [] and [r["step"] for r in rows] == ["2", "4"]
+    assert again["step"] == first["step"] == 0 and again["last_step"] == 4
+
+
+def test_patience_needs_the_metric_it_watches(tmp_path):
+    model = torch.nn.Linear(1, 1)
+    optimizer, scheduler = adamw_one_cycle(model, 0.05, 0.0, 2)
+    with pytest.raises(ValueError, match="patience needs keep_best"):
+        fit(model=model, optimizer=optimizer, scheduler=scheduler, settings=SETTINGS, checkpoints=tmp_path,
+            metrics_out=tmp_path / "m.csv", out=tmp_path / "model.pt", model_file={}, epochs=1,
+            epoch_batches=lambda epoch: [[0]], total_steps=2, checkpoint_every=1, step_losses=None,
+            validate=dict, patience=1)

@@ -76,7 +76,7 @@ rule train_forecaster:
         " --model-config '{params.model_config}' --epochs {params.settings[epochs]}"
         " --iou-finetune-epochs {params.settings[iou_finetune_epochs]}"
         " --soft-iou-weight {params.settings[soft_iou_weight]} --background-weight {params.settings[background_weight]}"
-        " --batch-size {params.settings[batch_size]}"
+        " --batch-size {params.settings[batch_size]} --patience {params.settings[patience]}"
         " --lr {params.settings[lr]} --weight-decay {params.settings[weight_decay]}"
         " --seed {params.settings[seed]} --checkpoint-every {params.settings[checkpoint_every]}"
         " {params.max_steps} --threads {threads} 2> {log}"

@@ -171,4 +171,7 @@ def add_training_arguments(parser, epochs_help: str = "epochs"):
     opt.add_argument("--soft-iou-weight", type=float, required=True, help="weight of the soft-IoU loss term")
     opt.add_argument("--background-weight", type=float, required=True,
                      help="weight of the background's pixels in the cross-entropy (objects: 1)")
+    opt.add_argument("--patience", type=int, required=True,
+                     help="stop once val IoU has not beaten its best (the untrained model's first) for this many "
+                          "epochs, exporting the best epoch (0: every epoch, the last exported)")
     return opt

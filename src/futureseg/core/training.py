@@ -477,7 +477,7 @@ def plan_steps(n_samples: int, batch_size: int, epochs: int, max_steps: int = 0)
 def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out, out, model_file: dict,
         epochs: int, epoch_batches, total_steps: int, checkpoint_every: int, step_losses, validate,
         read_batches=None, weights=None, log_every: int = 0, loss_prefix: str = "train_", rank: int = 0,
-        world: int = 1, desc: str = "train", keep_best: str | None = None) -> dict:
+        world: int = 1, desc: str = "train", keep_best: str | None = None, patience: int = 0) -> dict:
     """The one resumable training loop; every trainer (frame predictor, both segmenters, mask
     forecaster, direct U-Net) brings its own batches, step and validation.
 
@@ -506,7 +506,14 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     higher is better) the model file holds instead the weights of the epoch end where that
     metric was highest, its step and its metrics (the checkpoint carries them, so a resumed
     run exports what an uninterrupted one would); `last_val_metrics` keeps the last epoch's.
+    With `patience` > 0 (and `keep_best`) the untrained model is validated first, as the
+    baseline to beat (the mask forecaster's is its prior), and training stops at the first
+    epoch end `patience` epochs after the best one: a flat val metric costs `patience` epochs,
+    not the whole plan. The best epoch's step is in the checkpoint, so a resumed run stops
+    where an uninterrupted one would, and a stopped one does not train on when rerun.
     """
+    if patience and not keep_best:
+        raise ValueError("fit: patience needs keep_best, the metric it watches")
     weights = model if weights is None else weights
     steps_per_epoch = len(epoch_batches(0))
     settings = {**settings, "total_steps": total_steps}
@@ -543,6 +550,19 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step,
                          tensorboard_dir=run_dir / "tensorboard") if rank == 0 else None
 
+    def patience_spent() -> bool:
+        # only at an epoch end, so the stop and its checkpoint fall where validation did
+        return bool(patience and best and step % steps_per_epoch == 0
+                    and step - best["step"] >= patience * steps_per_epoch)
+
+    if patience and not best:
+        baseline = validate()
+        model.train()
+        best = {"step": 0, "value": float(baseline[keep_best]), "val_metrics": dict(baseline),
+                "model": {k: v.detach().clone() for k, v in weights.state_dict().items()}}
+        if rank == 0:
+            log.info("untrained: %s=%.4g, the baseline to beat within %d epochs", keep_best, best["value"], patience)
+
     def save():
         if rank == 0:
             save_checkpoint(ckpt_path, {
@@ -561,12 +581,12 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
     # here, not after the loop: rank 0 writes the CSV at the last step, so a rank that looked
     # afterwards could find it missing and validate alone, its metrics' sync waiting forever
     # for partners that had moved on. Rank 0's answer is every rank's.
-    revalidate = [step >= total_steps and not (run_dir / "metrics.csv").exists()]
+    revalidate = [(step >= total_steps or patience_spent()) and not (run_dir / "metrics.csv").exists()]
     if world > 1:
         dist.broadcast_object_list(revalidate, src=0)
     model.train()
     with StopFlag() as stop:
-        while step < total_steps:
+        while step < total_steps and not patience_spent():
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             batches = epoch_batches(epoch)[done_in_epoch : done_in_epoch + total_steps - step]
             items = batches if read_batches is None else read_batches(batches)
@@ -626,6 +646,11 @@ def fit(*, model, optimizer, scheduler, settings: dict, checkpoints, metrics_out
                         stop.interrupt(ckpt_path, step, then)
                     raise TrainingInterrupted(f"{ckpt_path}: another process received a stop signal at step "
                                               f"{step}; checkpoint written, {then}")
+                if epoch_end and patience_spent():
+                    if rank == 0:
+                        log.info("stopping at step %d of %d: %s has not beaten %.4g (step %d) for %d epochs",
+                                 step, total_steps, keep_best, best["value"], best["step"], patience)
+                    break
                 step_start = time.perf_counter()  # the next step's clock starts after validation and checkpoints
     if revalidate[0]:
         last_val = validate()

@@ -74,7 +74,8 @@ def train(args) -> dict:
                 "lr": args.lr, "weight_decay": args.weight_decay, "soft_iou_weight": args.soft_iou_weight,
                 "background_weight": args.background_weight, "seed": args.seed, "training_videos": [len(f) for f, _ in sources],
                 "pseudo": str(args.pseudo) if args.pseudo_cache else None,
-                "training_data": data_fingerprint(*(a for pair in sources for a in pair))}
+                "training_data": data_fingerprint(*(a for pair in sources for a in pair)),
+                **({"patience": args.patience} if args.patience else {})}
 
     def step_losses(epoch, indices, step, total):
         xs, ys = [], []
@@ -99,7 +100,8 @@ def train(args) -> dict:
                metrics_out=args.metrics, out=args.out, model_file={"kind": "direct", "model_config": config},
                epochs=args.epochs, total_steps=total_steps,
                epoch_batches=functools.partial(epoch_order, len(samples), args.batch_size, args.seed),
-               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="direct U-Net")
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="direct U-Net",
+               keep_best="val_iou" if args.patience else None, patience=args.patience)
 
 
 VERB = "train-direct"

@@ -90,7 +90,8 @@ def train(args) -> dict:
                 "background_weight": args.background_weight, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                 "training_videos": len(samples), "label_splits": list(args.label_splits),
                 "pseudo": [str(p) for p in args.pseudo], "prior": args.prior, args.prior: made_by,
-                "training_data": data_fingerprint(*sources, *(priors or []))}
+                "training_data": data_fingerprint(*sources, *(priors or [])),
+                **({"patience": args.patience} if args.patience else {})}
 
     def sample(epoch, i):
         s, row = samples[i]
@@ -124,7 +125,8 @@ def train(args) -> dict:
                model_file={"kind": "mask_forecaster", "model_config": config, args.prior: made_by},
                epochs=epochs, total_steps=total_steps,
                epoch_batches=functools.partial(epoch_order, len(samples), args.batch_size, args.seed),
-               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="mask forecaster")
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc="mask forecaster",
+               keep_best="val_iou" if args.patience else None, patience=args.patience)
 
 
 def read_priors(args, source_ids):
