@@ -276,12 +276,16 @@ def t_stability(mask_t, mask_next) -> float:
 
 
 def _check_sequence(masks, name: str) -> np.ndarray:
-    shapes = [np.shape(frame) for frame in masks]
-    for k, shape in enumerate(shapes):
-        if len(shape) != 2 or shape != shapes[0]:
-            sizes = "×".join(map(str, shape))
-            raise FuturesegError(f"{name}: frame {k} is {sizes}, frame 0 is {'×'.join(map(str, shapes[0]))}: "
-                                 "temporal stability compares frames of one size")
+    """One video's masks (T, H, W) as one array; a list of frames of different sizes, or
+    anything but T frames of H × W, refused by `name`."""
+    if isinstance(masks, np.ndarray) and masks.ndim != 3:
+        raise FuturesegError(f"{name}: masks of shape {masks.shape}: temporal stability needs one video's "
+                             "(T, H, W) mask sequence")
+    sizes = ["×".join(map(str, np.shape(frame))) for frame in masks]
+    for k, size in enumerate(sizes):
+        if np.ndim(masks[k]) != 2 or size != sizes[0]:
+            raise FuturesegError(f"{name}: frame {k} is {size}, frame 0 is {sizes[0]}: temporal stability "
+                                 "compares frames (H, W) of one size")
     return np.asarray(masks)
 
 
