@@ -2,11 +2,17 @@
 shape contexts and chi-square costs counted by hand, the warping checked against a plain
 dynamic programme, and T's invariances and edge cases on small mask sequences."""
 
+import json
+
 import numpy as np
 import pytest
 
+from futureseg.core import data
 from futureseg.core.errors import FuturesegError
-from futureseg.evaluate import video_metrics
+from futureseg.core.io import save_array
+from futureseg.evaluate import score, video_metrics
+
+from test_score import write_val_split
 
 
 def frame(*boxes, size=(40, 40)) -> np.ndarray:
@@ -155,3 +161,37 @@ def test_frames_of_different_sizes_are_refused_naming_the_sizes():
         video_metrics.temporal_stability(SQUARE)  # one frame, not a sequence of one
     with pytest.raises(FuturesegError, match=r"sequence_val\.npy, row 0: masks of shape \(1, 5, 40, 40\)"):
         video_metrics.split_temporal_stability(np.zeros((2, 1, 5, 40, 40)), "sequence_val.npy")
+
+
+def test_score_writes_the_temporal_stability_of_every_sequence_beside_its_temporal_iou(tmp_path):
+    """One 40×40 val video: a 10×10 square (class 1) sliding right a pixel a frame and a
+    box (class 2) that stays put, so the truth's T is 0 in frames 0…10 and 11…21 alike.
+    Route `wobble` (and the pseudo-labels of frames 0…10) widen the square by one column
+    every other frame: 5 pairs square → wide and 5 wide → square, the box 0: T is half the
+    square's mean; route `steady` is the truth: 0."""
+    box = frame((2, 28, 36, 4, 12))
+    square = [frame((1, 10, 20, 2 + k, 12 + k)) | box for k in range(data.N_FRAMES)]
+    wide = [frame((1, 10, 20, 2 + k, 13 + k)) | box for k in range(data.N_FRAMES)]
+    truth = np.stack(square)[None]
+    wobble = np.stack([wide[k] if k % 2 else square[k] for k in range(data.N_FRAMES)])[None]
+    root = tmp_path / "dataset"
+    ids = write_val_split(root, truth)
+    for name, masks in (("truth", truth), ("wobble", wobble)):
+        save_array(tmp_path / f"{name}_21.npy", masks[:, data.TARGET_FRAME], ids)
+        save_array(tmp_path / f"{name}_seq.npy", masks[:, data.N_INPUT :], ids)
+    save_array(tmp_path / "pseudo.npy", wobble[:, : data.N_INPUT], ids, frame_indices=list(range(data.N_INPUT)))
+    scores = score.run(root, None, tmp_path / "scores.json",
+                       routes={"wobble": tmp_path / "wobble_21.npy", "steady": tmp_path / "truth_21.npy"},
+                       sequences={"wobble": tmp_path / "wobble_seq.npy", "steady": tmp_path / "truth_seq.npy"},
+                       pseudo_labels=tmp_path / "pseudo.npy", table=tmp_path / "scores.html")
+    assert json.loads((tmp_path / "scores.json").read_text()) == scores
+    there, back = (video_metrics.t_stability(a == 1, b == 1) for a, b in ((square[0], wide[1]), (wide[1], square[2])))
+    assert 0 < there and 0 < back
+    expected = (5 * there + 5 * back) / 10 / 2
+    assert scores["temporal_stability"] == pytest.approx({"wobble": expected, "steady": 0.0, "true_masks": 0.0})
+    assert set(scores["temporal_stability"]) == set(scores["temporal_iou"])
+    pseudo = scores["pseudo_labels"]
+    assert (pseudo["temporal_stability"], pseudo["true_temporal_stability"]) == pytest.approx((expected, 0.0))
+    page = (tmp_path / "scores.html").read_text()
+    assert f"<th scope=\"row\">wobble</th><td>{scores['temporal_iou']['wobble']:.4f}</td><td>{expected:.4f}</td>" in page
+    assert f"temporal stability T {expected:.4f} (the true masks': 0.0000)" in page
