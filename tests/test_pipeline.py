@@ -59,10 +59,14 @@ def test_outputs(finished_run):
     assert scores["routes"][scores["submitted_route"]]["iou"] == scores["routes"][best]["iou"]
     assert scores["pipeline"] == scores["routes"][scores["submitted_route"]]
     assert set(scores["temporal_iou"]) == {"masks", "motion", "dynamics", "true_masks"}
+    # DAVIS 2016's temporal stability T of the same sequences (None: no object outline in two consecutive frames)
+    assert set(scores["temporal_stability"]) == set(scores["temporal_iou"])
+    assert all(t is None or t >= 0 for t in scores["temporal_stability"].values())
     # the segmenter's masks of val's frames 0…10, which routes masks, motion and dynamics start from
     pseudo = scores["pseudo_labels"]
     assert pseudo["frames"] == list(range(11)) and 0 <= pseudo["iou"] <= 1 and 0 <= pseudo["temporal_iou"] <= 1
     assert 0 < pseudo["true_temporal_iou"] <= 1 and scores["inputs"]["pseudo_labels"] == "results/pseudo/val.npy"
+    assert all(pseudo[key] is None or pseudo[key] >= 0 for key in ("temporal_stability", "true_temporal_stability"))
     # every route and reference carries DAVIS's boundary F and J&F beside its IoU (J)
     references = ("pipeline", "oracle", "motion_truth", "dynamics_truth", "placement_oracle", "segmented_copy_last",
                   "copy_last")

@@ -430,6 +430,9 @@ def test_diagnostics_motion_truth_and_sequences_of_any_route_through_the_cli(mon
     assert scores["routes"]["frames"]["boundary_f"] == 1.0 > motion["boundary_f"]
     assert scores["inputs"]["motion_truth"] == str(folder / "masks_val_truth.npy")
     assert scores["temporal_iou"] == pytest.approx({"motion": 0.0, "frames": 1.0, "true_masks": 1.0})
+    # temporal stability T beside it: route motion's classes are never in two consecutive
+    # frames (no pair to match: None); route frames' and the truth's objects never move (0)
+    assert scores["temporal_stability"] == {"motion": None, "frames": 0.0, "true_masks": 0.0}
     # motion truth beside the oracle's place: after the routes, before copy-last
     with open(folder / "per_class.csv", newline="") as f:
         header = next(csv.reader(f))
@@ -439,7 +442,8 @@ def test_diagnostics_motion_truth_and_sequences_of_any_route_through_the_cli(mon
     main_table, factor_table = page.split("Which factor fails")
     assert "motion truth" in main_table and "motion truth" in factor_table
     assert f"<td>{175 / 250:.4f}</td><td>{150 / 175:.4f}</td><td>1.0000</td><td>{75 / 175:.4f}</td>" in factor_table
-    assert "<th scope=\"row\">motion</th><td>0.0000</td>" in page  # its temporal IoU
+    assert "<th scope=\"row\">motion</th><td>0.0000</td><td>–</td>" in page  # its temporal IoU and T
+    assert "<th>temporal IoU</th><th>temporal stability T</th>" in page
 
 
 def test_pseudo_labels_of_the_input_frames_are_scored_beside_the_truths_temporal_iou(monkeypatch, motion_case):
@@ -462,10 +466,14 @@ def test_pseudo_labels_of_the_input_frames_are_scored_beside_the_truths_temporal
     # each pair of consecutive frames: one with the objects, one without: objects 0, background 1436/1536
     pseudo_labels = scores["pseudo_labels"]
     assert pseudo_labels.pop("frames") == list(range(11))
+    # temporal stability T: no object of the pseudo-labels is in two consecutive frames, so
+    # there is no pair to match (None); the truth's objects never move (T 0)
+    assert (pseudo_labels.pop("temporal_stability"), pseudo_labels.pop("true_temporal_stability")) == (None, 0.0)
     assert pseudo_labels == pytest.approx({"iou": (2 * 600 / 1100 + background) / 3,
                                            "temporal_iou": 1436 / 1536 / 3, "true_temporal_iou": 1.0})
     assert scores["inputs"]["pseudo_labels"] == str(folder / "pseudo_val.npy")
-    assert f"temporal IoU {1436 / 1536 / 3:.4f} (the true masks': 1.0000)" in (folder / "scores.html").read_text()
+    assert (f"temporal IoU {1436 / 1536 / 3:.4f} (the true masks': 1.0000), temporal stability T – (the true "
+            "masks': 0.0000)") in (folder / "scores.html").read_text()
 
     # the frames 11…21 of a split, or another split's videos, are refused by name
     save_array(folder / "late.npy", pseudo, [1000, 1001], frame_indices=list(range(11, 22)))

@@ -28,7 +28,10 @@ them and gets their shape wrong.
 Each entry carries DAVIS 2017's video metrics too (video_metrics.py, DESIGN.md §3e):
 `boundary_f`, the boundary F-measure per (video, class present in its true or predicted
 frame 21) averaged over those pairs, and `j_and_f` = (iou + boundary_f) / 2, J being the
-macro IoU above.
+macro IoU above. Routes that forecast the whole sequence 11…21 (`--sequence`) get, beside
+the truth's, its temporal IoU and DAVIS 2016's temporal stability T (`temporal_stability`:
+how much each object's outline changes shape between consecutive frames, 0 = not at all;
+video_metrics.temporal_stability), and so do the pseudo-labels of frames 0…10.
 
 How torchmetrics (1.9) treats classes: with average="macro" a class absent from both the
 prediction and the target of the whole split gets weight 0, so it is left out of the mean
@@ -225,26 +228,33 @@ def read_val_sequences(path, what: str, ids: list[int]) -> tuple[np.ndarray, dic
     return masks, meta
 
 
-def temporal_ious(root, sequences: dict) -> dict:
-    """{route: temporal IoU of its predicted masks 11…21, "true_masks": that of the truth}."""
+def temporal_scores(root, sequences: dict) -> tuple[dict, dict]:
+    """({route: temporal IoU of its predicted masks 11…21, "true_masks": that of the truth},
+    the same of DAVIS 2016's temporal stability T (video_metrics.split_temporal_stability:
+    the mean over (video, object class) sequences; None where no object has a contour in two
+    consecutive frames)). The true masks are read once, for both."""
     videos = data.list_videos(root, "val")
     ids = [v.id for v in videos]
-    out = {}
+    iou, stability = {}, {}
     for route, path in sequences.items():
-        out[route] = temporal_iou(read_val_sequences(path, f"{route} mask sequence", ids)[0])
+        masks = read_val_sequences(path, f"{route} mask sequence", ids)[0]
+        iou[route] = temporal_iou(masks)
+        stability[route] = video_metrics.split_temporal_stability(masks, str(path))
     size = data.frame_size(root, "val")
     truth = np.stack([data.read_mask(v, size)[data.N_INPUT :] for v in videos])
-    out["true_masks"] = temporal_iou(truth)
-    return out
+    iou["true_masks"] = temporal_iou(truth)
+    stability["true_masks"] = video_metrics.split_temporal_stability(truth, "true masks 11…21")
+    return iou, stability
 
 
 def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
     """How well the segmenter's masks of val's input frames 0…10 (pseudo-label's: what routes
     masks, motion and dynamics start from) hold together: their macro IoU against the true
     masks of those frames (every frame of the split accumulated), their temporal IoU (as
-    `temporal_iou`, over the 10 pairs of consecutive frames) and the truth's. Objects that
-    flicker from frame to frame lower the temporal IoU below the truth's; every track the
-    routes read inherits that noise."""
+    `temporal_iou`, over the 10 pairs of consecutive frames) and temporal stability T (as
+    `temporal_scores`'), each beside the truth's. Objects that flicker from frame to frame
+    lower the temporal IoU below the truth's, outlines that wobble raise T above it; every
+    track the routes read inherits that noise."""
     import torch
     from torchmetrics.classification import MulticlassJaccardIndex
 
@@ -265,19 +275,27 @@ def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
     iou = jaccard()
     # one metric per pair of consecutive frames, accumulated over the split as temporal_iou's
     pairs = {name: [jaccard() for _ in range(n_frames - 1)] for name in ("pseudo", "truth")}
+    # T of every (video, object class) sequence, averaged at the end (split_temporal_stability's)
+    stability = {"pseudo": [], "truth": []}
     for start in range(0, len(videos), batch_size):
         chunk = videos[start : start + batch_size]
-        truth = torch.from_numpy(np.stack([data.read_mask(v, size)[:n_frames] for v in chunk]).astype(np.int64))
+        true_masks = np.stack([data.read_mask(v, size)[:n_frames] for v in chunk])
+        truth = torch.from_numpy(true_masks.astype(np.int64))
         values = np.asarray(masks[start : start + len(chunk)])
         _check_range(values, path, start)
         pseudo = torch.from_numpy(values.astype(np.int64))
+        for name, sequences, what in (("pseudo", values, str(path)), ("truth", true_masks, "true masks 0…10")):
+            for k, video in enumerate(sequences):
+                stability[name] += video_metrics.stability_per_class(video, f"{what}, row {start + k}").values()
         iou.update(pseudo.flatten(0, 1), truth.flatten(0, 1))
         for name, sequences in (("pseudo", pseudo), ("truth", truth)):
             for k, metric in enumerate(pairs[name]):
                 metric.update(sequences[:, k + 1], sequences[:, k])
     temporal = {name: float(np.mean([float(m.compute()) for m in metrics])) for name, metrics in pairs.items()}
+    stable = {name: float(np.mean(values)) if values else None for name, values in stability.items()}
     return {"frames": list(range(n_frames)), "iou": float(iou.compute()), "temporal_iou": temporal["pseudo"],
-            "true_temporal_iou": temporal["truth"]}
+            "true_temporal_iou": temporal["truth"], "temporal_stability": stable["pseudo"],
+            "true_temporal_stability": stable["truth"]}
 
 
 SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou",
@@ -285,7 +303,8 @@ SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_cla
 
 
 def scores_json(result: dict, files: dict, routes: dict | None = None, submit: str | None = None,
-                submitted: str | None = None, temporal: dict | None = None, pseudo_labels: dict | None = None) -> dict:
+                submitted: str | None = None, temporal: dict | None = None, pseudo_labels: dict | None = None,
+                stability: dict | None = None) -> dict:
     """The JSON form of `score`'s result: confusion matrices and per-class lists left out
     (they go to their own files). With routes: `routes` {name: summary}, `submitted_route`
     and `pipeline` = the submitted route's summary (the key older readers know)."""
@@ -297,7 +316,8 @@ def scores_json(result: dict, files: dict, routes: dict | None = None, submit: s
         "iou = macro (classes absent from both prediction and target left out), iou_micro = micro, "
         "pixel_acc = MulticlassAccuracy micro; boundary_f = DAVIS 2017 f_measure (seg2bmap boundaries, "
         "tolerance ceil(0.008 x diagonal) px) per (video, class in its truth or prediction), averaged; "
-        "j_and_f = (iou + boundary_f) / 2",
+        "j_and_f = (iou + boundary_f) / 2; temporal_stability = DAVIS 2016 T (5 x the mean chi-square cost of "
+        "shape contexts of consecutive contours matched by DTW, 0 = stable) per (video, object class), averaged",
         "inputs": {k: str(v) for k, v in files.items()},
     }
     for method in dict.fromkeys((*METHODS, *REFERENCES)):
@@ -310,6 +330,8 @@ def scores_json(result: dict, files: dict, routes: dict | None = None, submit: s
         out["submitted_route"] = submitted
     if temporal:
         out["temporal_iou"] = temporal
+    if stability:
+        out["temporal_stability"] = stability
     if pseudo_labels:
         out["pseudo_labels"] = pseudo_labels
     return out
@@ -396,16 +418,23 @@ def write_scores_html(path, scores: dict) -> None:
                f"<th>colour</th></tr></thead><tbody>{factor_rows}</tbody></table>\n")
     temporal = ""
     if scores.get("temporal_iou"):
-        cells = "".join(f"<tr><th scope=\"row\">{name}</th><td>{value:.4f}</td></tr>"
+        stability = scores.get("temporal_stability", {})
+        cells = "".join(f"<tr><th scope=\"row\">{name}</th><td>{value:.4f}</td><td>{cell(stability.get(name))}</td></tr>"
                         for name, value in scores["temporal_iou"].items())
         temporal = ("<p>Temporal IoU: the macro IoU between consecutive masks of frames 11…21, averaged "
-                    "over the 10 pairs (temporal consistency; the true masks' figure is the reference).</p>\n"
-                    f"<table><thead><tr><th>masks</th><th>temporal IoU</th></tr></thead><tbody>{cells}</tbody></table>\n")
+                    "over the 10 pairs (temporal consistency; the true masks' figure is the reference). "
+                    "Temporal stability T: DAVIS 2016's, how much each object's outline changes shape from one "
+                    "frame to the next (shape contexts of the two contours matched point to point, 5 × the mean "
+                    "matching cost; 0 = unchanged, lower is more stable), per video and object class, averaged.</p>\n"
+                    "<table><thead><tr><th>masks</th><th>temporal IoU</th><th>temporal stability T</th></tr></thead>"
+                    f"<tbody>{cells}</tbody></table>\n")
     pseudo = scores.get("pseudo_labels")
     if pseudo:
         temporal += (f"<p>The segmenter's masks of val's input frames 0…10 (the pseudo-labels routes masks, motion "
                      f"and dynamics start from): IoU {pseudo['iou']:.4f} against the true masks of those frames, "
-                     f"temporal IoU {pseudo['temporal_iou']:.4f} (the true masks': {pseudo['true_temporal_iou']:.4f}).</p>\n")
+                     f"temporal IoU {pseudo['temporal_iou']:.4f} (the true masks': {pseudo['true_temporal_iou']:.4f}), "
+                     f"temporal stability T {cell(pseudo.get('temporal_stability'))} (the true masks': "
+                     f"{cell(pseudo.get('true_temporal_stability'))}).</p>\n")
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>scores</title>'
         "<style>body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "
@@ -447,10 +476,10 @@ def run(root, pred, out, oracle=None, per_class=None, confusion=None, plot_per_c
     if routes:
         submitted = pick_route(result, routes, submit)
         result["pipeline"] = result[submitted]
-    temporal = temporal_ious(root, sequences) if sequences else None
+    temporal, stability = temporal_scores(root, sequences) if sequences else (None, None)
     pseudo = pseudo_label_scores(root, pseudo_labels, batch_size) if pseudo_labels else None
     inputs = {"root": root, **files, **({"pseudo_labels": pseudo_labels} if pseudo_labels else {})}
-    scores = scores_json(result, inputs, routes, submit, submitted, temporal, pseudo)
+    scores = scores_json(result, inputs, routes, submit, submitted, temporal, pseudo, stability)
     methods = [m for m in [*(routes or ["pipeline"]), *REFERENCES] if m in result]
     if per_class:
         write_per_class_csv(per_class, result, methods)
@@ -485,9 +514,11 @@ def add_arguments(parser) -> None:
                         help="a route's frame-21 masks of val; repeat to score routes side by side")
     parser.add_argument("--submit", default="best", help="the route submitted, or best (highest val IoU)")
     parser.add_argument("--sequence", type=name_path, action="append", default=[], metavar="NAME=MASKS",
-                        help="a route's masks of frames 11…21 (N, 11, H, W): its temporal IoU is reported")
+                        help="a route's masks of frames 11…21 (N, 11, H, W): its temporal IoU and temporal "
+                             "stability are reported")
     parser.add_argument("--pseudo-labels", help="pseudo/val.npy: the segmenter's masks of val's frames 0…10 (N, 11, H, W): "
-                                                "their IoU and temporal IoU beside the truth's are reported")
+                                                "their IoU, temporal IoU and temporal stability beside the truth's "
+                                                "are reported")
     parser.add_argument("--oracle", help="masks_val_oracle.npy: the segmenter on the true frame 21")
     parser.add_argument("--segmented-copy-last", help="masks_val_frame10.npy: the segmenter on the true frame 10")
     parser.add_argument("--motion-truth", help="masks_val_truth.npy: route motion's motion on the true masks 0…10")
@@ -528,10 +559,14 @@ def main(args) -> None:
         mark = " (submitted)" if key == scores.get("submitted_route") else ""
         print(f"{key:9s} IoU {s['iou']:.4f}  boundary F {s['boundary_f']:.4f}  J&F {s['j_and_f']:.4f}  "
               f"micro IoU {s['iou_micro']:.4f}  pixel acc {s['pixel_acc']:.4f}{mark}")
+    def figure(value):
+        return "–" if value is None else f"{value:.4f}"
+
     for name, value in scores.get("temporal_iou", {}).items():
-        print(f"temporal IoU {value:.4f}  {name}")
+        print(f"temporal IoU {value:.4f}  temporal stability T {figure(scores['temporal_stability'][name])}  {name}")
     if "pseudo_labels" in scores:
         p = scores["pseudo_labels"]
         print(f"pseudo-labels of val frames 0…10: IoU {p['iou']:.4f}  temporal IoU {p['temporal_iou']:.4f} "
-              f"(true masks {p['true_temporal_iou']:.4f})")
+              f"(true masks {p['true_temporal_iou']:.4f})  temporal stability T {figure(p['temporal_stability'])} "
+              f"(true masks {figure(p['true_temporal_stability'])})")
     print(f"over {scores['n_videos']} val videos -> {args.out}")
