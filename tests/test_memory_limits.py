@@ -25,8 +25,9 @@ from futureseg.core.io import array_writer, read_array
 
 # What a verb may allocate beyond its imports: its model, batches, the outputs' rows.
 LIMIT_MB = 128
-# The big caches are this many times the limit.
-CACHE_OVER_LIMIT = 3
+# The big caches are this many times the limit: a stage that loaded one whole would need twice
+# what it may allocate.
+CACHE_OVER_LIMIT = 2
 
 # The child: imports what the verbs import (torchmetrics pulls in matplotlib: ~200 MB of heap
 # that a verb importing it lazily would otherwise count), measures its data segment, sets the
