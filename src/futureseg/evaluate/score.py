@@ -298,6 +298,10 @@ def sequence_scores(batches) -> dict:
     return {"iou": float(iou.compute()), "temporal_iou": temporal["pseudo"], "true_temporal_iou": temporal["truth"]}
 
 
+SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou",
+                "factor_accuracy")
+
+
 def scores_json(result: dict, files: dict, routes: dict | None = None, submit: str | None = None,
                 submitted: str | None = None, temporal: dict | None = None, pseudo_labels: dict | None = None) -> dict:
     """The JSON form of `score`'s result: confusion matrices and per-class lists left out
