@@ -39,6 +39,9 @@ Interface (the U-Net's, `futureseg.models.unet`: what train-segmenter and `segme
                               `image_mean`/`image_std`; logits: float (B, num_classes, H, W),
                               same H, W as x (any size: three halvings need a multiple of
                               8, so the input is padded to one and the logits cropped back)
+    model.encode(x) -> (features, context), model.decode(features, context) -> logits
+                              the same forward split after stage 3 (the bottleneck,
+                              `bottleneck_channels`), for the recurrent segmenter's cell
 """
 
 from __future__ import annotations

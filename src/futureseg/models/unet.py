@@ -17,6 +17,9 @@ Interface (shared by every dense model of futureseg, what the trainers and `segm
                               logits: float (B, num_classes, H, W), same H, W as x (any
                               size: the input is padded to a multiple of 2^(depth-1)
                               and the logits cropped back)
+    model.encode(x) -> (features, context), model.decode(features, context) -> logits
+                              the same forward split at the bottleneck (`bottleneck_channels`
+                              channels there), for the recurrent segmenter's cell
 """
 
 from __future__ import annotations
