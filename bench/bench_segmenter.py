@@ -7,6 +7,7 @@ segmenter on CPU).
     python bench/bench_segmenter.py --part quality --budget-s 480 --quality-variants ours,smp
     python bench/bench_segmenter.py --variants ours,ours+bf16 --repeats 30
     python bench/bench_segmenter.py --part quality --quality-variants ours,enet --budget-s 190   # issue 28
+    python bench/bench_segmenter.py --part temporal --root resources/synthetic-quality --budget-s 240 --parallel
 
 Variants are "+"-joined tokens: a model, `ours` (futureseg.models.unet.UNet, base 16,
 depth 4: the demo's) or `smp` (segmentation_models_pytorch.Unet, ResNet-18 encoder of
@@ -42,6 +43,23 @@ on the same training set) also the IoU of those masks with each object repainted
 classifier, what the pipeline's oracle is (segmenter.object_class: classifier).
 `--quality-variants auto`: ours, smp, and the fastest other variant of ours in the speed
 part when it is more than 1.1x as fast as ours.
+
+Part `temporal` (issue 28, items 2-3): the pseudo-labels of val's frames 0…10, per-frame
+U-Net against the recurrent segmenter (models/temporal_segmenter.py) with no consistency
+loss and with each loss on, at equal CPU budget. Every arm trains on the same data, train's
+true frames and masks read from `--root` (`train_segmenter.ClipSet`: flips and brightness,
+one draw per clip), `--budget-s` process CPU seconds each (one thread each: `--threads`
+is ignored; run alone, or beside others: the CPU clock does not count their time), one
+arm after the other or, with `--parallel`, each in its own process at once. Arms
+(`--temporal-arms`, comma-separated): `perframe` (the demo's U-Net, base 16 depth 4, on
+single frames, 16 a step), `convgru` / `convlstm` (the same U-Net with the cell, clips of
+`--clip-frames`, 16 // clip_frames clips a step) and `convgru+change` / `+smoothing` /
+`+warp` (one loss on at `--loss-weight`). The same AdamW and time-driven one-cycle as part
+`quality`. Then each segments val's frames 0…10 as sequences (`Segmenter.sequence_masks`)
+and `score.sequence_scores` gives the IoU against the true masks 0…10 and the temporal IoU
+beside the truth's, of the plain argmax, of each object voted to one class then each track
+(`--object-vote --track-vote`), and, with `--object-classifier`, of the classifier's classes
+then the track vote (the pipeline's pseudo-labels, segmenter.object_class: classifier).
 
 torch.compile's first step is ~70 s on 2 cores with a cold inductor cache and ~4 s once
 the cache (/tmp/torchinductor_$USER) holds the graphs; the figure printed is whichever
@@ -313,9 +331,161 @@ def quality(args, names, images, masks, mean01, std01) -> None:
               f"{v.first_steps_s[0]:13.1f} {v.last_loss:10.4f} {iou:8.4f}{repainted}")
 
 
+# ---------------------------------------------------------------- part temporal
+
+TEMPORAL_ARMS = "perframe,convgru,convgru+change,convgru+smoothing,convgru+warp"
+
+
+def temporal_arm(name: str, root: str, mean01, std01, budget_s: float, clip_frames: int, loss_weight: float,
+                 seed: int) -> dict:
+    """Train one arm for `budget_s` CPU seconds (one thread); its val sequence scores."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from futureseg.models.segmenters import Segmenter
+    from futureseg.models.temporal_segmenter import TemporalSegmenter, TemporalSegmenterConfig, clip_flows
+    from futureseg.segment.train_segmenter import ClipSet, temporal_losses
+
+    torch.set_num_threads(1)
+    cell, *losses = name.split("+")
+    weights = {f"{loss}_weight": (loss_weight if loss in losses else 0.0) for loss in ("change", "smoothing", "warp")}
+    args = SimpleNamespace(soft_iou_weight=0.0, background_weight=BACKGROUND_WEIGHT, **weights)
+    frames_per_clip = 1 if cell == "perframe" else clip_frames
+    clips = ClipSet(root, frames_per_clip, seed)
+    per_step = max(1, BATCH // frames_per_clip)
+    torch.manual_seed(seed)
+    unet = UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=16, depth=4,
+                      image_mean=tuple(mean01), image_std=tuple(std01))
+    if cell == "perframe":
+        net, segmenter = UNet(unet), None
+        segmenter = Segmenter("unet", net)
+    else:
+        net = TemporalSegmenter(TemporalSegmenterConfig(pixel_model="unet", pixel_config=asdict(unet), cell=cell))
+        segmenter = Segmenter("unet", net, temporal=cell)
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=SCHEDULE_POINTS)
+    used, steps, epoch, last = 0.0, 0, 0, float("nan")
+    order = iter(())
+    while used < budget_s:
+        started = time.process_time()
+        batch = next(order, None)
+        if batch is None:
+            order = iter(epoch_order(len(clips), per_step, seed, epoch))
+            epoch += 1
+            batch = next(order)
+        pairs = [clips.clip(epoch - 1, i) for i in batch]
+        flows = None
+        if weights["warp_weight"]:
+            computed = [clip_flows(f) for f, _ in pairs]
+            flows = (torch.from_numpy(np.stack([f for f, _ in computed])), torch.from_numpy(np.stack([v for _, v in computed])))
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 1, 4, 2, 3).float().div_(255.0)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+        point = min(SCHEDULE_POINTS - 1, int(used / budget_s * (SCHEDULE_POINTS - 1)))
+        scheduler.last_epoch = point - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler.step()
+        logits = net(x[:, 0]).unsqueeze(1) if cell == "perframe" else net(x)
+        loss = temporal_losses(logits, y, flows, args)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps, last = steps + 1, float(loss.detach())
+        used += time.process_time() - started
+        if not math.isfinite(last):
+            break
+    return {"arm": name, "steps": steps, "frames_seen": steps * per_step * frames_per_clip, "cpu_s": used,
+            "last_loss": last, "segmenter": segmenter}
+
+
+def temporal_scores(segmenter, frames, truth, classifier) -> dict:
+    """{"argmax" | "vote" | "classifier": sequence_scores} of the val sequences' pseudo-labels."""
+    from futureseg.evaluate.score import sequence_scores
+    from futureseg.segment.pseudo_label import vote
+    from futureseg.segment.segment import one_class_per_object
+
+    cpu = torch.device("cpu")
+    n, steps, height, width = truth.shape
+    raw = segmenter.sequence_masks(frames, cpu, 64)
+    flat = frames.reshape(-1, height, width, 3)
+    out = {"argmax": sequence_scores([(raw, truth)])}
+    voted = one_class_per_object(raw.reshape(-1, height, width), flat, True, None, cpu, 64).reshape(raw.shape)
+    out["vote"] = sequence_scores([(np.stack([vote(v) for v in voted]), truth)])
+    if classifier is not None:
+        painted = one_class_per_object(raw.reshape(-1, height, width), flat, False, classifier, cpu, 64).reshape(raw.shape)
+        out["classifier"] = sequence_scores([(np.stack([vote(v) for v in painted]), truth)])
+    return out
+
+
+def _temporal_worker(job):
+    name, args, mean01, std01 = job
+    result = temporal_arm(name, args.root, mean01, std01, args.budget_s, args.clip_frames, args.loss_weight, args.seed)
+    torch.save({"weights": result["segmenter"].net.state_dict()}, Path(args.scratch) / f"{name}.pt")
+    return {k: v for k, v in result.items() if k != "segmenter"}
+
+
+def temporal(args, mean01, std01) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from futureseg.models.segmenters import Segmenter
+    from futureseg.models.temporal_segmenter import TemporalSegmenter, TemporalSegmenterConfig
+
+    videos = data.list_videos(args.root, "val")
+    frames = np.stack([data.read_frames(v, range(data.N_INPUT)) for v in videos])
+    truth = np.stack([data.read_mask(v, frames.shape[2:4])[: data.N_INPUT] for v in videos])
+    names = args.temporal_arms.split(",")
+    print(f"\n== pseudo-labels of val frames 0…10 ({len(videos)} videos): arms trained {args.budget_s:.0f} CPU s each "
+          f"(one thread), clips of {args.clip_frames}, loss weight {args.loss_weight}")
+    Path(args.scratch).mkdir(parents=True, exist_ok=True)
+    jobs = [(name, args, mean01, std01) for name in names]
+    if args.parallel:
+        with ProcessPoolExecutor(len(jobs)) as pool:
+            results = list(pool.map(_temporal_worker, jobs))
+    else:
+        results = [_temporal_worker(job) for job in jobs]
+    classifier = None
+    if args.object_classifier:
+        from futureseg.models import object_classifier
+
+        classifier = object_classifier.load(args.object_classifier)[0].eval()
+    torch.set_num_threads(args.threads)
+    columns = ["argmax", "vote"] + (["classifier"] if classifier is not None else [])
+    header = " ".join(f"{c + ' IoU':>15s} {c + ' tIoU':>15s}" for c in columns)
+    print(f"{'arm':20s} {'steps':>6s} {'frames':>7s} {'cpu s':>6s} {'last loss':>9s} {header}")
+    true_tiou = None
+    for result in results:
+        name = result["arm"]
+        unet = UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=16, depth=4,
+                          image_mean=tuple(mean01), image_std=tuple(std01))
+        cell = name.split("+")[0]
+        if cell == "perframe":
+            segmenter = Segmenter("unet", UNet(unet))
+        else:
+            from dataclasses import asdict
+
+            segmenter = Segmenter("unet", TemporalSegmenter(TemporalSegmenterConfig(
+                pixel_model="unet", pixel_config=asdict(unet), cell=cell)), temporal=cell)
+        segmenter.net.load_state_dict(torch.load(Path(args.scratch) / f"{name}.pt", weights_only=True)["weights"])
+        scores = temporal_scores(segmenter, frames, truth, classifier)
+        true_tiou = scores["argmax"]["true_temporal_iou"]
+        cells = " ".join(f"{scores[c]['iou']:15.4f} {scores[c]['temporal_iou']:15.4f}" for c in columns)
+        print(f"{name:20s} {result['steps']:6d} {result['frames_seen']:7d} {result['cpu_s']:6.0f} {result['last_loss']:9.4f} "
+              f"{cells}", flush=True)
+    print(f"{'truth':20s} {'':6s} {'':7s} {'':6s} {'':9s} " + " ".join(f"{1.0:15.4f} {true_tiou:15.4f}" for _ in columns))
+    print("(IoU: macro IoU of val frames 0…10 against their true masks; tIoU: temporal IoU, the mean IoU of "
+          "consecutive frames' masks; truth: the true masks' own; vote: each object one class, then each track "
+          "(--object-vote --track-vote); classifier: the object classifier's classes, then the track vote)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("speed", "quality", "both"), default="both")
+    parser.add_argument("--part", choices=("speed", "quality", "both", "temporal"), default="both")
+    parser.add_argument("--temporal-arms", default=TEMPORAL_ARMS, help="part temporal: comma-separated arms")
+    parser.add_argument("--clip-frames", type=int, default=5, help="part temporal: frames per training clip")
+    parser.add_argument("--loss-weight", type=float, default=1.0, help="part temporal: the weight of the one loss on")
+    parser.add_argument("--parallel", action="store_true", help="part temporal: every arm in its own process at once")
+    parser.add_argument("--scratch", default="/tmp/bench_temporal", help="part temporal: the arms' weights")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated, for the speed part")
     parser.add_argument("--quality-variants", default="auto", help="comma-separated, or auto (ours, smp, the fastest of ours)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="wall seconds of training per variant (demo: 240)")
@@ -340,6 +510,13 @@ def main():
         parse_variant(name)
 
     torch.set_num_threads(args.threads)
+    if args.part == "temporal":  # its own data: train's and val's videos under --root
+        mean01, std01 = dense.normalisation(args.mean_std if Path(args.mean_std).is_file() else None)
+        print(f"torch {torch.__version__}; {args.root}; mean {np.round(mean01, 3).tolist()} std {np.round(std01, 3).tolist()}; "
+              f"load average {os.getloadavg()[0]:.2f}")
+        temporal(args, mean01, std01)
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return 0
     images = np.load(Path(args.data) / "images.npy", mmap_mode="r")
     masks = np.load(Path(args.data) / "masks.npy", mmap_mode="r")
     mean01, std01 = dense.normalisation(args.mean_std if Path(args.mean_std).is_file() else None)

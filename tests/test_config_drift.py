@@ -97,7 +97,7 @@ def test_one_class_per_object_is_a_mask_flag_not_a_training_setting():
     section = CONFIG["segmenter"]
     schema = schema_section("segmenter")
     assert set(schema["properties"]) == set(schema["required"]) == set(section)
-    assert set(section) - {"unet", "enet", "maskrcnn", "object_classifier"} == {
+    assert set(section) - {"unet", "enet", "maskrcnn", "object_classifier", "temporal", "recurrent"} == {
         "model", "seed", "checkpoint_every", "object_class", "track_vote"}
     assert schema["properties"]["object_class"]["enum"] == ["classifier", "vote", "none"]
     assert schema["properties"]["track_vote"] == {"type": "boolean"} and isinstance(section["track_vote"], bool)
@@ -128,6 +128,27 @@ def test_object_classifier_section_matches_its_trainer_and_config():
         assert getattr(args, key) == value, key
     model_keys = {"crop_size", "width"}
     assert model_keys <= fields(ObjectClassifierConfig) and model_keys <= set(section)
+
+
+def test_recurrent_section_matches_its_trainer_config_and_schema():
+    # segmenter.temporal's values are the registry's; every key of segmenter.recurrent is a flag
+    # of train-segmenter, in the schema, and its model keys are TemporalSegmenterConfig's fields
+    from futureseg.models.segmenters import TEMPORAL
+    from futureseg.models.temporal_segmenter import TemporalSegmenterConfig
+
+    section = CONFIG["segmenter"]["recurrent"]
+    schema = schema_section("segmenter")["properties"]
+    assert schema["temporal"]["enum"] == list(TEMPORAL) and CONFIG["segmenter"]["temporal"] == "none"
+    assert set(schema["recurrent"]["properties"]) == set(schema["recurrent"]["required"]) == set(section)
+    assert set(section) == set(train_segmenter.RECURRENT_TRAINING) | set(train_segmenter.RECURRENT_MODEL)
+    assert set(train_segmenter.RECURRENT_MODEL) <= fields(TemporalSegmenterConfig)
+    args = parse(train_segmenter, ["--root", "r", "--out", "o", "--metrics", "m", "--checkpoints", "c", "--epochs", 1,
+                                   "--batch-size", 1, "--lr", 0.1, "--weight-decay", 0, "--model", "unet",
+                                   "--temporal", "convgru", *_flags(section)])
+    for key, value in section.items():
+        assert getattr(args, key) == value, key
+    assert parse(pseudo_label, ["--model", "m", "--cache", "c", "--out", "o", "--frames", 11,
+                                "--temporal", "convlstm"]).temporal == "convlstm"
 
 
 def _flags(section: dict) -> list[str]:

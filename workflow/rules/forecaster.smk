@@ -24,6 +24,8 @@ rule pseudo_label:
         frames=lambda wildcards: 22 if wildcards.split == "unlabeled" else 11,
         # per frame, one class per object; then per video, one class per track
         votes=" ".join(flag for flag in (OBJECT_CLASS, "--track-vote" if S["track_vote"] else "") if flag),
+        # a recurrent segmenter runs each video as a sequence; the verb refuses a model file of another kind
+        temporal=TEMPORAL,
     threads: rule_threads("pseudo_label")
     resources:
         **rule_resources("pseudo_label"),
@@ -35,7 +37,7 @@ rule pseudo_label:
         f"{RESULTS}/logs/pseudo_label_{{split}}.log",
     shell:
         "futureseg pseudo-label --model {input.model} --cache {input.cache} --out {output.masks}"
-        " --frames {params.frames} {params.votes} --threads {threads} 2> {log}"
+        " --frames {params.frames} {params.votes} --temporal {params.temporal} --threads {threads} 2> {log}"
 
 
 rule train_forecaster:

@@ -14,6 +14,15 @@ TRAINING_SETTINGS = {k: v for k, v in SEGMENTER.items() if k != "score_threshold
 # those rules only when it is used.
 OBJECT_CLASSIFIER_MODEL = f"{RESULTS}/segmenter/object_classifier.pt"
 OBJECT_CLASSIFIER = [OBJECT_CLASSIFIER_MODEL] if S["object_class"] == "classifier" else []
+# The recurrent segmenter (segmenter.temporal): its kind reaches train_segmenter and
+# pseudo_label (which checks the model file is of that kind); its training settings
+# (segmenter.recurrent) reach train_segmenter only when it is on, so editing them under
+# temporal: none reruns nothing.
+TEMPORAL = S["temporal"]
+if TEMPORAL != "none" and S["model"] not in ("unet", "enet"):
+    raise ValueError(f"config segmenter.temporal: {TEMPORAL} makes a U-Net or ENet recurrent, not segmenter.model "
+                     f"{S['model']!r}; set temporal: none or model: unet | enet")
+RECURRENT_FLAGS = flags(S["recurrent"]) if TEMPORAL != "none" else ""
 OBJECT_CLASS = {
     "classifier": f"--object-classifier {OBJECT_CLASSIFIER_MODEL}",
     "vote": "--object-vote",
@@ -71,6 +80,8 @@ rule train_segmenter:
         # the painting threshold: it shapes the masks (rule segment), not the weights
         settings=TRAINING_SETTINGS,
         flags=flags(TRAINING_SETTINGS),
+        temporal=TEMPORAL,
+        recurrent=RECURRENT_FLAGS,
         seed=S["seed"],
         checkpoint_every=S["checkpoint_every"],
         checkpoints=f"{RESULTS}/segmenter/checkpoints",
@@ -85,12 +96,14 @@ rule train_segmenter:
     log:
         f"{RESULTS}/logs/train_segmenter.log",
     # --workers: Mask R-CNN's loader processes, decoding and augmenting beside the GPU (the
-    # per-pixel models' trainer (U-Net, ENet) reads its frames in-process and ignores it)
+    # per-pixel models' trainer (U-Net, ENet) reads its frames in-process and ignores it).
+    # The recurrent segmenter reads train's clips from --root and not --seg-frames (passed
+    # all the same: the object classifier needs the folder in every config).
     shell:
         "futureseg train-segmenter --root {input.data} --seg-frames {input.seg_frames}"
         " --mean-std {input.mean_std}"
         " --out {output.model} --metrics {output.metrics} --checkpoints {params.checkpoints}"
-        " --model {params.model} {params.flags} --seed {params.seed}"
+        " --model {params.model} {params.flags} --temporal {params.temporal} {params.recurrent} --seed {params.seed}"
         " --checkpoint-every {params.checkpoint_every} {params.max_steps} --threads {threads}"
         " --workers {threads} 2> {log}"
 

@@ -255,9 +255,6 @@ def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
     `temporal_scores`'), each beside the truth's. Objects that flicker from frame to frame
     lower the temporal IoU below the truth's, outlines that wobble raise T above it; every
     track the routes read inherits that noise."""
-    import torch
-    from torchmetrics.classification import MulticlassJaccardIndex
-
     n_frames = data.N_INPUT
     videos = data.list_videos(root, "val")
     ids = [v.id for v in videos]
@@ -269,33 +266,61 @@ def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
     if meta.get("frame_indices", list(range(n_frames))) != list(range(n_frames)):
         raise FuturesegError(f"{path}: pseudo-labels of frames {meta['frame_indices']}, expected 0…{n_frames - 1}")
 
+    def batches():
+        for start in range(0, len(videos), batch_size):
+            chunk = videos[start : start + batch_size]
+            truth = np.stack([data.read_mask(v, size)[:n_frames] for v in chunk])
+            values = np.asarray(masks[start : start + len(chunk)])
+            _check_range(values, path, start)
+            yield values, truth
+
+    return {"frames": list(range(n_frames)), **sequence_scores(batches(), stability=str(path))}
+
+
+def sequence_scores(batches, stability: str | None = None) -> dict:
+    """{"iou", "temporal_iou", "true_temporal_iou"} of mask sequences against the truth, from
+    batches of (predicted, true) integer masks (N, T, H, W): the macro IoU over every frame
+    of every batch, the temporal IoU of the predicted sequences and of the true ones (one
+    metric per pair of consecutive frames accumulated over all batches, as `temporal_iou`,
+    then averaged over the pairs). With `stability` (the predictions' name, for errors) also
+    "temporal_stability" and "true_temporal_stability", T of every (video, object class)
+    sequence averaged (`split_temporal_stability`'s): some 6 ms a frame pair, so the
+    recurrent segmenter's validation, which runs every epoch, leaves it out.
+    `pseudo_label_scores` reads it from a file; the recurrent segmenter's training validates
+    with it on its own predictions."""
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+
     def jaccard():
         return MulticlassJaccardIndex(data.NUM_CLASSES, average="macro", validate_args=False)
 
     iou = jaccard()
-    # one metric per pair of consecutive frames, accumulated over the split as temporal_iou's
-    pairs = {name: [jaccard() for _ in range(n_frames - 1)] for name in ("pseudo", "truth")}
-    # T of every (video, object class) sequence, averaged at the end (split_temporal_stability's)
-    stability = {"pseudo": [], "truth": []}
-    for start in range(0, len(videos), batch_size):
-        chunk = videos[start : start + batch_size]
-        true_masks = np.stack([data.read_mask(v, size)[:n_frames] for v in chunk])
-        truth = torch.from_numpy(true_masks.astype(np.int64))
-        values = np.asarray(masks[start : start + len(chunk)])
-        _check_range(values, path, start)
-        pseudo = torch.from_numpy(values.astype(np.int64))
-        for name, sequences, what in (("pseudo", values, str(path)), ("truth", true_masks, "true masks 0…10")):
-            for k, video in enumerate(sequences):
-                stability[name] += video_metrics.stability_per_class(video, f"{what}, row {start + k}").values()
+    pairs = None
+    stable, row = {"pseudo": [], "truth": []}, 0  # T of every (video, object class) sequence
+    for predicted, true in batches:
+        predicted, true = np.asarray(predicted), np.asarray(true)
+        pseudo = torch.from_numpy(predicted.astype(np.int64))
+        truth = torch.from_numpy(true.astype(np.int64))
+        if pairs is None:
+            pairs = {name: [jaccard() for _ in range(truth.shape[1] - 1)] for name in ("pseudo", "truth")}
+        if stability:
+            for name, sequences, what in (("pseudo", predicted, stability), ("truth", true, "true masks")):
+                for k, video in enumerate(sequences):
+                    stable[name] += video_metrics.stability_per_class(video, f"{what}, row {row + k}").values()
+        row += len(predicted)
         iou.update(pseudo.flatten(0, 1), truth.flatten(0, 1))
         for name, sequences in (("pseudo", pseudo), ("truth", truth)):
             for k, metric in enumerate(pairs[name]):
                 metric.update(sequences[:, k + 1], sequences[:, k])
-    temporal = {name: float(np.mean([float(m.compute()) for m in metrics])) for name, metrics in pairs.items()}
-    stable = {name: float(np.mean(values)) if values else None for name, values in stability.items()}
-    return {"frames": list(range(n_frames)), "iou": float(iou.compute()), "temporal_iou": temporal["pseudo"],
-            "true_temporal_iou": temporal["truth"], "temporal_stability": stable["pseudo"],
-            "true_temporal_stability": stable["truth"]}
+    if pairs is None:
+        raise FuturesegError("sequence scores: no mask sequence to score")
+    temporal = {name: float(np.mean([float(m.compute()) for m in metrics])) if metrics else float("nan")
+                for name, metrics in pairs.items()}
+    out = {"iou": float(iou.compute()), "temporal_iou": temporal["pseudo"], "true_temporal_iou": temporal["truth"]}
+    if stability:
+        out.update({f"{prefix}temporal_stability": float(np.mean(values)) if values else None
+                    for prefix, values in (("", stable["pseudo"]), ("true_", stable["truth"]))})
+    return out
 
 
 SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou",

@@ -39,6 +39,9 @@ Interface (the U-Net's, `futureseg.models.unet`: what train-segmenter and `segme
                               `image_mean`/`image_std`; logits: float (B, num_classes, H, W),
                               same H, W as x (any size: three halvings need a multiple of
                               8, so the input is padded to one and the logits cropped back)
+    model.encode(x) -> (features, context), model.decode(features, context) -> logits
+                              the same forward split after stage 3 (the bottleneck,
+                              `bottleneck_channels`), for the recurrent segmenter's cell
 """
 
 from __future__ import annotations
@@ -179,7 +182,15 @@ class ENet(nn.Module):
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def bottleneck_channels(self) -> int:
+        """Channels of `encode`'s features (stage 3's, at 1/8), what a recurrent cell there carries."""
+        return 8 * self.config.width
+
+    def encode(self, x: torch.Tensor):
+        """(stage 3's features at 1/8, context for `decode`): the encoder, so the recurrent
+        segmenter (models/temporal_segmenter.py) can carry a state between it and the
+        decoder. decode(*encode(x)) is forward(x), operation for operation."""
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
         x = (x - self.mean) / self.std
@@ -193,8 +204,15 @@ class ENet(nn.Module):
         x, indices2 = self.down2(x)
         for block in self.stage23:
             x = block(x)[0]
+        return x, (indices1, indices2, height, width)
+
+    def decode(self, x: torch.Tensor, context) -> torch.Tensor:
+        indices1, indices2, height, width = context
         x = self.up4(x, indices2)
         for block in self.stage4:
             x = block(x)[0]
         x = self.stage5(self.up5(x, indices1))[0]
         return self.fullconv(x)[..., :height, :width]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(*self.encode(x))

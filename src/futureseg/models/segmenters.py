@@ -3,15 +3,22 @@
     build(name, config)  the model from its name and config dict (plain values)
     maskrcnn_config(backend, settings, size, mean01, std01)
                          a Mask R-CNN backend's config dict from segmenter.maskrcnn
-    load(path)           a Segmenter from a model file written by `train-segmenter`
+    load(path, temporal) a Segmenter from a model file written by `train-segmenter`
+                         (`temporal`, when given, the kind the file must be: none | convgru | convlstm)
     Segmenter.masks(frames, device, batch_size) -> uint8 (N, H, W) class ids of uint8
-                         (N, H, W, 3) RGB frames (an array or a memmap)
+                         (N, H, W, 3) RGB frames (an array or a memmap), each frame alone
+    Segmenter.sequence_masks(clips, device, batch_size) -> uint8 (V, T, H, W) of clips
+                         (V, T, H, W, 3): a recurrent segmenter carries its state over each
+                         clip's frames in order; the others segment each frame alone
 
 The U-Net and ENet give class logits per pixel (argmax; PIXEL_MODELS, one contract:
 `futureseg.models.unet`'s docstring). Mask R-CNN gives instances, painted into
 a class mask by score (`instances_to_mask`: most confident on top, those under the
 model file's score threshold left out). Mask R-CNN has two backends, torchvision and
 detectron2, behind one interface (`futureseg.models.maskrcnn_torchvision`'s docstring).
+A recurrent segmenter (`segmenter.temporal: convgru | convlstm`, models/temporal_segmenter.py)
+is a U-Net or ENet with a recurrent cell at its bottleneck; its model file names the pixel
+model as "segmenter" and the cell as "temporal" (a per-frame file has no "temporal").
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from futureseg.core.errors import ConfigError, FuturesegError
 SEGMENTERS = ("unet", "enet", "maskrcnn")
 PIXEL_MODELS = ("unet", "enet")  # per-pixel logits (N, 49, H, W), trained by train_segmenter.train_pixel
 BACKENDS = ("torchvision", "detectron2")
+# segmenter.temporal: none (per frame) or the recurrent cell of models/temporal_segmenter.py
+# (named here, where nothing imports torch, for the verbs' flags)
+TEMPORAL = ("none", "convgru", "convlstm")
 
 
 def _detectron2_module():
@@ -133,11 +143,19 @@ def build_pixel_model(name: str, config: dict):
     return module(config_class(**config))
 
 
+def describe(temporal: str, name: str | None = None) -> str:
+    """A model file's kind in words, for the errors that refuse one of another kind."""
+    if temporal == "none":
+        return f"per-frame {name or 'segmenter'}"
+    return f"recurrent {temporal} {name or 'segmenter'}"
+
+
 @dataclass
 class Segmenter:
     name: str  # unet | enet | maskrcnn
-    net: object  # the UNet or ENet module, or the Mask R-CNN backend
+    net: object  # the UNet or ENet module (or the TemporalSegmenter around one), or the Mask R-CNN backend
     score_threshold: float = 0.5  # Mask R-CNN: instances below it are not painted
+    temporal: str = "none"  # none | convgru | convlstm (a TemporalSegmenter)
 
     @property
     def module(self):
@@ -172,6 +190,42 @@ class Segmenter:
         self.module.train(was_training)
         return out
 
+    def sequence_masks(self, clips, device, batch_size: int = 16) -> np.ndarray:
+        """uint8 (V, T, H, W) class ids of clips (V, T, H, W, 3). A per-frame segmenter sees
+        each frame alone (`masks` of the frames, as before recurrent ones existed); a
+        recurrent one runs each clip as one sequence, `batch_size` frames a pass (at least
+        one whole clip: the state cannot be cut)."""
+        import torch
+
+        clips = np.asarray(clips)
+        n, steps, h, w = clips.shape[:4]
+        if self.temporal == "none":
+            return self.masks(clips.reshape(-1, h, w, 3), device, batch_size).reshape(n, steps, h, w)
+        out = np.zeros((n, steps, h, w), dtype=np.uint8)
+        per_pass = max(1, batch_size // steps)
+        was_training = self.module.training
+        self.module.eval()
+        with torch.inference_mode():
+            for start in range(0, n, per_pass):
+                chunk = torch.from_numpy(np.array(clips[start : start + per_pass])).to(device)
+                sequences = chunk.permute(0, 1, 4, 2, 3).float().div_(255.0)
+                out[start : start + len(chunk)] = self.net(sequences).argmax(2).to(torch.uint8).cpu().numpy()
+        self.module.train(was_training)
+        return out
+
+
+def build_temporal(config: dict) -> Segmenter:
+    """A recurrent segmenter from its model config dict (TemporalSegmenterConfig's fields)."""
+    from dataclasses import fields
+
+    from futureseg.models.temporal_segmenter import TemporalSegmenter, TemporalSegmenterConfig
+
+    unknown = sorted(set(config) - {f.name for f in fields(TemporalSegmenterConfig)})
+    if unknown:
+        raise ConfigError(f"segmenter.recurrent: unknown setting {unknown[0]!r} (not a TemporalSegmenterConfig field)")
+    net = TemporalSegmenter(TemporalSegmenterConfig(**config))
+    return Segmenter(net.config.pixel_model, net, temporal=net.config.cell)
+
 
 def build(name: str, config: dict, backend: str = "torchvision", score_threshold: float = 0.5) -> Segmenter:
     if name in PIXEL_MODELS:
@@ -181,10 +235,12 @@ def build(name: str, config: dict, backend: str = "torchvision", score_threshold
     raise ConfigError(f"segmenter.model: {name!r} is not one of {', '.join(SEGMENTERS)}")
 
 
-def load(path: str | Path, score_threshold: float | None = None) -> tuple[Segmenter, dict]:
+def load(path: str | Path, score_threshold: float | None = None, temporal: str | None = None) -> tuple[Segmenter, dict]:
     """(segmenter, model file contents) of a model written by train-segmenter, weights
     loaded. Files of Mask R-CNN written before the U-Net existed have no "segmenter" entry;
-    `score_threshold`, when given, overrides the one saved with a Mask R-CNN."""
+    `score_threshold`, when given, overrides the one saved with a Mask R-CNN. `temporal`,
+    when given (none | convgru | convlstm), is the kind the file must be: a per-frame file
+    where a recurrent one is expected, or the other way round, is refused in one line."""
     from futureseg.core.training import load_checkpoint
 
     state = load_checkpoint(path)
@@ -192,7 +248,21 @@ def load(path: str | Path, score_threshold: float | None = None) -> tuple[Segmen
     if name not in SEGMENTERS or "model_config" not in state:
         raise FuturesegError(f"{path}: not a segmenter model (no 'segmenter'/'backend' and 'model_config'); "
                              "was it written by futureseg train-segmenter?")
+    kind = state.get("temporal", "none")
+    if temporal is not None and kind != temporal:
+        raise FuturesegError(f"{path}: a {describe(kind, name)} model file, but segmenter.temporal is {temporal!r} "
+                             f"(expected a {describe(temporal)}); retrain the segmenter or fix the setting")
     threshold = state.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    if kind != "none":
+        try:
+            segmenter = build_temporal(state["model_config"])
+            if segmenter.name != name or segmenter.temporal != kind:
+                raise ConfigError(f"its config is a {describe(segmenter.temporal, segmenter.name)}")
+            segmenter.net.load_state_dict(state["model"])
+        except (ConfigError, RuntimeError, TypeError) as exc:
+            raise FuturesegError(f"{path}: not a {describe(kind, name)} model file: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
+        return segmenter, state
     if name in PIXEL_MODELS:
         # a file whose config or weights are another model's (a U-Net's labelled enet, say)
         # is refused in one line that names the file

@@ -17,6 +17,9 @@ Interface (shared by every dense model of futureseg, what the trainers and `segm
                               logits: float (B, num_classes, H, W), same H, W as x (any
                               size: the input is padded to a multiple of 2^(depth-1)
                               and the logits cropped back)
+    model.encode(x) -> (features, context), model.decode(features, context) -> logits
+                              the same forward split at the bottleneck (`bottleneck_channels`
+                              channels there), for the recurrent segmenter's cell
 """
 
 from __future__ import annotations
@@ -81,7 +84,15 @@ class UNet(nn.Module):
         self.register_buffer("mean", torch.tensor(config.image_mean * repeats).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std * repeats).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def bottleneck_channels(self) -> int:
+        """Channels of `encode`'s features (the bottom level's), what a recurrent cell there carries."""
+        return self.config.base_channels * 2 ** (self.config.depth - 1)
+
+    def encode(self, x: torch.Tensor):
+        """(bottleneck features, context for `decode`): the U-Net split at its bottom level,
+        so the recurrent segmenter (models/temporal_segmenter.py) can carry a state there.
+        decode(*encode(x)) is forward(x), operation for operation."""
         height, width = x.shape[-2:]
         multiple = 2 ** (self.config.depth - 1)
         pad_h, pad_w = -height % multiple, -width % multiple
@@ -94,6 +105,13 @@ class UNet(nn.Module):
                 x = F.max_pool2d(x, 2)
             x = block(x)
             skips.append(x)
-        for up, block, skip in zip(self.up, self.up_blocks, reversed(skips[:-1])):
+        return x, (skips[:-1], height, width)
+
+    def decode(self, x: torch.Tensor, context) -> torch.Tensor:
+        skips, height, width = context
+        for up, block, skip in zip(self.up, self.up_blocks, reversed(skips)):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.head(x)[..., :height, :width]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(*self.encode(x))

@@ -16,6 +16,11 @@ through the video's frames (`core.motion.track_vote`). The input frames 0…10 a
 themselves alone, as the routes' inputs of val and hidden are (they have no more frames):
 a model trained on them then sees inputs as noisy as the route's, not cleaned by the future
 (frames 11…21 are voted over all 22, the cleanest targets).
+
+A recurrent segmenter (`segmenter.temporal: convgru | convlstm`) segments each video's frames
+0…n_frames-1 as one sequence, its state carried from frame to frame
+(`Segmenter.sequence_masks`); a per-frame one segments each frame alone, as before.
+`--temporal` names the kind the rule expects, and a model file of another kind is refused.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ log = logging.getLogger("futureseg")
 
 
 def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, object_vote: bool = False,
-                 track_vote: bool = False, object_classifier=None) -> dict:
+                 track_vote: bool = False, object_classifier=None, temporal: str | None = None) -> dict:
     """Segment frames 0…n_frames-1 of every video of a frame cache, the votes applied; return a summary."""
     from futureseg.segment.segment import check_object_flags, load_object_classifier, one_class_per_object
     from futureseg.core.io import array_writer, load_cache
@@ -49,7 +54,7 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
         raise DataError(f"{cache_path}: cache holds {cache.shape[1]} frames per video, pseudo-labels of "
                         f"{n_frames} frames were asked for")
     device = select_device(bf16_autocast=False)
-    segmenter, _ = segmenters.load(model)
+    segmenter, _ = segmenters.load(model, temporal=temporal)
     segmenter.to(device)
     classifier = load_object_classifier(object_classifier, device)
     n, height, width = len(cache), *cache.shape[2:4]
@@ -62,8 +67,8 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
         for start in progress(starts, total=len(starts), desc=f"pseudo-label {Path(cache_path).name}"):
             clips = np.asarray(cache[start : start + videos_per_batch, :n_frames])
             frames = clips.reshape(-1, height, width, 3)
-            labels = one_class_per_object(segmenter.masks(frames, device, batch_size), frames, object_vote, classifier,
-                                          device, batch_size)
+            painted = segmenter.sequence_masks(clips, device, batch_size).reshape(-1, height, width)
+            labels = one_class_per_object(painted, frames, object_vote, classifier, device, batch_size)
             labels = labels.reshape(len(clips), n_frames, height, width)
             if track_vote:
                 labels = np.stack([vote(video) for video in labels])
@@ -87,6 +92,8 @@ HELP = "the segmenter's masks of every frame of a split, as a uint8 mask cache (
 
 
 def add_arguments(parser) -> None:
+    from futureseg.models.segmenters import TEMPORAL
+
     parser.add_argument("--model", required=True, help="model.pt of train-segmenter")
     parser.add_argument("--cache", required=True, help="frame cache of the split (cache-frames)")
     parser.add_argument("--out", required=True, help="mask cache to write (.npy, ids sidecar beside it)")
@@ -98,6 +105,9 @@ def add_arguments(parser) -> None:
     add_object_arguments(parser)
     parser.add_argument("--track-vote", action="store_true",
                         help="then repaint each object in the majority class of its track through the video")
+    parser.add_argument("--temporal", choices=TEMPORAL,
+                        help="the kind --model must be: none (per frame) or convgru | convlstm (recurrent; "
+                             "segmenter.temporal); left out, any")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
@@ -107,5 +117,5 @@ def main(args) -> None:
 
         torch.set_num_threads(args.threads)
     summary = pseudo_label(args.model, args.cache, args.out, args.frames, args.batch_size, args.object_vote,
-                           args.track_vote, args.object_classifier)
+                           args.track_vote, args.object_classifier, args.temporal)
     print(f"{args.out}: masks of {summary['n_frames']} frames of {summary['n_videos']} videos")

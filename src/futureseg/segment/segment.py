@@ -20,6 +20,15 @@ dataset: `--object-vote` repaints each object (a connected component of one colo
 every mask in its majority class (`core.instances.object_vote`); `--object-classifier`
 repaints it in the shape and material the object classifier sees in the frame, its colour
 kept (`models.object_classifier.repaint`). The sidecar records which.
+
+A recurrent segmenter (`segmenter.temporal: convgru | convlstm`) segments each frame here
+alone: zero initial state, one step (`Segmenter.masks`). Every output of this verb is one
+frame a video. The oracle means "the segmenter on the true frame 21", the ceiling of route
+`frames`, which segments the predicted frame 21 alone: only the same single-frame path keeps
+oracle and route comparable (a state warmed on frames 0…20 would give the oracle context
+the route's input never has). The model trains on clips whose first frame starts from the
+zero state, so it knows that case; and the pipeline has one model file, no per-frame weights
+beside it.
 """
 
 from __future__ import annotations
@@ -127,7 +136,7 @@ def run(model, score_threshold: float = 0.5, batch_size: int = 16, root=None, va
     check_object_flags(object_vote, object_classifier)
 
     device = select_device(bf16_autocast=False)
-    segmenter, _ = segmenters.load(model, score_threshold)
+    segmenter, _ = segmenters.load(model, score_threshold)  # a recurrent one: each frame alone, zero state (above)
     segmenter.to(device)
     classifier = load_object_classifier(object_classifier, device)
     written = {}

@@ -1,5 +1,7 @@
 """Stage 4: train the segmenter from scratch on the segmentation training set: Mask R-CNN
-(`train`, described here), or a per-pixel model, U-Net or ENet (`train_pixel`).
+(`train`, described here), or a per-pixel model, U-Net or ENet (`train_pixel`), or one of
+them made recurrent (`--temporal convgru | convlstm`, `train_temporal`: clips of train's
+true frames from `--root`, not this folder).
 
 Input: stage 3's folder (`images.npy` uint8 (N, H, W, 3), `masks.npy` uint8 (N, H, W),
 `index.csv`, `counts.json`). Each sample is augmented — horizontal and vertical flips,
@@ -390,18 +392,208 @@ def train_pixel(args) -> dict:
                checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc=f"{title} segmenter")
 
 
+# ---------------------------------------------------------------- the recurrent segmenter
+
+# segmenter.recurrent: the settings of the recurrent segmenter's training (the flags of the
+# same names; no verb defaults: config.yaml's), and its model's (a TemporalSegmenterConfig field)
+RECURRENT_TRAINING = ("clip_frames", "change_weight", "smoothing_weight", "warp_weight")
+RECURRENT_MODEL = ("filter_size",)
+
+
+def augment_clip(frames: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`augment` of a clip (T, H, W, 3), (T, H, W): one flip and one brightness for all its
+    frames, so the clip still moves as the video did ("train as you infer": the pseudo-labels'
+    sequences are real frames, unblurred, so the per-frame set's blur is left out)."""
+    flip_h, flip_v = rng.random(2) < 0.5
+    brightness = rng.uniform(*BRIGHTNESS)
+    if flip_h:
+        frames, masks = frames[:, :, ::-1], masks[:, :, ::-1]
+    if flip_v:
+        frames, masks = frames[:, ::-1], masks[:, ::-1]
+    frames = np.clip(frames.astype(np.float32) * brightness, 0, 255).round().astype(np.uint8)
+    return frames, np.ascontiguousarray(masks)
+
+
+class ClipSet:
+    """Train's videos as clips of `clip_frames` consecutive true frames and their true masks,
+    read from the dataset on demand (a few PNGs a step: no cache of the whole split in memory
+    at the real data's size). Clip (epoch, video): its start and augmentation are drawn from
+    (seed, epoch, video), so a resumed run reads the clips an uninterrupted one would."""
+
+    def __init__(self, root, clip_frames: int, seed: int, size: tuple[int, int] | None = None):
+        self.videos = data.list_videos(root, "train")
+        self.size = tuple(size or data.frame_size(root, "train"))
+        if not 1 <= clip_frames <= data.N_FRAMES:
+            raise ConfigError(f"--clip-frames: must lie in 1…{data.N_FRAMES}, got {clip_frames}")
+        self.clip_frames, self.seed = clip_frames, seed
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def fingerprint(self) -> dict:
+        digest = hashlib.sha256()
+        picked = np.unique(np.linspace(0, len(self.videos) - 1, min(len(self.videos), _FINGERPRINT_SAMPLES)).astype(int))
+        for i in picked:
+            video = self.videos[i]
+            digest.update(str(video.id).encode())
+            digest.update(video.mask_path.read_bytes())
+            digest.update(data.read_frames(video, [0], self.size).tobytes())
+        return {"videos": len(self.videos), "size": list(self.size), "content_sha256": digest.hexdigest()[:16]}
+
+    def clip(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((self.seed, epoch, index))
+        start = int(rng.integers(0, data.N_FRAMES - self.clip_frames + 1))
+        video = self.videos[index]
+        indices = range(start, start + self.clip_frames)
+        frames = data.read_frames(video, indices, self.size)
+        masks = data.read_mask(video, self.size)[start : start + self.clip_frames]
+        return augment_clip(frames, masks, rng)
+
+
+def load_val_sequences(root, size: tuple[int, int], limit: int = 0):
+    """Frames 0…10 (V, 11, H, W, 3) and their true masks (V, 11, H, W) of the val videos (the
+    first `limit` when > 0): what pseudo_label segments and scores as sequences."""
+    videos = data.list_videos(root, "val")[: limit or None]
+    frames = np.stack([data.read_frames(v, range(data.N_INPUT)) for v in videos])
+    if frames.shape[2:4] != tuple(size):
+        raise DataError(f"{videos[0].frame_path(0)}: val frames are {frames.shape[2]}x{frames.shape[3]}, "
+                        f"train's are {size[0]}x{size[1]}")
+    masks = np.stack([data.read_mask(v, size)[: data.N_INPUT] for v in videos])
+    return frames, masks
+
+
+def temporal_losses(logits, target, flows, args) -> dict:
+    """dense_losses of every frame of the clips (logits (B, T, C, H, W), target (B, T, H, W))
+    plus each temporal-consistency loss whose weight is above 0 (models/temporal_segmenter.py)."""
+    import torch.nn.functional as F
+
+    from futureseg.core.dense import dense_losses
+    from futureseg.models import temporal_segmenter as ts
+
+    losses = dense_losses(logits.flatten(0, 1), target.flatten(0, 1), args.soft_iou_weight, args.background_weight)
+    if logits.shape[1] < 2 or not (args.change_weight or args.smoothing_weight or args.warp_weight):
+        return losses
+    probs = logits.softmax(2)
+    total = losses["loss"]
+    if args.change_weight:
+        onehot = F.one_hot(target, logits.shape[2]).permute(0, 1, 4, 2, 3).to(probs.dtype)
+        losses["change"] = ts.change_loss(probs, onehot)
+        total = total + args.change_weight * losses["change"]
+    if args.smoothing_weight:
+        losses["smoothing"] = ts.smoothing_loss(probs)
+        total = total + args.smoothing_weight * losses["smoothing"]
+    if args.warp_weight:
+        flow, valid = flows
+        losses["warp"] = ts.warp_loss(probs, flow, valid)
+        total = total + args.warp_weight * losses["warp"]
+    return {**losses, "loss": total}
+
+
+def check_recurrent_settings(args) -> None:
+    for name in RECURRENT_TRAINING:
+        if getattr(args, name) is None:
+            raise ConfigError(f"--{name.replace('_', '-')}: the recurrent segmenter needs it (segmenter.recurrent.{name})")
+    for name in ("change_weight", "smoothing_weight", "warp_weight"):
+        if not getattr(args, name) >= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more, got {getattr(args, name)}")
+    if args.model not in PIXEL_MODEL_FLAGS:
+        raise ConfigError(f"--temporal {args.temporal}: the recurrent segmenter wraps "
+                          f"{' or '.join(PIXEL_MODEL_FLAGS)}, not {args.model}")
+
+
+def train_temporal(args) -> dict:
+    """The recurrent segmenter (`--temporal convgru | convlstm`): the per-pixel model of
+    `--model` with a recurrent cell at its bottleneck, trained on clips of `--clip-frames`
+    consecutive true frames of train's videos with their true masks (cross-entropy per frame,
+    as the per-pixel trainer's, plus the weighted temporal-consistency losses), AdamW under
+    one-cycle, through `training.fit`. `--batch-size` counts frames, as for the per-frame
+    model: batch_size // clip_frames clips a step (at least one), so a step costs about what
+    a per-frame step does. Validation runs the route's own input: val's frames 0…10 as one
+    sequence each, scored as the pseudo-labels are (`score.sequence_scores`: `val_iou`
+    against the true masks 0…10, `val_temporal_iou` beside `val_true_temporal_iou`), and the
+    true frame 21 alone (`val_oracle_iou`, zero state: the meaning of the oracle reference).
+    Its masks there are the segmenter's argmax, before the object classifier and the track
+    vote that the rule pseudo_label applies."""
+    from dataclasses import asdict
+
+    import torch
+
+    from futureseg.evaluate.score import sequence_scores
+    from futureseg.models.segmenters import build_temporal, model_class
+    from futureseg.models.temporal_segmenter import TemporalSegmenterConfig, clip_flows
+    from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
+
+    check_recurrent_settings(args)
+    check_settings(args)
+    model, title = args.model, f"recurrent {args.temporal} {PIXEL_MODEL_NAMES[args.model]}"
+    for name in ("soft_iou_weight", "background_weight"):
+        if getattr(args, name) is None:
+            raise ConfigError(f"--{name.replace('_', '-')}: the {title} needs it (segmenter.{model}.{name})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(bf16_autocast=True)
+    clips = ClipSet(args.root, args.clip_frames, args.seed)
+    mean01, std01 = dense.normalisation(args.mean_std)
+    pixel_config = asdict(model_class(model)[1](in_channels=3, num_classes=data.NUM_CLASSES, image_mean=tuple(mean01),
+                                                image_std=tuple(std01), **given(args, PIXEL_MODEL_FLAGS[model])))
+    config = asdict(TemporalSegmenterConfig(pixel_model=model, pixel_config=pixel_config, cell=args.temporal,
+                                            **given(args, RECURRENT_MODEL)))
+    val_frames, val_masks = load_val_sequences(args.root, clips.size, args.val_limit)
+    oracle_frames, oracle_masks = load_validation(args.root, clips.size, args.val_limit)
+    seed_everything(args.seed)
+    segmenter = build_temporal(config)
+    net = segmenter.to(device).net
+    clips_per_step = max(1, args.batch_size // args.clip_frames)
+    _, total_steps = plan_steps(len(clips), clips_per_step, args.epochs, args.max_steps)
+    optimizer, scheduler = adamw_one_cycle(net, args.lr, args.weight_decay, total_steps)
+    settings = {"segmenter": model, "temporal": args.temporal, "model_config": config, "epochs": args.epochs,
+                "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+                "soft_iou_weight": args.soft_iou_weight, "background_weight": args.background_weight,
+                **{name: getattr(args, name) for name in RECURRENT_TRAINING}, "seed": args.seed,
+                "training_set": clips.fingerprint()}
+
+    def step_losses(epoch, indices, step, total):
+        pairs = [clips.clip(epoch, i) for i in indices]
+        flows = None
+        if args.warp_weight and args.clip_frames > 1:  # on the CPU, from the augmented frames the net sees
+            computed = [clip_flows(frames) for frames, _ in pairs]
+            flows = (torch.from_numpy(np.stack([f for f, _ in computed])).to(device),
+                     torch.from_numpy(np.stack([v for _, v in computed])).to(device))
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64)).to(device)
+        with autocast(device):
+            logits = net(x)
+        return temporal_losses(logits.float(), y, flows, args)
+
+    def validate():
+        predicted = segmenter.sequence_masks(val_frames, device, args.val_batch_size * data.N_INPUT)
+        scores = sequence_scores([(predicted, val_masks)])
+        return {"val_iou": scores["iou"], "val_temporal_iou": scores["temporal_iou"],
+                "val_true_temporal_iou": scores["true_temporal_iou"],
+                "val_oracle_iou": oracle_iou(segmenter, oracle_frames, oracle_masks, args.val_batch_size, device)}
+
+    return fit(model=net, optimizer=optimizer, scheduler=scheduler, settings=settings, checkpoints=args.checkpoints,
+               metrics_out=args.metrics, out=args.out,
+               model_file={"segmenter": model, "temporal": args.temporal, "model_config": config},
+               epochs=args.epochs, total_steps=total_steps,
+               epoch_batches=functools.partial(epoch_order, len(clips), clips_per_step, args.seed),
+               checkpoint_every=args.checkpoint_every, step_losses=step_losses, validate=validate, desc=title)
+
+
 # ---------------------------------------------------------------- CLI
 
 VERB = "train-segmenter"
-HELP = "train the segmenter (U-Net, ENet or Mask R-CNN) from scratch on the segmentation training set (stage 4)"
+HELP = ("train the segmenter (U-Net, ENet or Mask R-CNN; the first two optionally recurrent) from scratch "
+        "on the segmentation training set (stage 4)")
 
 
 def add_arguments(parser) -> None:
-    from futureseg.models.segmenters import BACKENDS, SEGMENTERS
+    from futureseg.models.segmenters import BACKENDS, SEGMENTERS, TEMPORAL
 
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--root", required=True, help="Dataset_Student root (validation: val frame 21 and its mask)")
-    io.add_argument("--seg-frames", required=True, help="stage 3's folder (images.npy, masks.npy, index.csv, counts.json)")
+    io.add_argument("--seg-frames", help="stage 3's folder (images.npy, masks.npy, index.csv, counts.json); "
+                                         "every segmenter but the recurrent one trains on it")
     io.add_argument("--mean-std", help="mean_std.json of stage 1 for input normalisation (default: ImageNet's)")
     io.add_argument("--out", required=True, help="model file to write (model.pt)")
     io.add_argument("--metrics", required=True, help="metrics CSV to write when training ends")
@@ -418,6 +610,19 @@ def add_arguments(parser) -> None:
                        help="U-Net, ENet: weight of the soft-IoU loss term beside cross-entropy (0: cross-entropy only)")
     model.add_argument("--background-weight", type=float,
                        help="U-Net, ENet: weight of the background's pixels in the cross-entropy (objects: 1)")
+    # The recurrent segmenter (segmenter.temporal, segmenter.recurrent): the rule always passes
+    # --temporal; left out, the per-frame model, as before it existed.
+    model.add_argument("--temporal", choices=TEMPORAL, default="none",
+                       help="U-Net, ENet: none (per frame) or the recurrent cell at the bottleneck (convgru | convlstm), "
+                            "trained on clips of train's true frames (--root) instead of --seg-frames")
+    model.add_argument("--filter-size", type=int, help="recurrent: the cell's kernel size")
+    model.add_argument("--clip-frames", type=int, help="recurrent: consecutive frames per training clip")
+    model.add_argument("--change-weight", type=float,
+                       help="recurrent: weight of the change loss (predictions change where the truth does; 0: off)")
+    model.add_argument("--smoothing-weight", type=float,
+                       help="recurrent: weight of the smoothing loss (mean change between consecutive frames; 0: off)")
+    model.add_argument("--warp-weight", type=float,
+                       help="recurrent: weight of the flow-warped consistency loss (Lai et al. 2018; 0: off)")
     model.add_argument("--backend", choices=BACKENDS, default="torchvision")
     model.add_argument("--backbone", help="resnet18|resnet34|resnet50|resnet101|mobilenet_v3 (detectron2: the resnets)")
     model.add_argument("--norm", choices=("bn", "gn"), help="trainable normalisation in the backbone")
@@ -447,5 +652,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    scores = train(args) if args.model == "maskrcnn" else train_pixel(args)
+    if args.temporal != "none":
+        scores = train_temporal(args)
+    elif not args.seg_frames:
+        raise ConfigError("--seg-frames: required (stage 3's folder) unless --temporal is convgru or convlstm")
+    else:
+        scores = train(args) if args.model == "maskrcnn" else train_pixel(args)
     print(" ".join(f"{k}={v:.4g}" for k, v in scores.items()))
