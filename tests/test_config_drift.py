@@ -251,6 +251,7 @@ SHIPPED_STACKS = [
     ("workflow/benchmarks/scale.yaml", "workflow/benchmarks/scale-small.yaml"),
     ("real-data.yaml", "workflow/benchmarks/gpu-check.yaml"),
     ("real-data.yaml", "workflow/benchmarks/gpu-check.yaml", "workflow/benchmarks/gpu-check-maskrcnn.yaml"),
+    ("real-data.yaml", "workflow/benchmarks/gpu-check.yaml", "workflow/benchmarks/gpu-check-temporal.yaml"),
 ] + [(str(path.relative_to(REPO)),) for path in sorted((REPO / "workflow/ablations").glob("*.yaml"))]
 
 
