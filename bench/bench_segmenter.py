@@ -357,7 +357,7 @@ def temporal_arm(name: str, root: str, mean01, std01, budget_s: float, clip_fram
     unet = UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=16, depth=4,
                       image_mean=tuple(mean01), image_std=tuple(std01))
     if cell == "perframe":
-        net, segmenter = UNet(unet), None
+        net = UNet(unet)
         segmenter = Segmenter("unet", net)
     else:
         net = TemporalSegmenter(TemporalSegmenterConfig(pixel_model="unet", pixel_config=asdict(unet), cell=cell))
