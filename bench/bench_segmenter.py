@@ -60,6 +60,8 @@ and `score.sequence_scores` gives the IoU against the true masks 0…10 and the 
 beside the truth's, of the plain argmax, of each object voted to one class then each track
 (`--object-vote --track-vote`), and, with `--object-classifier`, of the classifier's classes
 then the track vote (the pipeline's pseudo-labels, segmenter.object_class: classifier).
+`--init-from <scratch>/perframe.pt` starts every arm from an earlier run's per-frame U-Net
+(the recurrent arms' cells fresh): fine-tuning at equal CPU instead of training from scratch.
 
 torch.compile's first step is ~70 s on 2 cores with a cold inductor cache and ~4 s once
 the cache (/tmp/torchinductor_$USER) holds the graphs; the figure printed is whichever
@@ -337,8 +339,11 @@ TEMPORAL_ARMS = "perframe,convgru,convgru+change,convgru+smoothing,convgru+warp"
 
 
 def temporal_arm(name: str, root: str, mean01, std01, budget_s: float, clip_frames: int, loss_weight: float,
-                 seed: int) -> dict:
-    """Train one arm for `budget_s` CPU seconds (one thread); its val sequence scores."""
+                 seed: int, init_from: str | None = None) -> dict:
+    """Train one arm for `budget_s` CPU seconds (one thread); its val sequence scores.
+    `init_from`: a per-frame arm's weights (`<scratch>/perframe.pt`) to start from, the
+    U-Net's for a per-frame arm, the recurrent segmenter's U-Net for the others (its cell
+    starts fresh)."""
     from dataclasses import asdict
     from types import SimpleNamespace
 
@@ -357,11 +362,14 @@ def temporal_arm(name: str, root: str, mean01, std01, budget_s: float, clip_fram
     unet = UNetConfig(in_channels=3, num_classes=data.NUM_CLASSES, base_channels=16, depth=4,
                       image_mean=tuple(mean01), image_std=tuple(std01))
     if cell == "perframe":
-        net, segmenter = UNet(unet), None
+        net = UNet(unet)
         segmenter = Segmenter("unet", net)
     else:
         net = TemporalSegmenter(TemporalSegmenterConfig(pixel_model="unet", pixel_config=asdict(unet), cell=cell))
         segmenter = Segmenter("unet", net, temporal=cell)
+    if init_from:
+        start = torch.load(init_from, weights_only=True)["weights"]
+        (net if cell == "perframe" else net.pixel).load_state_dict(start)
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=SCHEDULE_POINTS)
@@ -420,7 +428,8 @@ def temporal_scores(segmenter, frames, truth, classifier) -> dict:
 
 def _temporal_worker(job):
     name, args, mean01, std01 = job
-    result = temporal_arm(name, args.root, mean01, std01, args.budget_s, args.clip_frames, args.loss_weight, args.seed)
+    result = temporal_arm(name, args.root, mean01, std01, args.budget_s, args.clip_frames, args.loss_weight, args.seed,
+                          args.init_from)
     torch.save({"weights": result["segmenter"].net.state_dict()}, Path(args.scratch) / f"{name}.pt")
     return {k: v for k, v in result.items() if k != "segmenter"}
 
@@ -436,7 +445,8 @@ def temporal(args, mean01, std01) -> None:
     truth = np.stack([data.read_mask(v, frames.shape[2:4])[: data.N_INPUT] for v in videos])
     names = args.temporal_arms.split(",")
     print(f"\n== pseudo-labels of val frames 0…10 ({len(videos)} videos): arms trained {args.budget_s:.0f} CPU s each "
-          f"(one thread), clips of {args.clip_frames}, loss weight {args.loss_weight}")
+          f"(one thread), clips of {args.clip_frames}, loss weight {args.loss_weight}"
+          + (f", from {args.init_from}" if args.init_from else ""))
     Path(args.scratch).mkdir(parents=True, exist_ok=True)
     jobs = [(name, args, mean01, std01) for name in names]
     if args.parallel:
@@ -486,6 +496,8 @@ def main():
     parser.add_argument("--loss-weight", type=float, default=1.0, help="part temporal: the weight of the one loss on")
     parser.add_argument("--parallel", action="store_true", help="part temporal: every arm in its own process at once")
     parser.add_argument("--scratch", default="/tmp/bench_temporal", help="part temporal: the arms' weights")
+    parser.add_argument("--init-from", help="part temporal: every arm starts from this per-frame arm's weights "
+                        "(<scratch>/perframe.pt of an earlier run; the recurrent arms' cells start fresh)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated, for the speed part")
     parser.add_argument("--quality-variants", default="auto", help="comma-separated, or auto (ours, smp, the fastest of ours)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="wall seconds of training per variant (demo: 240)")
