@@ -265,24 +265,17 @@ def test_a_recurrent_maskrcnn_is_refused_before_anything_runs(tmp_path):
     assert "segmenter.temporal: convgru makes a U-Net or ENet recurrent" in done.stdout + done.stderr
 
 
-def test_changing_temporal_reruns_the_segmenter_and_pseudo_labels_never_the_predictor(tmp_path):
-    """A finished run of the chain's first stages (tiny config) up to the val pseudo-labels and
-    the frame predictor, then dry runs: segmenter.temporal (and, only when it is on, the
-    recurrent settings) reruns train_segmenter, pseudo_label and what follows, never
-    train_predictor; the recurrent settings under temporal: none rerun nothing."""
-    from pipeline_helpers import merged, planned_jobs, snakemake, tiny_config, write_config
+def test_changing_temporal_reruns_the_segmenter_and_pseudo_labels_never_the_predictor(tiny_chain):
+    """Dry runs on the session's finished tiny chain (conftest.py): segmenter.temporal (and,
+    only when it is on, the recurrent settings) reruns train_segmenter, pseudo_label and what
+    follows, never train_predictor; the recurrent settings under temporal: none rerun nothing."""
+    from pipeline_helpers import planned_jobs, snakemake
 
-    # the shortest chain to both targets: no generated frames, no object classifier
-    config = merged(tiny_config(), {"augment": {"generated": False}, "segmenter": {"object_class": "vote"}})
-    write_config(tmp_path, config)
-    targets = ("results/pseudo/val.npy", "results/predictor/model.pt")
-    snakemake(tmp_path, "--cores", "2", *targets)
-    assert planned_jobs(tmp_path, *targets) == {}
-    jobs = planned_jobs(tmp_path, *targets, override={"segmenter": {"temporal": "convgru"}})
+    jobs = planned_jobs(tiny_chain, override={"segmenter": {"temporal": "convgru"}})
     assert {"train_segmenter", "pseudo_label"} <= set(jobs) and "train_predictor" not in jobs, jobs
-    assert planned_jobs(tmp_path, *targets, override={"segmenter": {"recurrent": {"warp_weight": 1.0}}}) == {}
+    assert planned_jobs(tiny_chain, override={"segmenter": {"recurrent": {"warp_weight": 1.0}}}) == {}
     on = {"segmenter": {"temporal": "convlstm", "recurrent": {"warp_weight": 1.0}}}
-    shell = snakemake(tmp_path, "--dry-run", "--printshellcmds", *targets, override=on).stdout
+    shell = snakemake(tiny_chain, "--dry-run", "--printshellcmds", override=on).stdout
     train = [line for line in shell.splitlines() if "futureseg train-segmenter" in line]
     pseudo = [line for line in shell.splitlines() if "futureseg pseudo-label" in line]
     assert train and all("--temporal convlstm" in line and "--warp-weight 1.0" in line for line in train)
