@@ -56,7 +56,7 @@ single frames, 16 a step), `convgru` / `convlstm` (the same U-Net with the cell,
 `--clip-frames`, 16 // clip_frames clips a step) and `convgru+change` / `+smoothing` /
 `+warp` (one loss on at `--loss-weight`). The same AdamW and time-driven one-cycle as part
 `quality`. Then each segments val's frames 0…10 as sequences (`Segmenter.sequence_masks`)
-and `score.sequence_scores` gives the IoU against the true masks 0…10 and the temporal IoU
+and `core.dense.sequence_scores` gives the IoU against the true masks 0…10 and the temporal IoU
 beside the truth's, of the plain argmax, of each object voted to one class then each track
 (`--object-vote --track-vote`), and, with `--object-classifier`, of the classifier's classes
 then the track vote (the pipeline's pseudo-labels, segmenter.object_class: classifier).
@@ -409,7 +409,7 @@ def temporal_arm(name: str, root: str, mean01, std01, budget_s: float, clip_fram
 
 def temporal_scores(segmenter, frames, truth, classifier) -> dict:
     """{"argmax" | "vote" | "classifier": sequence_scores} of the val sequences' pseudo-labels."""
-    from futureseg.evaluate.score import sequence_scores
+    from futureseg.core.dense import sequence_scores
     from futureseg.segment.pseudo_label import vote
     from futureseg.segment.segment import one_class_per_object
 

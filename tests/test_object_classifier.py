@@ -220,10 +220,15 @@ class ColourSegmenter:
         found = distance.min(-1) < 10
         return np.where(found, 2 * 16 + colour + 1, 0).astype(np.uint8)
 
+    def sequence_masks(self, clips, device, batch_size=16):
+        # a per-frame segmenter: each frame of each clip alone (Segmenter.sequence_masks)
+        clips = np.asarray(clips)
+        return self.masks(clips.reshape(-1, *clips.shape[2:]), device, batch_size).reshape(clips.shape[:4])
+
 
 def test_segment_and_pseudo_label_repaint_with_the_classifier(drawn, tmp_path, monkeypatch, capsys):
     folder, val = drawn
-    monkeypatch.setattr(segmenters, "load", lambda path, score_threshold=None: (ColourSegmenter(), {}))
+    monkeypatch.setattr(segmenters, "load", lambda path, score_threshold=None, temporal=None: (ColourSegmenter(), {}))
     truth = np.stack([m for _, m in val])
     classifier = folder / "classifier.pt"
     ok("segment", "--model", "any.pt", "--root", folder / "root", "--out-val-oracle", tmp_path / "plain.npy")

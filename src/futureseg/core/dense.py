@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from futureseg.core import data
-from futureseg.core.errors import ConfigError
+from futureseg.core.errors import ConfigError, FuturesegError
 
 
 def dense_losses(logits, target, soft_iou_weight: float = 0.0, background_weight: float = 1.0) -> dict:
@@ -44,6 +44,38 @@ def dense_losses(logits, target, soft_iou_weight: float = 0.0, background_weight
     present = onehot.sum(dims) > 0
     soft_iou = 1 - (intersection[present] / union[present].clamp_min(1e-6)).mean()
     return {"loss": ce + soft_iou_weight * soft_iou, "ce": ce, "soft_iou": soft_iou}
+
+
+def sequence_scores(batches) -> dict:
+    """{"iou", "temporal_iou", "true_temporal_iou"} of mask sequences against the truth, from
+    batches of (predicted, true) integer masks (N, T, H, W): the macro IoU over every frame
+    of every batch, the temporal IoU of the predicted sequences and of the true ones (one
+    metric per pair of consecutive frames accumulated over all batches, as score's
+    `temporal_iou`, then averaged over the pairs). The pseudo-labels' scores
+    (`score.pseudo_label_scores`, which adds the temporal stability) and the recurrent
+    segmenter's validation, on its own predictions, share it."""
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    def jaccard():
+        return MulticlassJaccardIndex(data.NUM_CLASSES, average="macro", validate_args=False)
+
+    iou = jaccard()
+    pairs = None
+    for predicted, true in batches:
+        pseudo = torch.from_numpy(np.asarray(predicted).astype(np.int64))
+        truth = torch.from_numpy(np.asarray(true).astype(np.int64))
+        if pairs is None:
+            pairs = {name: [jaccard() for _ in range(truth.shape[1] - 1)] for name in ("pseudo", "truth")}
+        iou.update(pseudo.flatten(0, 1), truth.flatten(0, 1))
+        for name, sequences in (("pseudo", pseudo), ("truth", truth)):
+            for k, metric in enumerate(pairs[name]):
+                metric.update(sequences[:, k + 1], sequences[:, k])
+    if pairs is None:
+        raise FuturesegError("sequence scores: no mask sequence to score")
+    temporal = {name: float(np.mean([float(m.compute()) for m in metrics])) if metrics else float("nan")
+                for name, metrics in pairs.items()}
+    return {"iou": float(iou.compute()), "temporal_iou": temporal["pseudo"], "true_temporal_iou": temporal["truth"]}
 
 
 def macro_iou(predicted, target) -> float:
@@ -86,7 +118,6 @@ def normalisation(mean_std_path) -> tuple[list[float], list[float]]:
     if mean_std_path is None:
         return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     from futureseg.core.io import read_mean_std
-    from futureseg.core.errors import FuturesegError
 
     path = Path(mean_std_path)
     if not path.is_file():

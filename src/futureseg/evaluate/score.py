@@ -51,6 +51,7 @@ import numpy as np
 
 from futureseg.core import data
 from futureseg.core.errors import ConfigError, FuturesegError
+from futureseg.core.dense import sequence_scores
 from futureseg.core.io import atomic_path, read_array, save_npy, write_json
 from futureseg.evaluate import video_metrics
 
@@ -266,61 +267,23 @@ def pseudo_label_scores(root, path, batch_size: int = 32) -> dict:
     if meta.get("frame_indices", list(range(n_frames))) != list(range(n_frames)):
         raise FuturesegError(f"{path}: pseudo-labels of frames {meta['frame_indices']}, expected 0…{n_frames - 1}")
 
+    stable = {"": [], "true_": []}  # T of every (video, object class) sequence, averaged at the end
+
     def batches():
         for start in range(0, len(videos), batch_size):
             chunk = videos[start : start + batch_size]
             truth = np.stack([data.read_mask(v, size)[:n_frames] for v in chunk])
             values = np.asarray(masks[start : start + len(chunk)])
             _check_range(values, path, start)
+            for prefix, sequences, what in (("", values, str(path)), ("true_", truth, "true masks 0…10")):
+                for k, video in enumerate(sequences):
+                    stable[prefix] += video_metrics.stability_per_class(video, f"{what}, row {start + k}").values()
             yield values, truth
 
-    return {"frames": list(range(n_frames)), **sequence_scores(batches(), stability=str(path))}
-
-
-def sequence_scores(batches, stability: str | None = None) -> dict:
-    """{"iou", "temporal_iou", "true_temporal_iou"} of mask sequences against the truth, from
-    batches of (predicted, true) integer masks (N, T, H, W): the macro IoU over every frame
-    of every batch, the temporal IoU of the predicted sequences and of the true ones (one
-    metric per pair of consecutive frames accumulated over all batches, as `temporal_iou`,
-    then averaged over the pairs). With `stability` (the predictions' name, for errors) also
-    "temporal_stability" and "true_temporal_stability", T of every (video, object class)
-    sequence averaged (`split_temporal_stability`'s): some 6 ms a frame pair, so the
-    recurrent segmenter's validation, which runs every epoch, leaves it out.
-    `pseudo_label_scores` reads it from a file; the recurrent segmenter's training validates
-    with it on its own predictions."""
-    import torch
-    from torchmetrics.classification import MulticlassJaccardIndex
-
-    def jaccard():
-        return MulticlassJaccardIndex(data.NUM_CLASSES, average="macro", validate_args=False)
-
-    iou = jaccard()
-    pairs = None
-    stable, row = {"pseudo": [], "truth": []}, 0  # T of every (video, object class) sequence
-    for predicted, true in batches:
-        predicted, true = np.asarray(predicted), np.asarray(true)
-        pseudo = torch.from_numpy(predicted.astype(np.int64))
-        truth = torch.from_numpy(true.astype(np.int64))
-        if pairs is None:
-            pairs = {name: [jaccard() for _ in range(truth.shape[1] - 1)] for name in ("pseudo", "truth")}
-        if stability:
-            for name, sequences, what in (("pseudo", predicted, stability), ("truth", true, "true masks")):
-                for k, video in enumerate(sequences):
-                    stable[name] += video_metrics.stability_per_class(video, f"{what}, row {row + k}").values()
-        row += len(predicted)
-        iou.update(pseudo.flatten(0, 1), truth.flatten(0, 1))
-        for name, sequences in (("pseudo", pseudo), ("truth", truth)):
-            for k, metric in enumerate(pairs[name]):
-                metric.update(sequences[:, k + 1], sequences[:, k])
-    if pairs is None:
-        raise FuturesegError("sequence scores: no mask sequence to score")
-    temporal = {name: float(np.mean([float(m.compute()) for m in metrics])) if metrics else float("nan")
-                for name, metrics in pairs.items()}
-    out = {"iou": float(iou.compute()), "temporal_iou": temporal["pseudo"], "true_temporal_iou": temporal["truth"]}
-    if stability:
-        out.update({f"{prefix}temporal_stability": float(np.mean(values)) if values else None
-                    for prefix, values in (("", stable["pseudo"]), ("true_", stable["truth"]))})
-    return out
+    scores = sequence_scores(batches())
+    return {"frames": list(range(n_frames)), **scores,
+            **{f"{prefix}temporal_stability": float(np.mean(values)) if values else None
+               for prefix, values in stable.items()}}
 
 
 SUMMARY_KEYS = ("iou", "boundary_f", "j_and_f", "iou_micro", "pixel_acc", "n_classes_counted", "foreground_iou",

@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from futureseg.core.errors import ConfigError, FuturesegError
+# the per-pixel models and the recurrent cells, in their own module so that the recurrent
+# segmenter builds its U-Net or ENet without importing this registry back
+from futureseg.models.pixel_models import PIXEL_MODELS, TEMPORAL, build_pixel_model, model_class  # noqa: F401
 
 SEGMENTERS = ("unet", "enet", "maskrcnn")
-PIXEL_MODELS = ("unet", "enet")  # per-pixel logits (N, 49, H, W), trained by train_segmenter.train_pixel
 BACKENDS = ("torchvision", "detectron2")
-# segmenter.temporal: none (per frame) or the recurrent cell of models/temporal_segmenter.py
-# (named here, where nothing imports torch, for the verbs' flags)
-TEMPORAL = ("none", "convgru", "convlstm")
 
 
 def _detectron2_module():
@@ -116,31 +115,6 @@ def build_backend(backend: str, config: dict):
         d2 = _detectron2_module()
         return d2.Detectron2MaskRCNN(d2.Detectron2MaskRCNNConfig(**config))
     raise ConfigError(f"segmenter.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-
-
-def model_class(name: str):
-    """(module class, config dataclass) of a per-pixel model."""
-    if name == "unet":
-        from futureseg.models.unet import UNet, UNetConfig
-
-        return UNet, UNetConfig
-    if name == "enet":
-        from futureseg.models.enet import ENet, ENetConfig
-
-        return ENet, ENetConfig
-    raise ConfigError(f"segmenter.model: {name!r} is not one of {', '.join(PIXEL_MODELS)} (the per-pixel models)")
-
-
-def build_pixel_model(name: str, config: dict):
-    """A per-pixel model from its config dict; a key its config does not have (a model file
-    of another kind, say) is named."""
-    from dataclasses import fields
-
-    module, config_class = model_class(name)
-    unknown = sorted(set(config) - {f.name for f in fields(config_class)})
-    if unknown:
-        raise ConfigError(f"segmenter.{name}: unknown setting {unknown[0]!r} (not a {config_class.__name__} field)")
-    return module(config_class(**config))
 
 
 def describe(temporal: str, name: str | None = None) -> str:

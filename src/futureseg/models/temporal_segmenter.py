@@ -1,5 +1,5 @@
 """Recurrent segmenter for sequences (`segmenter.temporal: convgru | convlstm`): a per-pixel
-model (U-Net or ENet, `segmenters.PIXEL_MODELS`) with a convolutional recurrent cell between
+model (U-Net or ENet, `pixel_models.PIXEL_MODELS`) with a convolutional recurrent cell between
 its encoder and its decoder, the cell's state carried over a video's frames in order.
 
 Why there: the bottleneck is the smallest map (1/8 of the frame for both models), so the
@@ -45,7 +45,7 @@ from torch import nn
 
 from futureseg.core.errors import ConfigError
 from futureseg.models.checks import is_int
-from futureseg.models.segmenters import TEMPORAL
+from futureseg.models.pixel_models import PIXEL_MODELS, TEMPORAL, build_pixel_model
 
 CELLS = TEMPORAL[1:]  # segmenter.temporal's recurrent cells
 
@@ -59,8 +59,6 @@ class TemporalSegmenterConfig:
     key = "segmenter.recurrent"  # the config section named in errors (a class attribute, not a field)
 
     def __post_init__(self):
-        from futureseg.models.segmenters import PIXEL_MODELS
-
         if self.pixel_model not in PIXEL_MODELS:
             raise ConfigError(f"segmenter.model: the recurrent segmenter wraps {' or '.join(PIXEL_MODELS)}, "
                               f"got {self.pixel_model!r}")
@@ -74,8 +72,6 @@ class TemporalSegmenterConfig:
 class TemporalSegmenter(nn.Module):
     def __init__(self, config: TemporalSegmenterConfig):
         super().__init__()
-        from futureseg.models.segmenters import build_pixel_model
-
         self.config = config
         self.pixel = build_pixel_model(config.pixel_model, config.pixel_config)
         channels = self.pixel.bottleneck_channels

@@ -509,7 +509,7 @@ def train_temporal(args) -> dict:
     one-cycle, through `training.fit`. `--batch-size` counts frames, as for the per-frame
     model: batch_size // clip_frames clips a step (at least one), so a step costs about what
     a per-frame step does. Validation runs the route's own input: val's frames 0…10 as one
-    sequence each, scored as the pseudo-labels are (`score.sequence_scores`: `val_iou`
+    sequence each, scored as the pseudo-labels are (`core.dense.sequence_scores`: `val_iou`
     against the true masks 0…10, `val_temporal_iou` beside `val_true_temporal_iou`), and the
     true frame 21 alone (`val_oracle_iou`, zero state: the meaning of the oracle reference).
     Its masks there are the segmenter's argmax, before the object classifier and the track
@@ -518,7 +518,7 @@ def train_temporal(args) -> dict:
 
     import torch
 
-    from futureseg.evaluate.score import sequence_scores
+    from futureseg.core.dense import sequence_scores
     from futureseg.models.segmenters import build_temporal, model_class
     from futureseg.models.temporal_segmenter import TemporalSegmenterConfig, clip_flows
     from futureseg.core.training import adamw_one_cycle, autocast, epoch_order, fit, plan_steps, seed_everything, select_device
