@@ -92,10 +92,13 @@ class RedChannelSegmenter:
     def masks(self, frames, device, batch_size=16):
         return np.array(np.asarray(frames)[..., 0], dtype=np.uint8)
 
+    def sequence_masks(self, clips, device, batch_size=16):
+        return self.masks(clips, device, batch_size)  # per frame, as a per-frame Segmenter's
+
 
 @pytest.fixture
 def red_channel(monkeypatch):
-    monkeypatch.setattr(segmenters, "load", lambda path, score_threshold=None: (RedChannelSegmenter(), {}))
+    monkeypatch.setattr(segmenters, "load", lambda path, score_threshold=None, temporal=None: (RedChannelSegmenter(), {}))
 
 
 def noisy_video(t: int = 4) -> np.ndarray:
