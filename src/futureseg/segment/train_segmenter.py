@@ -404,14 +404,10 @@ def augment_clip(frames: np.ndarray, masks: np.ndarray, rng: np.random.Generator
     """`augment` of a clip (T, H, W, 3), (T, H, W): one flip and one brightness for all its
     frames, so the clip still moves as the video did ("train as you infer": the pseudo-labels'
     sequences are real frames, unblurred, so the per-frame set's blur is left out)."""
-    flip_h, flip_v = rng.random(2) < 0.5
+    frames, masks = dense.flip_together([frames.transpose(0, 3, 1, 2), masks], rng)  # H, W last
     brightness = rng.uniform(*BRIGHTNESS)
-    if flip_h:
-        frames, masks = frames[:, :, ::-1], masks[:, :, ::-1]
-    if flip_v:
-        frames, masks = frames[:, ::-1], masks[:, ::-1]
     frames = np.clip(frames.astype(np.float32) * brightness, 0, 255).round().astype(np.uint8)
-    return frames, np.ascontiguousarray(masks)
+    return np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), masks
 
 
 class ClipSet:
