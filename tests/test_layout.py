@@ -80,3 +80,23 @@ def test_stages_stand_on_the_core_and_models_only():
         # nor the command above them all: the flags the verbs share live in core/flags.py
         assert name == "futureseg.__main__" or "futureseg.cli" not in imports_of(path, set(paths)), \
             f"{name} imports futureseg.cli, the command; take the shared flags from futureseg.core.flags"
+
+
+def test_a_verb_imports_only_its_own_module():
+    """`futureseg VERB` builds VERB's parser alone: a Snakemake job does not pay for the other
+    verbs' imports (torch alone takes ~2 s to import, at every job's start)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from futureseg import cli; cli.build_parser(sys.argv[1:]); "
+        "print(sorted(n for n in cli.VERB_MODULES if 'futureseg.' + n in sys.modules), 'torch' in sys.modules)"
+    )
+    for name, needs_torch in (("data.mean_std", False), ("evaluate.gather_shards", False),
+                              ("forecast.train_dynamics", True)):
+        verb = cli.verb_name(name)
+        out = subprocess.run([sys.executable, "-c", script, verb, "--help"], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out == [f"['{name}']", str(needs_torch)], (verb, out)
+    # no verb named: every verb's parser, for `futureseg --help`
+    assert len(cli.build_parser()._subparsers._group_actions[0].choices) == len(cli.VERB_MODULES)

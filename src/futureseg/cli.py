@@ -51,11 +51,20 @@ VERB_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def verb_name(module_name: str) -> str:
+    """cache-frames for data.cache_frames."""
+    return module_name.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser of every verb, or of the one verb that `argv` starts with: a verb imports
+    only its own module, not the others' (torch, scipy, OpenCV), which saves seconds at
+    every start of a Snakemake job."""
     parser = argparse.ArgumentParser(prog="futureseg", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name in VERB_MODULES:
-        module = importlib.import_module(f"futureseg.{name}")
+    chosen = [name for name in VERB_MODULES if argv and verb_name(name) == argv[0]]
+    for name in chosen or VERB_MODULES:
+        module = importlib.import_module(f"futureseg.{name}")  # VERB == verb_name(name): test_layout
         sub = verbs.add_parser(module.VERB, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(run=module.main)
@@ -64,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a verb that re-executes itself
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    args.argv = argv  # for a verb that re-executes itself
     try:
         args.run(args)
     except FuturesegError as exc:
