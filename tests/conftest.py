@@ -37,6 +37,26 @@ def tiny_chain(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def slurm_chain_started(request, tmp_path_factory):
+    """test_slurm_pipeline's chain under the SLURM profile, started as the session starts when
+    one of its tests is in the session and a SLURM cluster answers; None otherwise (that
+    module then starts it, or skips). Its jobs run on the cluster beside the other tests,
+    which keep about one of two cores busy, instead of after them: ~4 minutes of the suite."""
+    if not any("chains" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    from test_slurm_cluster import slurm_cluster_problem, stop_snakemake_on_slurm
+    from test_slurm_pipeline import start_slurm_chain
+
+    if slurm_cluster_problem():
+        yield None
+        return
+    planned, running = start_slurm_chain(tmp_path_factory.mktemp("slurm_chain"))
+    yield planned, running
+    stop_snakemake_on_slurm(running)  # a session that ended before reading it leaves no jobs
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread for the test: on tiny tensors a second intra-op thread only adds

@@ -46,19 +46,25 @@ FAST_POLLING_FLAGS = (
 LOCAL_CLUSTER_FLAGS = NO_ACCOUNTING_FLAGS + FAST_POLLING_FLAGS
 
 
-def require_slurm_cluster():
-    """Skip the calling test when no SLURM cluster answers; fail instead under CI."""
-    required = os.environ.get("FUTURESEG_REQUIRE_SLURM") == "1"
-    give_up = pytest.fail if required else pytest.skip
+def slurm_cluster_problem() -> str | None:
+    """Why no SLURM cluster can run the tests' jobs here, or None when one answers."""
     hint = "start one with `bash slurm/local-cluster.sh start` (as root)"
     if shutil.which("sbatch") is None:
-        give_up(f"sbatch is not on PATH: install slurm-wlm and munge, then {hint}")
+        return f"sbatch is not on PATH: install slurm-wlm and munge, then {hint}"
     try:
         sinfo = subprocess.run(["sinfo", "--noheader"], capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
-        give_up(f"sinfo did not answer within 10 s: no SLURM cluster is running; {hint}")
+        return f"sinfo did not answer within 10 s: no SLURM cluster is running; {hint}"
     if sinfo.returncode != 0 or not sinfo.stdout.strip():
-        give_up(f"no SLURM cluster answers (sinfo: {sinfo.stderr.strip()[-300:]}); {hint}")
+        return f"no SLURM cluster answers (sinfo: {sinfo.stderr.strip()[-300:]}); {hint}"
+    return None
+
+
+def require_slurm_cluster():
+    """Skip the calling test when no SLURM cluster answers; fail instead under CI."""
+    problem = slurm_cluster_problem()
+    if problem:
+        (pytest.fail if os.environ.get("FUTURESEG_REQUIRE_SLURM") == "1" else pytest.skip)(problem)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +159,12 @@ class RunningSnakemake:
     command: list
     workdir: Path
     started: float  # time.monotonic()
+    # its stdout and stderr, beside the workdir: a file, not a pipe, so that a run nobody reads
+    # yet (test_slurm_pipeline's chain, started with the session) never blocks on a full pipe
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
 
 def start_snakemake_on_slurm(workdir, *args, snakemake=("snakemake",)):
@@ -167,11 +179,11 @@ def start_snakemake_on_slurm(workdir, *args, snakemake=("snakemake",)):
     options = snakemake[1:] if snakemake[:1] == ["snakemake"] else snakemake[3:]
     assert snakemake[:1] == ["snakemake"] or snakemake[1:3] == ["-m", "snakemake"], snakemake
     command = [sys.executable, str(FIXED_POLLING), *options, "--profile", str(PROFILE), *LOCAL_CLUSTER_FLAGS, *args]
+    log = Path(workdir).with_name(f"{Path(workdir).name}.snakemake.log")
     started = time.monotonic()
-    process = subprocess.Popen(
-        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    return RunningSnakemake(process, command, Path(workdir), started)
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return RunningSnakemake(process, command, Path(workdir), started, log)
 
 
 def _run_ids(output):
@@ -184,7 +196,8 @@ def finish_snakemake_on_slurm(run, timeout=600, check=True):
     cancelled. Returns a SlurmRun."""
     command, workdir = " ".join(run.command), run.workdir
     try:
-        output, _ = run.process.communicate(timeout=max(1.0, run.started + timeout - time.monotonic()))
+        run.process.wait(timeout=max(1.0, run.started + timeout - time.monotonic()))
+        output = run.output()
     except subprocess.TimeoutExpired:
         output = stop_snakemake_on_slurm(run)
         pytest.fail(
@@ -209,11 +222,12 @@ def stop_snakemake_on_slurm(run):
     running, so that a failed test leaves the cluster free; returns its output."""
     if run.process.poll() is None:
         run.process.kill()
-    output, _ = run.process.communicate()
-    for job in slurm_jobs(run.workdir, _run_ids(output or "") or None):
+    run.process.wait()
+    output = run.output()
+    for job in slurm_jobs(run.workdir, _run_ids(output) or None):
         if job.state in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED"):
             subprocess.run(["scancel", str(job.job_id)], capture_output=True)
-    return output or ""
+    return output
 
 
 def run_snakemake_on_slurm(workdir, *args, timeout=600, snakemake=("snakemake",)):

@@ -32,6 +32,7 @@ import torch
 
 from pipeline_helpers import merged, planned_jobs, snakemake_command, tiny_config, write_config
 from test_slurm_cluster import (
+    RunningSnakemake,
     SlurmRun,
     default_partition,
     finish_snakemake_on_slurm,
@@ -77,17 +78,22 @@ class Chains:
         )
 
 
-@pytest.fixture(scope="module")
-def chains(slurm_cluster, tiny_chain, tmp_path_factory):  # noqa: F811
+def start_slurm_chain(folder: Path) -> tuple[dict, RunningSnakemake]:
+    """Start the chain on tiny_config() in `folder` under the SLURM profile; returns the
+    {rule: jobs} its dry run planned and the running snakemake (conftest.py starts it as the
+    session starts)."""
     # The local cluster's GPUs are fake (torch finds none): its GPU jobs run on the CPU on
     # purpose. allow_cpu shapes no output (not a param): the local run's outputs still hold.
-    slurm = tmp_path_factory.mktemp("slurm_chain")
-    write_config(slurm, merged(tiny_config(), {"resources": {"allow_cpu": True}}))
-    planned = planned_jobs(slurm)
-    run = finish_snakemake_on_slurm(
-        start_snakemake_on_slurm(slurm, snakemake=snakemake_command(slurm)), timeout=CHAIN_TIMEOUT_S
-    )
-    chains = Chains(tiny_chain, slurm, planned, run)
+    write_config(folder, merged(tiny_config(), {"resources": {"allow_cpu": True}}))
+    planned = planned_jobs(folder)
+    return planned, start_snakemake_on_slurm(folder, snakemake=snakemake_command(folder))
+
+
+@pytest.fixture(scope="module")
+def chains(slurm_cluster, tiny_chain, slurm_chain_started, tmp_path_factory):  # noqa: F811
+    planned, running = slurm_chain_started or start_slurm_chain(tmp_path_factory.mktemp("slurm_chain"))
+    run = finish_snakemake_on_slurm(running, timeout=CHAIN_TIMEOUT_S)
+    chains = Chains(tiny_chain, running.workdir, planned, run)
     print(f"\n{chains.summary()}")
     return chains
 
