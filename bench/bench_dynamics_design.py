@@ -57,7 +57,7 @@ def border_noise(masks: np.ndarray, rate: float, rng: np.random.Generator) -> np
 def _video_tracks(job):
     from futureseg.core import motion
     from futureseg.data.synth import render_video
-    from futureseg.models.dynamics import FIRST_WINDOW_END
+    from futureseg.core.motion import FIRST_WINDOW_END
 
     video_id, seed, height, width, noise, flow, flow_pairs = job
     frames, masks, _ = render_video(video_id, seed, height, width)
@@ -71,7 +71,7 @@ def make(args):
     from futureseg.data import cache_frames
     from futureseg.data.synth import generate_dataset
     from futureseg.forecast import tracks
-    from futureseg.models.dynamics import FIRST_WINDOW_END
+    from futureseg.core.motion import FIRST_WINDOW_END
 
     out = Path(args.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -445,7 +445,7 @@ def test_tracks_reuse_each_pair_flow_and_equal_the_plain_computation(flow_pairs)
     # frame 6←5 serves the ends 6, 7 and 8), each computed once, with the same bytes
     for video in (3, 7):
         frames, masks, _ = render_video(video, 0, 48, 72)
-        ends = range(dynamics.FIRST_WINDOW_END, 11)
+        ends = range(motion.FIRST_WINDOW_END, 11)
         classes, states = motion.object_tracks(masks, frames, ends, "dis", flow_pairs)
         expected_classes, expected = reference_tracks(masks, frames, ends, flow_pairs)
         np.testing.assert_array_equal(classes, expected_classes)

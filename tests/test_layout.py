@@ -100,3 +100,23 @@ def test_a_verb_imports_only_its_own_module():
         assert out == [f"['{name}']", str(needs_torch)], (verb, out)
     # no verb named: every verb's parser, for `futureseg --help`
     assert len(cli.build_parser()._subparsers._group_actions[0].choices) == len(cli.VERB_MODULES)
+
+
+def test_the_data_and_motion_verbs_run_without_torch(tiny_dataset, tmp_path):
+    """The verbs of the data and of route motion never import torch (seconds at every job's
+    start): each runs here with torch made unimportable."""
+    import subprocess
+    import sys
+
+    script = "import sys; sys.modules['torch'] = None; from futureseg import cli; sys.exit(cli.main(sys.argv[1:]))"
+    frames = tmp_path / "val.npy"
+    runs = [
+        ["mean-std", "--root", tiny_dataset, "--out", tmp_path / "mean_std.json", "--splits", "train"],
+        ["cache-frames", "--root", tiny_dataset, "--split", "val", "--out", frames],
+        ["extrapolate", "--root", tiny_dataset, "--split", "val", "--frames", frames, "--out", tmp_path / "m.npy"],
+        ["tracks", "--root", tiny_dataset, "--split", "val", "--frames", frames, "--out", tmp_path / "t.npz"],
+    ]
+    for argv in runs:
+        result = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
+        assert result.returncode == 0, f"futureseg {argv[0]}: {result.stderr[-2000:]}"
+    assert (tmp_path / "m.npy").exists() and (tmp_path / "t.npz").exists()

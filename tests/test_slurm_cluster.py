@@ -34,14 +34,14 @@ FIXED_POLLING = Path(__file__).resolve().parent / "snakemake_fixed_polling.py"
 # Needed on a cluster without an accounting database, like the local one: sacct does not
 # work there, squeue does. A real cluster keeps the plugin's default (sacct).
 NO_ACCOUNTING_FLAGS = ("--slurm-status-command", "squeue")
-# Speed only, for tiny jobs: the first status check 3 s after a submission instead of 40 s.
+# Speed only, for tiny jobs: the first status check 1 s after a submission instead of 40 s.
 # The plugin would still back off by 10 s after every check that finds no job finished (3,
 # 13, 23 s, ...), seeing each job finish 10-20 s late; the tests run snakemake through
-# FIXED_POLLING, which checks every 3 s. On a real cluster leave the defaults: they spare
+# FIXED_POLLING, which checks every second (one squeue call). On a real cluster leave the defaults: they spare
 # slurmctld.
 FAST_POLLING_FLAGS = (
-    "--slurm-init-seconds-before-status-checks", "3",
-    "--seconds-between-status-checks", "3",
+    "--slurm-init-seconds-before-status-checks", "1",
+    "--seconds-between-status-checks", "1",
 )  # fmt: skip
 LOCAL_CLUSTER_FLAGS = NO_ACCOUNTING_FLAGS + FAST_POLLING_FLAGS
 
@@ -174,7 +174,7 @@ def start_snakemake_on_slurm(workdir, *args, snakemake=("snakemake",)):
     # A GPU machine's CUDA_VISIBLE_DEVICES would reach the jobs through sbatch --export=ALL;
     # the jobs must see only what SLURM gives them.
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    # the same command through the runner that polls every 3 s (snakemake_fixed_polling.py)
+    # the same command through the runner that polls at a fixed interval (snakemake_fixed_polling.py)
     snakemake = list(snakemake)
     options = snakemake[1:] if snakemake[:1] == ["snakemake"] else snakemake[3:]
     assert snakemake[:1] == ["snakemake"] or snakemake[1:3] == ["-m", "snakemake"], snakemake

@@ -1,7 +1,9 @@
 """Reading and writing the pipeline's files; every file a verb writes appears only when complete.
 
 Arrays with an ids sidecar (save_array / read_array), frame caches and other uint8 arrays
-filled row by row (array_writer / load_cache), the mean/std statistics (read_mean_std).
+filled row by row (array_writer / load_cache), the mean/std statistics (read_mean_std), and
+`progress`, the log lines of a loop over a file's rows (no torch here: the verbs that import
+only this module start in a fraction of a second).
 
 A verb writes to a temporary name in the destination folder and renames it at the end,
 so a verb that is killed midway never leaves a file Snakemake would take as complete.
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from futureseg.core.errors import DataError
+
+log = logging.getLogger("futureseg")
 
 
 @contextlib.contextmanager
@@ -187,3 +193,17 @@ def read_mean_std(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if mean.shape != (3,) or std.shape != (3,) or not np.isfinite(mean).all() or not (std > 0).all():
         raise DataError(f"{path}: expected 3 finite means and 3 positive stds, got mean {mean.tolist()} std {std.tolist()}")
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def progress(iterable, total: int, desc: str, initial: int = 0):
+    """A tqdm bar on a terminal; in a log file, a plain line every ~10%."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, initial=initial)
+        return
+    every = max(1, total // 10)
+    for i, item in enumerate(iterable, start=initial + 1):
+        yield item
+        if i % every == 0 or i == total:
+            log.info("%s: %d/%d", desc, i, total)

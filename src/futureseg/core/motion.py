@@ -62,6 +62,9 @@ from futureseg.core.errors import ConfigError
 
 KEY = "motion"
 HORIZON = 11  # future frames: 11…21 from 0…10
+# A dynamics training window ends at frames FIRST_WINDOW_END…10 of a 22-frame video (its
+# targets are the HORIZON frames after its end); object_tracks measures the flow velocity there.
+FIRST_WINDOW_END = 4
 FLOWS = ("none", "dis", "farneback")
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 

@@ -1,4 +1,4 @@
-"""What every trainer shares: the training loop `fit`, checkpoints, stop signals, metrics, progress, devices, DDP.
+"""What every trainer shares: the training loop `fit`, checkpoints, stop signals, metrics, devices, DDP.
 
 Contract (DESIGN.md §6): checkpoints are written atomically every N steps and at the end;
 a rerun resumes from the last checkpoint of the same config; SIGTERM/SIGUSR1 (SLURM time
@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from futureseg.core.errors import FuturesegError
-from futureseg.core.io import atomic_path
+from futureseg.core.io import atomic_path, progress
 
 log = logging.getLogger("futureseg")
 
@@ -304,20 +304,6 @@ class MetricsLog:
                     self.writer.add_scalar(key, value, step)
             self.writer.flush()
         log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-
-
-def progress(iterable, total: int, desc: str, initial: int = 0):
-    """A tqdm bar on a terminal; in a log file, a plain line every ~10%."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        yield from tqdm(iterable, total=total, desc=desc, initial=initial)
-        return
-    every = max(1, total // 10)
-    for i, item in enumerate(iterable, start=initial + 1):
-        yield item
-        if i % every == 0 or i == total:
-            log.info("%s: %d/%d", desc, i, total)
 
 
 # ---------------------------------------------------------------- devices and DDP

@@ -42,7 +42,7 @@ def _decode_into(args) -> int:
 
 def cache_split(root: str | Path, split: str, out: str | Path, workers: int = 1) -> dict:
     """Decode every frame of `split` into `out` (.npy) + sidecar; return the sidecar's summary."""
-    from futureseg.core.training import progress
+    from futureseg.core.io import progress
 
     videos = data.list_videos(root, split)
     size = data.frame_size(root, split)

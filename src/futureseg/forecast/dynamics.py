@@ -65,7 +65,7 @@ def run(out=None, out_sequence=None, model_path=None, masks_path=None, root=None
     from futureseg.core.io import array_writer
     from futureseg.core.motion import HORIZON, MotionConfig
     from futureseg.core.shards import shard_rows
-    from futureseg.core.training import progress
+    from futureseg.core.io import progress
     from futureseg.forecast.extrapolate import read_inputs
     from futureseg.models import dynamics
 

@@ -81,7 +81,7 @@ def run(config, out=None, out_sequence=None, masks_path=None, root=None, split=N
     """Extrapolate every video (of a shard); returns how many."""
     from futureseg.core.io import array_writer
     from futureseg.core.motion import HORIZON, extrapolate
-    from futureseg.core.training import progress
+    from futureseg.core.io import progress
 
     if not out and not out_sequence:
         raise ConfigError("nothing to write: give --out and/or --out-sequence")

@@ -4,7 +4,7 @@ Input, as `futureseg extrapolate` reads it: a mask cache (`--masks`, the segment
 pseudo-labels: unlabeled's 22 frames) or a labeled split's true masks (`--root DIR --split
 S`: train's 22 frames), and with `--flow` the frame cache of the same videos (`--frames`,
 ids checked) for the flow velocity at the frames where a training window can end
-(`models.dynamics.FIRST_WINDOW_END`…10), averaged over `--flow-pairs` frame pairs as route
+(`core.motion.FIRST_WINDOW_END`…10), averaged over `--flow-pairs` frame pairs as route
 motion's `flow_pairs`. Each video's tracks are
 `core.motion.object_tracks`: per object (a class id), per frame, its presence, centroid,
 area, box and flow velocity.
@@ -31,9 +31,9 @@ FLOWS = ("none", "dis", "farneback")
 def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis", flow_pairs=1) -> int:
     """Write the tracks of every video; returns how many."""
     from futureseg.core import motion
-    from futureseg.core.training import progress
+    from futureseg.core.motion import FIRST_WINDOW_END
+    from futureseg.core.io import progress
     from futureseg.forecast.extrapolate import read_inputs
-    from futureseg.models.dynamics import FIRST_WINDOW_END
 
     if flow not in FLOWS:
         raise ConfigError(f"--flow must be one of {', '.join(FLOWS)}, got {flow!r}")

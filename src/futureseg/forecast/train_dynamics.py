@@ -2,7 +2,7 @@
 
 Training windows: every video of the tracks files `--tracks` (train's true masks,
 unlabeled's pseudo-labels: all 22 frames) gives a window ending at each frame t =
-`models.dynamics.FIRST_WINDOW_END`…10, whose targets are the 11 frames t+1…t+11, and each
+`core.motion.FIRST_WINDOW_END`…10, whose targets are the 11 frames t+1…t+11, and each
 window again left-right mirrored (`--mirror`, on by default): 14 windows a video. Per object
 present at t, the targets are its centroid and log-scale (half the log of its area over its
 area at t) in those frames, and whether it is in view there; a centroid target is masked
@@ -76,7 +76,7 @@ class Windows:
     seconds); a batch is a gather. `objects[w]` are the rows of window w's objects."""
 
     def __init__(self, tracks_files, mirror: bool, config, velocity_frames: int, bounce: bool):
-        from futureseg.core.motion import HORIZON, STATE
+        from futureseg.core.motion import FIRST_WINDOW_END, HORIZON, STATE
         from futureseg.models import dynamics
 
         parts, self.objects, start = [], [], 0
@@ -84,7 +84,7 @@ class Windows:
             video = np.repeat(np.arange(len(tracks)), np.diff(tracks.offsets))
             for mirrored in (False, True) if mirror else (False,):
                 states = dynamics.mirror(tracks.states, tracks.size[1]) if mirrored else tracks.states
-                for t in range(dynamics.FIRST_WINDOW_END, tracks.n_frames - HORIZON):
+                for t in range(FIRST_WINDOW_END, tracks.n_frames - HORIZON):
                     present = states[:, t, STATE["present"]] > 0
                     x, base, _ = dynamics.inputs(tracks.classes, states, t, tracks.size, config, velocity_frames,
                                                  bounce)
@@ -142,9 +142,9 @@ def train(args) -> dict:
     if len(sizes) != 1:
         raise DataError(f"tracks of different frame sizes: {', '.join(f'{f.path} {f.size}' for f in files)}")
     for f in files:
-        if f.n_frames < dynamics.FIRST_WINDOW_END + 1 + motion.HORIZON:
+        if f.n_frames < motion.FIRST_WINDOW_END + 1 + motion.HORIZON:
             raise DataError(f"{f.path}: tracks of {f.n_frames} frames; training needs the future frames too "
-                            f"(at least {dynamics.FIRST_WINDOW_END + 1 + motion.HORIZON}: train's or unlabeled's)")
+                            f"(at least {motion.FIRST_WINDOW_END + 1 + motion.HORIZON}: train's or unlabeled's)")
         if f.meta["flow"] != motion_config.flow:
             raise DataError(f"{f.path}: tracks with flow {f.meta['flow']!r}, the motion settings say "
                             f"{motion_config.flow!r}; rerun futureseg tracks with --flow {motion_config.flow}")

@@ -77,9 +77,6 @@ HORIZON = motion.HORIZON
 # log-scale, the logit of being in view (`exits`), the centroid's spread in units (`spread`)
 OUTPUTS = 5
 RESIDUAL, LOG_SCALE, PRESENCE, SPREAD = slice(0, 2), 2, 3, 4
-# A training window ends at frames FIRST_WINDOW_END…10 of a 22-frame video (its targets are
-# the 11 frames after its end); object_tracks measures the flow velocity there.
-FIRST_WINDOW_END = 4
 PER_FRAME = 4  # present, rows and cols from the last frame's centroid, log area ratio
 # centre, size, box, velocity, the rule at 3 steps, the box's distance to each border, which
 # borders it touches, shape and material

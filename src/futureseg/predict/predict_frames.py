@@ -58,7 +58,8 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
     import torch
 
     from futureseg.core.io import array_writer, load_cache
-    from futureseg.core.training import progress, select_device
+    from futureseg.core.io import progress
+    from futureseg.core.training import select_device
 
     if batch_size < 1:
         raise FuturesegError(f"--batch-size {batch_size}: must be at least 1")

@@ -42,7 +42,8 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
     from futureseg.segment.segment import check_object_flags, load_object_classifier, one_class_per_object
     from futureseg.core.io import array_writer, load_cache
     from futureseg.models import segmenters
-    from futureseg.core.training import progress, select_device
+    from futureseg.core.io import progress
+    from futureseg.core.training import select_device
 
     if not 1 <= n_frames <= data.N_FRAMES:
         raise ConfigError(f"--frames {n_frames}: must lie in 1…{data.N_FRAMES}")
