@@ -38,23 +38,23 @@ def tiny_chain(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def slurm_chain_started(request, tmp_path_factory):
-    """test_slurm_pipeline's chain under the SLURM profile, started as the session starts when
-    one of its tests is in the session and a SLURM cluster answers; None otherwise (that
-    module then starts it, or skips). Its jobs run on the cluster beside the other tests,
-    which keep about one of two cores busy, instead of after them: ~4 minutes of the suite."""
-    if not any("chains" in item.fixturenames for item in request.session.items):
+def slurm_lane(request, tmp_path_factory):
+    """test_slurm_pipeline's SLURM runs (its SlurmLane), started as the session starts when one
+    of its tests is in the session and a SLURM cluster answers; None otherwise (that module
+    then starts them itself, or skips). Their jobs run on the cluster beside the other tests
+    instead of after them: ~5 of the suite's minutes."""
+    if not any("lane" in item.fixturenames for item in request.session.items):
         yield None
         return
-    from test_slurm_cluster import slurm_cluster_problem, stop_snakemake_on_slurm
-    from test_slurm_pipeline import start_slurm_chain
+    from test_slurm_cluster import slurm_cluster_problem
+    from test_slurm_pipeline import SlurmLane
 
     if slurm_cluster_problem():
         yield None
         return
-    planned, running = start_slurm_chain(tmp_path_factory.mktemp("slurm_chain"))
-    yield planned, running
-    stop_snakemake_on_slurm(running)  # a session that ended before reading it leaves no jobs
+    lane = SlurmLane(tmp_path_factory.mktemp("slurm_lane"))
+    yield lane
+    lane.stop()  # a session that ended before reading it leaves no jobs behind
 
 
 @pytest.fixture

@@ -167,13 +167,14 @@ class RunningSnakemake:
         return self.log.read_text(errors="replace")
 
 
-def start_snakemake_on_slurm(workdir, *args, snakemake=("snakemake",)):
+def start_snakemake_on_slurm(workdir, *args, snakemake=("snakemake",), env=None):
     """Start `snakemake --profile slurm` (+ the local cluster's flags, + `args`) in `workdir`.
     `snakemake` is the command up to its options, e.g. one that also names a Snakefile, a
-    working folder and config files. Wait for it with finish_snakemake_on_slurm."""
+    working folder and config files; `env` the environment (os.environ's by default). Wait
+    for it with finish_snakemake_on_slurm."""
     # A GPU machine's CUDA_VISIBLE_DEVICES would reach the jobs through sbatch --export=ALL;
     # the jobs must see only what SLURM gives them.
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "CUDA_VISIBLE_DEVICES"}
     # the same command through the runner that polls at a fixed interval (snakemake_fixed_polling.py)
     snakemake = list(snakemake)
     options = snakemake[1:] if snakemake[:1] == ["snakemake"] else snakemake[3:]

@@ -1,5 +1,7 @@
 """The whole demo chain under `snakemake --profile slurm` on the local cluster of
-slurm/local-cluster.sh, and a training job stopped the way SLURM stops one.
+slurm/local-cluster.sh, a training job stopped the way SLURM stops one, and a GPU job that
+finds no usable GPU. The three runs go one after another in a SlurmLane, a thread that
+conftest.py starts with the session, so their jobs run beside the other tests.
 
 Like tests/test_slurm_cluster.py, these tests skip when no SLURM cluster answers, and fail
 instead under FUTURESEG_REQUIRE_SLURM=1 (CI). The flags added to the profile are the ones
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import os
 import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +36,6 @@ import torch
 
 from pipeline_helpers import merged, planned_jobs, snakemake_command, tiny_config, write_config
 from test_slurm_cluster import (
-    RunningSnakemake,
     SlurmRun,
     default_partition,
     finish_snakemake_on_slurm,
@@ -78,22 +81,76 @@ class Chains:
         )
 
 
-def start_slurm_chain(folder: Path) -> tuple[dict, RunningSnakemake]:
-    """Start the chain on tiny_config() in `folder` under the SLURM profile; returns the
-    {rule: jobs} its dry run planned and the running snakemake (conftest.py starts it as the
-    session starts)."""
-    # The local cluster's GPUs are fake (torch finds none): its GPU jobs run on the CPU on
-    # purpose. allow_cpu shapes no output (not a param): the local run's outputs still hold.
-    write_config(folder, merged(tiny_config(), {"resources": {"allow_cpu": True}}))
-    planned = planned_jobs(folder)
-    return planned, start_snakemake_on_slurm(folder, snakemake=snakemake_command(folder))
+class SlurmLane:
+    """This module's SLURM runs, one after another in a thread of their own: the chain, then
+    (each on a copy of the chain's folder) a training job stopped the way SLURM stops one, then
+    a GPU job without a usable GPU. conftest.py starts it as the session starts, so these runs
+    go on on the cluster beside the other tests, which keep about one of two cores busy,
+    instead of after them; each test here reads its part (`result`), and a part that failed
+    raises its error in the test that reads it."""
+
+    def __init__(self, base: Path):
+        # The runs' environment is the session's as it starts: a test that sets a variable
+        # (monkeypatch.setenv) while a run starts must not reach its jobs.
+        self.base, self.env = base, dict(os.environ)
+        self.folder = base / "chain"
+        self.folder.mkdir(parents=True)
+        self.running, self._results = None, {}
+        try:
+            # The local cluster's GPUs are fake (torch finds none): its GPU jobs run on the CPU on
+            # purpose. allow_cpu shapes no output (not a param): the local run's outputs still hold.
+            write_config(self.folder, merged(tiny_config(), {"resources": {"allow_cpu": True}}))
+            self.planned = planned_jobs(self.folder)  # {rule: jobs} of the DAG, from a dry run
+            self.start(self.folder, snakemake=snakemake_command(self.folder))
+        except BaseException as exc:  # raised in the tests that read the lane, not in every test's setup
+            self._results = dict.fromkeys(("chain", "preempt", "no_gpu"), exc)
+        self._thread = threading.Thread(target=self._run, name="slurm-lane", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        parts = (
+            ("chain", lambda: finish_snakemake_on_slurm(self.running, timeout=CHAIN_TIMEOUT_S)),
+            ("preempt", lambda: run_preempted_training(self.folder, self.base / "preempt", self)),
+            ("no_gpu", lambda: run_gpu_job_without_a_gpu(self.folder, self.base / "no_gpu", self)),
+        )
+        for name, part in parts:
+            if name in self._results:
+                continue
+            try:
+                self._results[name] = part()
+            except BaseException as exc:  # pytest.fail's Failed is a BaseException
+                self._results[name] = exc
+                if name == "chain":  # the others need the chain's folder
+                    self._results.update((later, exc) for later, _ in parts[1:])
+
+    def start(self, workdir, *args, snakemake):
+        """start_snakemake_on_slurm in the lane's environment; the run the lane now waits for."""
+        self.running = start_snakemake_on_slurm(workdir, *args, snakemake=snakemake, env=self.env)
+        return self.running
+
+    def result(self, name):
+        self._thread.join()
+        value = self._results[name]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def stop(self):
+        """At the session's end: a run still going (the session stopped early) is killed and
+        its jobs cancelled."""
+        if self._thread.is_alive() and self.running is not None:
+            stop_snakemake_on_slurm(self.running)
+            self._thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
-def chains(slurm_cluster, tiny_chain, slurm_chain_started, tmp_path_factory):  # noqa: F811
-    planned, running = slurm_chain_started or start_slurm_chain(tmp_path_factory.mktemp("slurm_chain"))
-    run = finish_snakemake_on_slurm(running, timeout=CHAIN_TIMEOUT_S)
-    chains = Chains(tiny_chain, running.workdir, planned, run)
+def lane(slurm_cluster, slurm_lane, tmp_path_factory):  # noqa: F811
+    return slurm_lane or SlurmLane(tmp_path_factory.mktemp("slurm_lane"))
+
+
+@pytest.fixture(scope="module")
+def chains(lane, tiny_chain):
+    chains = Chains(tiny_chain, lane.folder, lane.planned, lane.result("chain"))
     print(f"\n{chains.summary()}")
     return chains
 
@@ -188,20 +245,30 @@ def _wait(what, condition, run, deadline, interval=0.2):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(chains, tmp_path):
-    # The SLURM run's folder (its config lets the fake-GPU jobs run on the CPU), less the
-    # predictor: its data, caches and mean/std are up to date (Snakemake's metadata comes
-    # along), so only train_predictor runs, as a SLURM job.
-    workdir = tmp_path / "preempt"
-    shutil.copytree(chains.slurm, workdir)
+@dataclasses.dataclass
+class Preempted:
+    job: object  # the SlurmJob that got SIGTERM
+    checkpoint: Path  # its checkpoint when the signal was sent
+    step_before_signal: int
+    result: SlurmRun
+    workdir: Path
+
+
+def run_preempted_training(chain_folder: Path, workdir: Path, lane: SlurmLane) -> Preempted:
+    """The SLURM run's folder (its config lets the fake-GPU jobs run on the CPU), less the
+    predictor: its data, caches and mean/std are up to date (Snakemake's metadata comes
+    along), so only train_predictor runs, as a SLURM job; SIGTERM reaches it once it has a
+    checkpoint, as at a time limit."""
+    shutil.copytree(chain_folder, workdir)
     shutil.rmtree(workdir / "results" / "predictor")
     target = "results/predictor/model.pt"
-    assert planned_jobs(workdir, target, override=PREEMPT_OVERRIDE) == {"train_predictor": 1}
+    planned = planned_jobs(workdir, target, override=PREEMPT_OVERRIDE)
+    assert planned == {"train_predictor": 1}, planned
 
     # The profile as it is: its `retries: 1` resubmits the stopped job, its
     # `show-failed-logs: true` puts the stopped job's log in Snakemake's output before the
     # retry rewrites the file.
-    run = start_snakemake_on_slurm(workdir, target, snakemake=snakemake_command(workdir, override=PREEMPT_OVERRIDE))
+    run = lane.start(workdir, target, snakemake=snakemake_command(workdir, override=PREEMPT_OVERRIDE))
     try:
         deadline = time.monotonic() + 300
 
@@ -225,7 +292,14 @@ def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(cha
     except BaseException:
         stop_snakemake_on_slurm(run)
         raise
+    return Preempted(job, checkpoint, step_before_signal, result, workdir)
 
+
+def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(lane):
+    preempted = lane.result("preempt")
+    job, checkpoint, step_before_signal, result, workdir = (
+        preempted.job, preempted.checkpoint, preempted.step_before_signal, preempted.result, preempted.workdir)
+    target = "results/predictor/model.pt"
     first, *retries = result.jobs["train_predictor"]
     summary = (
         f"preemption: SLURM job {first.job_id} got SIGTERM after step {step_before_signal} and ended {first.state}; "
@@ -258,19 +332,25 @@ def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(cha
 # ---------------------------------------------------------------- a GPU job without a GPU
 
 
-def test_a_gpu_job_without_a_usable_gpu_stops_at_once_saying_why(chains, tmp_path):
-    # The local run's folder less route direct's val masks: only predict_direct runs, as a SLURM
-    # job given a fake GPU, with the config's default resources.allow_cpu: false (changing it
-    # reruns nothing else).
-    workdir = tmp_path / "no_gpu"
-    shutil.copytree(chains.local, workdir)
-    (workdir / "results" / "direct" / "masks_val.npy").unlink()
-    target = "results/direct/masks_val.npy"
-    strict = {"resources": {"allow_cpu": False}}
-    assert planned_jobs(workdir, target, override=strict) == {"predict_direct": 1}
+NO_GPU_TARGET = "results/direct/masks_val.npy"
 
-    run = start_snakemake_on_slurm(workdir, target, snakemake=snakemake_command(workdir, override=strict))
-    result = finish_snakemake_on_slurm(run, timeout=300, check=False)
+
+def run_gpu_job_without_a_gpu(chain_folder: Path, workdir: Path, lane: SlurmLane) -> tuple[Path, SlurmRun]:
+    """The SLURM run's folder less route direct's val masks: only predict_direct runs, as a
+    SLURM job given a fake GPU, with resources.allow_cpu: false, the config's default
+    (changing it reruns nothing else)."""
+    shutil.copytree(chain_folder, workdir)
+    (workdir / NO_GPU_TARGET).unlink()
+    strict = {"resources": {"allow_cpu": False}}
+    planned = planned_jobs(workdir, NO_GPU_TARGET, override=strict)
+    assert planned == {"predict_direct": 1}, planned
+    run = lane.start(workdir, NO_GPU_TARGET, snakemake=snakemake_command(workdir, override=strict))
+    return workdir, finish_snakemake_on_slurm(run, timeout=300, check=False)
+
+
+def test_a_gpu_job_without_a_usable_gpu_stops_at_once_saying_why(lane):
+    workdir, result = lane.result("no_gpu")
+    target = NO_GPU_TARGET
     assert result.returncode != 0, result.output[-3000:]
     jobs = result.jobs["predict_direct"]
     # the profile's `retries: 1` submits it twice; each attempt stops by itself, in seconds
