@@ -5,8 +5,9 @@ stage of the DAG (data, predict, segment, forecast, evaluate) above the core and
 
 Every Snakemake rule calls one verb with all its inputs, outputs and settings spelled out,
 so any stage can also be run by hand. A verb module defines `VERB`, `HELP`,
-`add_arguments(parser)` and `main(args)`; heavy imports (torch) stay inside its functions
-so that `futureseg --help` is quick.
+`add_arguments(parser)` and `main(args)`; heavy imports (torch) stay inside its functions,
+and `futureseg VERB` imports VERB's module alone, so that a job that needs no torch (the
+data's, route motion's) never imports it.
 """
 
 from __future__ import annotations
