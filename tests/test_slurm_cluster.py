@@ -35,10 +35,10 @@ FIXED_POLLING = Path(__file__).resolve().parent / "snakemake_fixed_polling.py"
 # work there, squeue does. A real cluster keeps the plugin's default (sacct).
 NO_ACCOUNTING_FLAGS = ("--slurm-status-command", "squeue")
 # Speed only, for tiny jobs: the first status check 1 s after a submission instead of 40 s.
-# The plugin would still back off by 10 s after every check that finds no job finished (3,
-# 13, 23 s, ...), seeing each job finish 10-20 s late; the tests run snakemake through
-# FIXED_POLLING, which checks every second (one squeue call). On a real cluster leave the defaults: they spare
-# slurmctld.
+# The plugin would still back off by 10 s after every check that finds no job finished (1,
+# 11, 21 s, ...), seeing each job finish 10-20 s late; the tests run snakemake through
+# FIXED_POLLING, which checks every second (one squeue call). On a real cluster leave the
+# defaults: they spare slurmctld.
 FAST_POLLING_FLAGS = (
     "--slurm-init-seconds-before-status-checks", "1",
     "--seconds-between-status-checks", "1",

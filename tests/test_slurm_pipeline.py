@@ -29,6 +29,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -245,8 +246,7 @@ def _wait(what, condition, run, deadline, interval=0.2):
     pytest.fail(f"timed out waiting for {what}")
 
 
-@dataclasses.dataclass
-class Preempted:
+class Preempted(NamedTuple):
     job: object  # the SlurmJob that got SIGTERM
     checkpoint: Path  # its checkpoint when the signal was sent
     step_before_signal: int
@@ -296,9 +296,7 @@ def run_preempted_training(chain_folder: Path, workdir: Path, lane: SlurmLane) -
 
 
 def test_training_stopped_by_sigterm_under_slurm_resumes_from_its_checkpoint(lane):
-    preempted = lane.result("preempt")
-    job, checkpoint, step_before_signal, result, workdir = (
-        preempted.job, preempted.checkpoint, preempted.step_before_signal, preempted.result, preempted.workdir)
+    job, checkpoint, step_before_signal, result, workdir = lane.result("preempt")
     target = "results/predictor/model.pt"
     first, *retries = result.jobs["train_predictor"]
     summary = (

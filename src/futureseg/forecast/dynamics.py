@@ -62,10 +62,9 @@ def run(out=None, out_sequence=None, model_path=None, masks_path=None, root=None
     """Forecast every video (of a shard); returns how many."""
     import torch
 
-    from futureseg.core.io import array_writer
+    from futureseg.core.io import array_writer, progress
     from futureseg.core.motion import HORIZON, MotionConfig
     from futureseg.core.shards import shard_rows
-    from futureseg.core.io import progress
     from futureseg.forecast.extrapolate import read_inputs
     from futureseg.models import dynamics
 

@@ -79,9 +79,8 @@ def read_inputs(masks_path=None, root=None, split=None, frames_path=None):
 def run(config, out=None, out_sequence=None, masks_path=None, root=None, split=None, frames_path=None,
         shard=None) -> int:
     """Extrapolate every video (of a shard); returns how many."""
-    from futureseg.core.io import array_writer
+    from futureseg.core.io import array_writer, progress
     from futureseg.core.motion import HORIZON, extrapolate
-    from futureseg.core.io import progress
 
     if not out and not out_sequence:
         raise ConfigError("nothing to write: give --out and/or --out-sequence")

@@ -31,7 +31,6 @@ FLOWS = ("none", "dis", "farneback")
 def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis", flow_pairs=1) -> int:
     """Write the tracks of every video; returns how many."""
     from futureseg.core import motion
-    from futureseg.core.motion import FIRST_WINDOW_END
     from futureseg.core.io import progress
     from futureseg.forecast.extrapolate import read_inputs
 
@@ -43,7 +42,7 @@ def run(out, masks_path=None, root=None, split=None, frames_path=None, flow="dis
         raise ConfigError(f"--flow {flow}: --frames (the frame cache of the same videos) is needed, or --flow none")
     masks, frames, ids, source = read_inputs(masks_path, root, split, frames_path)
     n_frames, size = masks.shape[1], tuple(int(v) for v in masks.shape[2:4])
-    flow_frames = tuple(range(FIRST_WINDOW_END, min(n_frames, 11)))
+    flow_frames = tuple(range(motion.FIRST_WINDOW_END, min(n_frames, 11)))
     if frames is not None and flow != "none" and frames.shape[1] < n_frames:
         raise DataError(f"{frames_path}: {frames.shape[1]} frames per video, the masks of {source} have {n_frames}")
     classes, states = [], []

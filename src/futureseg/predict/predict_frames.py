@@ -57,8 +57,7 @@ def predict(model_path, cache_path, out, frames=FUTURE_FRAMES, batch_size: int =
     """Write the predicted `frames` of every video (of the shard) of the cache; return a summary."""
     import torch
 
-    from futureseg.core.io import array_writer, load_cache
-    from futureseg.core.io import progress
+    from futureseg.core.io import array_writer, load_cache, progress
     from futureseg.core.training import select_device
 
     if batch_size < 1:

@@ -40,9 +40,8 @@ def pseudo_label(model, cache_path, out, n_frames: int, batch_size: int = 64, ob
                  track_vote: bool = False, object_classifier=None, temporal: str | None = None) -> dict:
     """Segment frames 0…n_frames-1 of every video of a frame cache, the votes applied; return a summary."""
     from futureseg.segment.segment import check_object_flags, load_object_classifier, one_class_per_object
-    from futureseg.core.io import array_writer, load_cache
+    from futureseg.core.io import array_writer, load_cache, progress
     from futureseg.models import segmenters
-    from futureseg.core.io import progress
     from futureseg.core.training import select_device
 
     if not 1 <= n_frames <= data.N_FRAMES:
